@@ -1,0 +1,29 @@
+"""Install: pip install -e ".[test]"  (see README.md)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="reproduce-dhn",
+    version="0.1.0",
+    description="Deep Hashing Network (Zhu et al., AAAI 2016) reproduced as the authors' Caffe code ran it",
+    packages=find_packages(include=["reproduce", "reproduce.*"]),
+    package_data={"reproduce": ["data/*.csv"]},
+    python_requires=">=3.10",
+    install_requires=[
+        # Capped at the builds this project is tested with (torch 2.14.1 / torchvision 0.29.1);
+        # a range, not a pin, so that pip takes an installed or locally cached build.
+        "torch>=2.1,<=2.14.1",
+        "torchvision>=0.16,<=0.29.1",
+        "numpy>=1.24",
+        "h5py>=3.8",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",                # progress bars with ETA (encode, cache build, training)
+        "numba>=0.58",               # compiled O(N) Hamming-ranking kernels in reproduce.metrics
+        "scikit-learn>=1.2",         # only for the offline demo's dataset (handwritten digits)
+    ],
+    extras_require={
+        # OpenCV 4.x is the independent reference for Caffe's forward pass and image pipeline in
+        # the tests; OpenCV 5 removed cv2.dnn.readNetFromCaffe.
+        "test": ["pytest>=7", "opencv-python-headless>=4.5,<5"],
+    },
+)
