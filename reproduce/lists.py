@@ -14,17 +14,24 @@ from .fileio import write_text_atomic
 
 @dataclass
 class ImageList:
-    """paths: N relative paths; labels: N x C uint8 0/1 multi-hot; source: the list file."""
+    """paths: N relative paths; labels: N x C uint8 0/1 multi-hot; source: the list file;
+    linenos: the 1-based line of each entry in `source` (None for lists built in memory)."""
     paths: list
     labels: np.ndarray
     source: str = "<memory>"
+    linenos: list = None
 
     def __len__(self):
         return len(self.paths)
 
+    def where(self, i):
+        """`list.txt:12` for entry i, for error messages."""
+        return f"{self.source}:{self.linenos[i]}" if self.linenos else f"{self.source} entry {i + 1}"
+
     def subset(self, index):
         index = np.asarray(index, dtype=np.int64)
-        return ImageList([self.paths[i] for i in index], self.labels[index], self.source)
+        linenos = [self.linenos[i] for i in index] if self.linenos else None
+        return ImageList([self.paths[i] for i in index], self.labels[index], self.source, linenos)
 
 
 def read_list(path, num_labels=None):
@@ -40,7 +47,7 @@ def read_list(path, num_labels=None):
         raise UserError(f"{path}: cannot read list ({e.strerror})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text list file") from None
-    paths, rows, width, lineno = [], [], None, 0
+    paths, rows, linenos, width = [], [], [], None
     for lineno, line in enumerate(lines, 1):
         fields = line.split()
         if not fields:
@@ -57,6 +64,7 @@ def read_list(path, num_labels=None):
             bad = next(v for v in fields[1:] if not v.lstrip("-").isdigit())
             raise UserError(f"{path}:{lineno}: label {bad!r} is not an integer") from None
         paths.append(fields[0])
+        linenos.append(lineno)
     if not paths:
         raise UserError(f"{path}: the list is empty")
     values = np.asarray(rows, dtype=np.int64)
@@ -65,7 +73,7 @@ def read_list(path, num_labels=None):
         classes = num_labels or int(values.max()) + 1
         bad = np.flatnonzero((values[:, 0] < 0) | (values[:, 0] >= classes))
         if bad.size:
-            raise UserError(f"{path}:{_line_of(lines, bad[0])}: class {values[bad[0], 0]} is outside 0..{classes - 1}")
+            raise UserError(f"{path}:{linenos[bad[0]]}: class {values[bad[0], 0]} is outside 0..{classes - 1}")
         labels = np.zeros((len(paths), classes), dtype=np.uint8)
         labels[np.arange(len(paths)), values[:, 0]] = 1
     else:
@@ -74,20 +82,9 @@ def read_list(path, num_labels=None):
         bad = np.argwhere((values != 0) & (values != 1))
         if bad.size:
             r = bad[0, 0]
-            raise UserError(f"{path}:{_line_of(lines, r)}: label {values[r, bad[0, 1]]} is not 0 or 1")
+            raise UserError(f"{path}:{linenos[r]}: label {values[r, bad[0, 1]]} is not 0 or 1")
         labels = values.astype(np.uint8)
-    return ImageList(paths, labels, str(path))
-
-
-def _line_of(lines, entry):
-    """1-based line number of the entry-th non-blank line."""
-    seen = -1
-    for lineno, line in enumerate(lines, 1):
-        if line.strip():
-            seen += 1
-            if seen == entry:
-                return lineno
-    return len(lines)
+    return ImageList(paths, labels, str(path), linenos)
 
 
 def format_list(paths, labels):

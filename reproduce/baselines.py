@@ -1,0 +1,307 @@
+"""Shallow hashing baselines of the paper's Table 1, run on the same CNN features (fc7, N x 4096).
+
+Every method is a small class: `fit(X, labels=None) -> self` on training features X (N x D) and,
+for the supervised ones, labels (N x C multi-hot 0/1, or N integer class ids); `encode(X)` gives
+int8 +-1 codes (N x K); `project(X)` the real-valued projections the codes are the signs of.
+The randomness of a method (projections, initial rotation, anchors) comes only from
+`numpy.random.default_rng(seed)` created in `fit`, so one seed gives identical codes.
+
+    lsh      LSH, sign random projections (Charikar 2002)                       -- this module
+    sh       spectral hashing (Weiss, Torralba, Fergus, NIPS 2008)              -- this module
+    itq      iterative quantization (Gong, Lazebnik, CVPR 2011)                 -- this module
+    itq-cca  CCA + ITQ, supervised (Gong et al., TPAMI 2013)  -- reproduce.baselines_supervised
+    ksh      kernel-based supervised hashing (Liu et al., CVPR 2012)  -- baselines_supervised
+
+`make_baseline(name, bits, seed=0, **options)` builds one by name from `BASELINES`. Each class's
+docstring gives the published default settings (paper and the authors' MATLAB code) and where this
+implementation deviates. Input problems (NaN, too few samples for the bits asked for, constant
+features, missing labels) raise `UserError` naming the method and what is wrong; a caller that
+read the features from a file prefixes its name.
+"""
+import inspect
+
+import numpy as np
+import scipy.linalg
+
+from .errors import UserError
+
+ENCODE_CHUNK = 8192           # rows converted to float64 at a time in project/encode (memory bound)
+MATLAB_EPS = np.finfo(np.float64).eps   # MATLAB's `eps`, used by trainSH.m's box
+
+
+# ----------------------------------------------------------------------------- input checks
+def check_features(X, what):
+    """X as a float64 (N x D) array; UserError unless 2-D, non-empty and finite."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise UserError(f"{what}: features must be a non-empty N x D matrix, got shape {X.shape}")
+    if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
+        raise UserError(f"{what}: features must be real numbers, got dtype {X.dtype}")
+    X = X.astype(np.float64)
+    if not np.all(np.isfinite(X)):
+        rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        raise UserError(f"{what}: features contain NaN or infinity (first at row {rows[0]}, "
+                        f"{len(rows)} rows in all)")
+    return X
+
+
+def check_labels(labels, n, what):
+    """labels as a float64 N x C 0/1 matrix: accepts N x C multi-hot or N integer class ids."""
+    L = np.asarray(labels)
+    if L.ndim == 1:                       # class ids -> one-hot (Gong's CCA-ITQ uses indicators)
+        if L.shape[0] != n or not (np.issubdtype(L.dtype, np.integer) or L.dtype == bool):
+            raise UserError(f"{what}: class labels must be {n} integers, got shape {L.shape} "
+                            f"dtype {L.dtype}")
+        _, ids = np.unique(L, return_inverse=True)
+        L = np.eye(ids.max() + 1)[ids]
+    if L.ndim != 2 or L.shape[0] != n or L.shape[1] == 0:
+        raise UserError(f"{what}: labels must be {n} x C (one row per feature row), "
+                        f"got shape {L.shape}")
+    L = L.astype(np.float64)
+    if not np.all((L == 0) | (L == 1)):
+        raise UserError(f"{what}: multi-hot labels must be 0/1, found values "
+                        f"{np.unique(L[(L != 0) & (L != 1)])[:5].tolist()}")
+    return L
+
+
+# ----------------------------------------------------------------------------- shared algebra
+def fix_signs(vectors):
+    """Flip each column so its largest-magnitude entry is positive: eigen/singular vectors have an
+    arbitrary sign per LAPACK build, this makes codes identical for one seed on every machine."""
+    idx = np.argmax(np.abs(vectors), axis=0)
+    signs = np.sign(vectors[idx, np.arange(vectors.shape[1])])
+    signs[signs == 0] = 1
+    return vectors * signs
+
+
+def pca_components(X, k, what, rel_tol=1e-9):
+    """Top-k principal directions of X (N x D) as a D x k matrix, largest variance first.
+
+    The authors' code takes `[pc, l] = eigs(cov(X), k)`. Same directions, computed from whichever
+    of cov (D x D) or the Gram matrix (N x N) is smaller, since fc7 training sets often have
+    N < D. A direction whose variance is ~0 (rel_tol of the largest) is not a direction of the
+    data: with fewer than k+1 distinct samples, or constant features, this is a UserError.
+    """
+    n, d = X.shape
+    Xc = X - X.mean(axis=0)
+    small = min(n, d)
+    if k > small:
+        raise UserError(f"{what}: {k} principal components asked from {n} samples x {d} "
+                        f"features; at most {small - 1 if n <= d else d} exist (use fewer bits "
+                        "or more samples)")
+    if d <= n:
+        evals, pc = scipy.linalg.eigh(Xc.T @ Xc / (n - 1), subset_by_index=[d - k, d - 1])
+    else:                                 # eigenvectors of cov from those of the Gram matrix
+        evals, u = scipy.linalg.eigh(Xc @ Xc.T / (n - 1), subset_by_index=[n - k, n - 1])
+        pc = Xc.T @ u / np.sqrt(np.maximum(evals, 1e-300) * (n - 1))
+    evals, pc = evals[::-1], pc[:, ::-1]
+    top = evals[0] if len(evals) else 0.0
+    rank = int(np.sum(evals > rel_tol * top)) if top > 0 else 0
+    if rank < k:
+        raise UserError(f"{what}: the {n} training samples vary along only {rank} independent "
+                        f"direction(s) (constant or repeated features), fewer than the {k} "
+                        f"needed (use fewer bits or more, distinct samples)")
+    return fix_signs(pc)
+
+
+def itq_rotation(V, n_iter, rng):
+    """ITQ's orthogonal Procrustes iterations (Gong & Lazebnik 2011, Gong's ITQ.m).
+
+    V: N x K zero-centred projected data. Returns R (K x K orthogonal) and the quantization loss
+    ||B - V R||_F before each update (n_iter + 1 values, non-increasing: each B and each R step
+    minimises the loss with the other fixed). ITQ.m loops `for iter = 0:n_iter`, so n_iter = 50
+    means 51 updates; it starts from a random orthogonal matrix (left singular vectors of
+    randn(K, K)) and binarises with Z >= 0 -> +1.
+    """
+    k = V.shape[1]
+    R = np.linalg.svd(rng.standard_normal((k, k)))[0]
+    losses = np.empty(n_iter + 1)
+    for it in range(n_iter + 1):
+        Z = V @ R
+        B = np.where(Z >= 0, 1.0, -1.0)
+        losses[it] = np.linalg.norm(B - Z)
+        UB, _, UAt = np.linalg.svd(B.T @ V)          # C = UX' * V = UB * sigma * UA'
+        R = UAt.T @ UB.T                             # R = UA * UB'
+    return R, losses
+
+
+# ----------------------------------------------------------------------------- base class
+class Baseline:
+    """Common interface; subclasses set `name`, `supervised`, `zero_is_positive` and implement
+    `_fit(X, labels, rng)` (X float64 N x D, labels N x C or None) and `_project(X) -> N x K`."""
+    name = "baseline"
+    supervised = False
+    zero_is_positive = True    # a projection of exactly 0 becomes +1 (`>= 0`) or -1 (`> 0`)
+
+    def __init__(self, bits, seed=0):
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:
+            raise UserError(f"{self.name}: bits must be a positive integer, got {bits!r}")
+        self.bits, self.seed = int(bits), int(seed)
+        self.dim_ = None
+
+    def _option(self, key, value, low, integer=True):
+        """Validate an option (>= low) and return it; UserError names the method and option."""
+        ok = (isinstance(value, (int, np.integer)) if integer
+              else isinstance(value, (int, float, np.number))) and not isinstance(value, bool)
+        if not ok or value < low:
+            kind = "an integer" if integer else "a number"
+            raise UserError(f"{self.name}: option {key} must be {kind} >= {low}, got {value!r}")
+        return int(value) if integer else float(value)
+
+    def settings(self):
+        """{method, bits, seed, every option}: what a results file records about this baseline."""
+        params = inspect.signature(type(self).__init__).parameters
+        return {"method": self.name, **{k: getattr(self, k) for k in params if k != "self"}}
+
+    def fit(self, X, labels=None):
+        X = check_features(X, f"{self.name} training set")
+        if X.shape[0] < 2:
+            raise UserError(f"{self.name}: at least 2 training samples are needed, "
+                            f"got {X.shape[0]}")
+        if np.ptp(X, axis=0).max() == 0:
+            raise UserError(f"{self.name}: every feature is constant over the {X.shape[0]} "
+                            "training samples; there is nothing to hash")
+        if self.supervised:
+            if labels is None:
+                raise UserError(f"{self.name} is supervised: training labels are required")
+            labels = check_labels(labels, X.shape[0], f"{self.name} training labels")
+        self.dim_ = X.shape[1]
+        self._fit(X, labels, np.random.default_rng(self.seed))
+        return self
+
+    def project(self, X, chunk=ENCODE_CHUNK):
+        """Real-valued projections (N x K float64), computed `chunk` rows at a time so a
+        149,736 x 4,096 database (or an h5py dataset) never needs a float64 copy in memory."""
+        if self.dim_ is None:
+            raise RuntimeError(f"{self.name}: fit() before project()/encode()")
+        shape = getattr(X, "shape", None) or np.shape(X)
+        if len(shape) != 2 or shape[1] != self.dim_:
+            raise UserError(f"{self.name}: features to encode have shape {tuple(shape)}, the "
+                            f"training features had {self.dim_} columns")
+        out = np.empty((shape[0], self.bits))
+        for start in range(0, shape[0], chunk):
+            block = check_features(X[start:start + chunk], f"{self.name} rows {start}..")
+            out[start:start + len(block)] = self._project(block)
+        return out
+
+    def encode(self, X, chunk=ENCODE_CHUNK):
+        """+-1 codes (N x K int8): the sign of `project`, with the method's rule for 0."""
+        P = self.project(X, chunk)
+        return np.where(P >= 0 if self.zero_is_positive else P > 0, 1, -1).astype(np.int8)
+
+
+# ----------------------------------------------------------------------------- LSH
+class LSH(Baseline):
+    """Locality-sensitive hashing by sign random projections (Charikar, STOC 2002; Andoni & Indyk,
+    FOCS 2006): h_k(x) = sign(w_k . (x - mean)), w_k ~ N(0, I_D).
+
+    Published setting (Gong's ITQ demo script, case 'LSH', which the hashing literature's tables
+    use): centre the data, `XX * randn(D, bit)`, bit = XX >= 0. No options. Deviation: the mean is
+    the training set's (Gong's script subtracted the mean of all data, queries included).
+    Property: P[h(x) = h(y)] = 1 - angle(x, y) / pi per bit.
+    """
+    name = "lsh"
+
+    def _fit(self, X, labels, rng):
+        self.mean_ = X.mean(axis=0)
+        self.projection_ = rng.standard_normal((X.shape[1], self.bits))     # D x K
+
+    def _project(self, X):
+        return (X - self.mean_) @ self.projection_
+
+
+# ----------------------------------------------------------------------------- SH
+class SpectralHashing(Baseline):
+    """Spectral hashing (Weiss, Torralba & Fergus, NIPS 2008), as the authors' trainSH.m /
+    compressSH.m compute it:
+
+    1. PCA to npca = min(K, D) dims (`eigs(cov(X), npca)`); project X (uncentred: the box below
+       absorbs the offset).
+    2. Fit a uniform box per PC: mn = min - eps, mx = max + eps (the 5/95 percentile lines of
+       trainSH.m are overwritten on the same line, so the full range is what runs).
+    3. Enumerate one-dimensional modes k = 1 .. ceil((K+1) R_i / max R) - 1 on each PC i
+       (R = mx - mn), with analytical eigenvalue (k pi / R_i)^2; sort ascending (MATLAB's stable sort), drop the
+       constant mode, keep the K smallest.
+    4. Bit j = [prod_i sin(pi/2 + k_ji pi (x_i - mn_i) / R_i) > 0], i.e. cos(k pi (x - mn) / R)
+       of the single PC its mode lives on.
+    No options; deterministic (the seed is unused and kept for the common interface).
+    """
+    name = "sh"
+    zero_is_positive = False      # compressSH.m: B = compactbit(U > 0)
+
+    def _fit(self, X, labels, rng):
+        npca = min(self.bits, X.shape[1])
+        self.pc_ = pca_components(X, npca, self.name)                       # D x npca
+        P = X @ self.pc_
+        self.mn_ = P.min(axis=0) - MATLAB_EPS
+        self.mx_ = P.max(axis=0) + MATLAB_EPS
+        R = self.mx_ - self.mn_
+        max_mode = np.ceil((self.bits + 1) * R / R.max()).astype(int)
+        modes = [np.zeros(npca, dtype=int)]                                 # the constant mode
+        for i in range(npca):
+            for k in range(1, max_mode[i]):
+                row = np.zeros(npca, dtype=int)
+                row[i] = k
+                modes.append(row)
+        modes = np.array(modes)
+        eigval = ((modes * (np.pi / R)) ** 2).sum(axis=1)                   # -eigVal of trainSH.m
+        order = np.argsort(eigval, kind="stable")
+        self.modes_ = modes[order[1:self.bits + 1]]                         # K x npca
+        self.eigenvalues_ = eigval[order[1:self.bits + 1]]                  # non-decreasing
+
+    def _project(self, X):
+        # compressSH.m multiplies sin(pi/2 + omega_i x_i) over all npca dims, but every mode is
+        # one-dimensional and the other factors are sin(pi/2) = 1.0 exactly in floating point:
+        # the single factor is the same number, at 1/npca of the cost.
+        dim = np.argmax(self.modes_, axis=1)                                # K: the mode's PC
+        omega = self.modes_[np.arange(self.bits), dim] * (np.pi / (self.mx_ - self.mn_))[dim]
+        return np.sin((X @ self.pc_ - self.mn_)[:, dim] * omega + np.pi / 2)
+
+
+# ----------------------------------------------------------------------------- ITQ
+class ITQ(Baseline):
+    """Iterative quantization (Gong & Lazebnik, CVPR 2011; TPAMI 2013), as Gong's demo script and
+    ITQ.m run it: centre the data ("VERY IMPORTANT for ITQ to work"), PCA to K dims
+    (`eigs(cov(X), K)`), then n_iter = 50 Procrustes iterations from a random orthogonal rotation;
+    codes = [(x - mean) W R >= 0].
+
+    Options: n_iter (default 50, Gong's demo). Fitted: mean_, pc_ (D x K), rotation_ (K x K),
+    quantization_loss_ (||B - V R||_F per iteration). Deviation: the mean is the training set's
+    (Gong's script centred with the mean of all data). Needs K <= rank of the centred training
+    data (N >= K + 1 distinct samples).
+    """
+    name = "itq"
+
+    def __init__(self, bits, seed=0, n_iter=50):
+        super().__init__(bits, seed)
+        self.n_iter = self._option("n_iter", n_iter, 0)
+
+    def _fit(self, X, labels, rng):
+        self.mean_ = X.mean(axis=0)
+        self.pc_ = pca_components(X, self.bits, self.name)
+        V = (X - self.mean_) @ self.pc_
+        self.rotation_, self.quantization_loss_ = itq_rotation(V, self.n_iter, rng)
+
+    def _project(self, X):
+        return (X - self.mean_) @ self.pc_ @ self.rotation_
+
+
+# ----------------------------------------------------------------------------- registry
+BASELINES = {"lsh": LSH, "sh": SpectralHashing, "itq": ITQ}
+# itq-cca and ksh register themselves here (kept in their own module to stay readable).
+from . import baselines_supervised  # noqa: E402,F401  (after the base class it extends)
+
+
+def make_baseline(name, bits, seed=0, **options):
+    """A baseline by registry name with its options (each class documents its own); UserError on
+    an unknown name or option."""
+    if name not in BASELINES:
+        raise UserError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
+    cls = BASELINES[name]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters
+               if p not in ("self", "bits", "seed")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UserError(f"baseline {name}: unknown option(s) {', '.join(unknown)}; it takes "
+                        f"{', '.join(allowed) if allowed else 'no options'}")
+    return cls(bits, seed=seed, **options)

@@ -1,0 +1,549 @@
+"""Caffe's model files without Caffe or a compiled caffe.proto: .caffemodel, .caffemodel.h5, mean files,
+deploy prototxts, and the mapping of Caffe layers onto `reproduce.nets.DHNNet` parameters.
+
+A .caffemodel is one protobuf `NetParameter`. We walk its *wire format* by hand (varint keys,
+length-delimited fields) over an `mmap` of the file instead of using a protobuf runtime, because
+  1. the 233 MiB zoo files exceed the 64 MiB message limit of some protobuf runtimes;
+  2. the packed float `data` fields can then be viewed with `np.frombuffer` without copying, which
+     keeps conversion <= 10 s and peak extra memory <= 2x the file (benchmarks/bench_convert.py;
+     a field that is not 4-byte aligned in the file is copied once and its pages released);
+  3. V1 (`layers`, field 2, enum types, legacy dims), V2 (`layer`, field 100, string types,
+     BlobShape) and mixed files are all just field numbers.
+Every length is checked against the enclosing message, so a truncated file, or bytes that are not
+a NetParameter, is a one-line UserError naming the file. Field numbers are caffe.proto's.
+The mmap is copy-on-write (ACCESS_COPY): arrays are writable views and the file is never changed.
+"""
+import math
+import mmap
+import os
+
+import h5py
+import numpy as np
+import torch
+
+from .checkpoint import check_state_dict
+from .errors import UserError
+from .fileio import atomic_output
+from .nets import ARCHS, CONV_LAYERS, FC_LAYERS, FEATURE_LAYERS, HASH_LAYER, expected_shapes
+
+VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5            # protobuf wire types
+# caffe.proto: NetParameter, V1LayerParameter (+ nested V0LayerParameter), LayerParameter, BlobProto
+NET_LAYERS_V1, NET_LAYER = 2, 100
+V1 = dict(name=4, type=5, blobs=6, v0=1)
+V0 = dict(name=1, type=2, blobs=50)
+V2 = dict(name=1, type=2, blobs=7)
+BLOB_LEGACY_DIMS = (1, 2, 3, 4)                      # num, channels, height, width
+BLOB_DATA, BLOB_SHAPE, BLOB_DOUBLE_DATA = 5, 7, 8
+HASH_LAYER_NAMES = (HASH_LAYER, "fch")               # ours, and the authors' name in dhn-caffe
+CLASSIFIER_LAYERS = ("fc8", "prob")                  # ImageNet classifier of the zoo models
+# V1LayerParameter.LayerType enum -> V2 type string (upgrade_proto.cpp, UpgradeV1LayerType)
+V1_LAYER_TYPES = {
+    0: "", 1: "Accuracy", 2: "BNLL", 3: "Concat", 4: "Convolution", 5: "Data", 6: "Dropout",
+    7: "EuclideanLoss", 8: "Flatten", 9: "HDF5Data", 10: "HDF5Output", 11: "Im2col",
+    12: "ImageData", 13: "InfogainLoss", 14: "InnerProduct", 15: "LRN",
+    16: "MultinomialLogisticLoss", 17: "Pooling", 18: "ReLU", 19: "Sigmoid", 20: "Softmax",
+    21: "SoftmaxWithLoss", 22: "Split", 23: "TanH", 24: "WindowData", 25: "Eltwise", 26: "Power",
+    27: "SigmoidCrossEntropyLoss", 28: "HingeLoss", 29: "MemoryData", 30: "ArgMax",
+    31: "Threshold", 32: "DummyData", 33: "Slice", 34: "MVN", 35: "AbsVal", 36: "Silence",
+    37: "ContrastiveLoss", 38: "Exp", 39: "Deconvolution"}
+V1_TYPE_IDS = {v: k for k, v in V1_LAYER_TYPES.items()}
+V0_TYPES = {"conv": "Convolution", "innerproduct": "InnerProduct"}   # upgrade_proto.cpp, V0 names
+# Layers whose blobs are (weight, bias) with a 1-D bias; legacy 4-D dims are re-read in this shape.
+WEIGHT_NDIM = {"Convolution": 4, "Deconvolution": 4, "InnerProduct": 2}
+
+
+# ----------------------------------------------------------------------------- wire format reading
+def _varint(buf, pos, end, source):
+    result = shift = 0
+    while True:
+        if pos >= end:
+            raise UserError(f"{source}: truncated or not a Caffe file (a varint runs past byte {end})")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise UserError(f"{source}: not a Caffe file (malformed varint before byte {pos})")
+
+
+def _next_field(buf, pos, end, source):
+    """One field at `pos`: (field number, wire type, value, next pos); value is the integer of a
+    varint, else the byte offset of the payload; LEN payloads run from value to next pos."""
+    key, pos = _varint(buf, pos, end, source)
+    field, wire = key >> 3, key & 7
+    if field == 0 or wire not in (VARINT, FIXED64, LEN, FIXED32):
+        raise UserError(f"{source}: not a Caffe file (invalid protobuf key {key} before byte {pos})")
+    if wire == VARINT:
+        value, pos = _varint(buf, pos, end, source)
+        return field, wire, value, pos
+    if wire == LEN:
+        size, pos = _varint(buf, pos, end, source)
+    else:
+        size = 4 if wire == FIXED32 else 8
+    if pos + size > end:
+        raise UserError(f"{source}: truncated or not a Caffe file (a field of {size} bytes at byte "
+                        f"{pos} runs past byte {end})")
+    return field, wire, pos, pos + size
+
+
+def _fields(buf, pos, end, source):
+    while pos < end:
+        field, wire, value, pos = _next_field(buf, pos, end, source)
+        yield field, wire, value, pos
+
+
+def _expect(wire, want, field, what, source):
+    if wire != want:
+        raise UserError(f"{source}: not a Caffe file (field {field} of a {what} has wire type {wire}, "
+                        f"caffe.proto says {want})")
+
+
+def _string(buf, start, stop, source):
+    try:
+        return bytes(buf[start:stop]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{source}: not a Caffe file (a layer name or type at byte {start} is not "
+                        "UTF-8)") from None
+
+
+def _run_length(buf, start, end, tag, width):
+    """Number of consecutive `tag`-byte + value records of `width` bytes from `start` (unpacked
+    repeated floats/doubles: one key byte before every value), found with numpy, not a loop."""
+    n, chunk = 0, 1 << 12
+    while True:
+        k = min(chunk, (end - start) // width - n)
+        if k <= 0:
+            return n
+        tags = np.ndarray((k,), np.uint8, buffer=buf, offset=start + n * width, strides=(width,))
+        bad = np.flatnonzero(tags != tag)
+        if bad.size:
+            return n + int(bad[0])
+        n, chunk = n + k, chunk * 2
+
+
+def _release(buf, start, stop):
+    """Drop the mmap's pages wholly inside [start, stop) from this process once their values were
+    copied (madvise MADV_DONTNEED; the private mapping re-reads the file if touched again), so a
+    copied blob does not count twice in memory."""
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, stop // page * page
+    if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED") and last > first:
+        buf.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def _parse_blob(buf, pos, end, source, where):
+    """BlobProto -> (float32 array, legacy): legacy dims num/channels/height/width give a 4-D shape,
+    else BlobShape; double_data wins over data when present (blob.cpp, Blob::FromProto)."""
+    legacy, shape, floats, doubles = {}, None, [], []
+    while pos < end:
+        field, wire, value, nxt = _next_field(buf, pos, end, source)
+        if field in BLOB_LEGACY_DIMS:
+            _expect(wire, VARINT, field, "BlobProto", source)
+            legacy[field] = value
+        elif field == BLOB_SHAPE:
+            _expect(wire, LEN, field, "BlobProto", source)
+            shape = []
+            for f, w, v, p in _fields(buf, value, nxt, source):
+                if f == 1 and w == LEN:          # dim: repeated int64, packed
+                    q = v
+                    while q < p:
+                        d, q = _varint(buf, q, p, source)
+                        shape.append(d)
+                elif f == 1 and w == VARINT:
+                    shape.append(v)
+        elif field in (BLOB_DATA, BLOB_DOUBLE_DATA):
+            dtype, width, wire_unpacked = ("<f4", 4, FIXED32) if field == BLOB_DATA else ("<f8", 8, FIXED64)
+            out = floats if field == BLOB_DATA else doubles
+            if wire == LEN:                      # packed: one run of raw little-endian values
+                if (nxt - value) % width:
+                    raise UserError(f"{source}: not a Caffe file ({where}: packed data of "
+                                    f"{nxt - value} bytes is not a whole number of values)")
+                values = np.frombuffer(buf, dtype, (nxt - value) // width, value)
+                if field == BLOB_DOUBLE_DATA or not values.flags.aligned:
+                    values = values.astype(np.float32)   # an aligned float32 copy ...
+                    _release(buf, value, nxt)            # ... so the file's pages can go
+                out.append(values)
+            else:                                # unpacked: key byte + value, repeated
+                _expect(wire, wire_unpacked, field, "BlobProto", source)
+                n = _run_length(buf, pos, end, buf[pos], width + 1)
+                out.append(np.ndarray((n,), dtype, buffer=buf, offset=pos + 1, strides=(width + 1,))
+                           .astype(np.float32))
+                nxt = pos + n * (width + 1)
+                _release(buf, pos, nxt)
+        pos = nxt
+    parts = doubles or floats
+    data = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, "<f4")
+    data = data.astype(np.float32, copy=False)   # native float32; a view of aligned '<f4' data
+    if legacy:
+        shape = tuple(legacy.get(f, 0) for f in BLOB_LEGACY_DIMS)
+    shape = tuple(shape or ())
+    if math.prod(shape) != data.size:
+        raise UserError(f"{source}: {where} has shape {shape} but {data.size} values")
+    return data.reshape(shape), bool(legacy)
+
+
+def _logical_shape(blob, legacy, layer_type, index):
+    """Legacy 4-D dims count from the end (an fc weight is (1, 1, out, in), a bias (1, 1, 1, out)):
+    give weight/bias of conv and fc layers the shape Caffe's layer itself has."""
+    ndim = WEIGHT_NDIM.get(layer_type) if index == 0 else 1 if layer_type in WEIGHT_NDIM else None
+    if legacy and ndim and ndim < 4 and not any(d != 1 for d in blob.shape[:4 - ndim]):
+        return blob.reshape(blob.shape[4 - ndim:])
+    return blob
+
+
+def _parse_layer(buf, pos, end, source, ids, layers):
+    """V1LayerParameter (ids = V1) or LayerParameter (ids = V2) -> (name, type, [(blob, legacy)])."""
+    name, type_, blobs = "", "", []
+    for field, wire, value, nxt in _fields(buf, pos, end, source):
+        if field == ids["name"]:
+            _expect(wire, LEN, field, "layer", source)
+            name = _string(buf, value, nxt, source)
+        elif field == ids["type"]:
+            if ids is V1:
+                _expect(wire, VARINT, field, "V1 layer", source)
+                type_ = V1_LAYER_TYPES.get(value, f"V1 type {value}")
+            else:
+                _expect(wire, LEN, field, "layer", source)
+                type_ = _string(buf, value, nxt, source)
+        elif field == ids["blobs"]:
+            _expect(wire, LEN, field, "layer", source)
+            where = f"layer {len(layers) + 1} ({name or '?'}) blob {len(blobs)}"
+            blobs.append(_parse_blob(buf, value, nxt, source, where))
+        elif ids is V1 and field == V1["v0"]:    # a V0 layer nested in a V1 one (oldest files)
+            _expect(wire, LEN, field, "V1 layer", source)
+            n0, t0, b0 = _parse_layer(buf, value, nxt, source, V0, layers)
+            name, type_, blobs = name or n0, type_ or V0_TYPES.get(t0, t0), blobs + b0
+    return name, type_, blobs
+
+
+def read_caffe_layers(path):
+    """[(layer name, type string, [float32 array in Caffe's logical shape])] of a .caffemodel, in
+    file order, layers without blobs (relu, pool, norm) included. Arrays are views of the file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise UserError(f"{path}: empty file, not a caffemodel")
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    layers = []
+    for field, wire, value, nxt in _fields(buf, 0, len(buf), path):
+        if field in (NET_LAYERS_V1, NET_LAYER):
+            _expect(wire, LEN, field, "NetParameter", path)
+            ids = V1 if field == NET_LAYERS_V1 else V2
+            name, type_, blobs = _parse_layer(buf, value, nxt, path, ids, layers)
+            layers.append((name, type_, [_logical_shape(b, legacy, type_, i)
+                                         for i, (b, legacy) in enumerate(blobs)]))
+    if not layers:
+        raise UserError(f"{path}: not a caffemodel (no layers in it)")
+    return layers
+
+
+def read_caffemodel(path):
+    """{layer name: [float32 ndarray, ...]} of a .caffemodel (V1, V2, mixed) or .caffemodel.h5.
+
+    Binary files keep the file's layer order and list blob-less layers with []; HDF5 snapshots
+    record no order (h5py lists groups by name) and only layers with blobs are returned.
+    Shapes: conv weight (out, in/group, kh, kw), fc weight (out, in), biases (out,).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    if h5py.is_hdf5(path):
+        return _read_caffemodel_h5(path)
+    blobs = {}
+    for name, _, arrays in read_caffe_layers(path):
+        if name in blobs and (arrays or blobs[name]):
+            raise UserError(f"{path}: layer name '{name}' appears twice")
+        blobs[name] = arrays
+    return blobs
+
+
+def _read_caffemodel_h5(path):
+    # Caffe's Net::ToHDF5 (net.cpp): group data/<layer name>/<blob index> of N-D datasets.
+    try:
+        with h5py.File(path, "r") as f:
+            if not isinstance(f.get("data"), h5py.Group):
+                raise UserError(f"{path}: HDF5 file without a 'data' group, not a Caffe HDF5 snapshot")
+            blobs = {}
+            for name, group in f["data"].items():
+                if not isinstance(group, h5py.Group) or not all(k.isdigit() for k in group):
+                    raise UserError(f"{path}: data/{name} is not a group of numbered blobs")
+                arrays = [np.asarray(group[str(i)], dtype=np.float32) for i in range(len(group))]
+                if arrays:
+                    blobs[name] = arrays
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: unreadable Caffe HDF5 snapshot ({e})") from None
+    if not blobs:
+        raise UserError(f"{path}: no layers with blobs under data/")
+    return blobs
+
+
+def detect_arch(blobs):
+    """'caffenet' if pool1 comes before norm1 in the file's layer order, 'alexnet' if after, None
+    when the file does not list both (HDF5 snapshots)."""
+    order = list(blobs)
+    if "pool1" in order and "norm1" in order:
+        return "caffenet" if order.index("pool1") < order.index("norm1") else "alexnet"
+    return None
+
+
+def read_mean(path):
+    """The mean image, float32 (3, 256, 256) BGR: Caffe's imagenet_mean.binaryproto (a BlobProto
+    1x3x256x256) or pycaffe's ilsvrc_2012_mean.npy (float64 3x256x256)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such mean file")
+    with open(path, "rb") as f:
+        is_npy = f.read(6) == b"\x93NUMPY"
+    if is_npy:
+        try:
+            mean = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise UserError(f"{path}: unreadable .npy mean file ({e})") from None
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+        if not data:
+            raise UserError(f"{path}: empty mean file")
+        mean, _ = _parse_blob(data, 0, len(data), path, "the mean blob")
+    if mean.ndim == 4 and mean.shape[0] == 1:
+        mean = mean[0]
+    if mean.shape != (3, 256, 256):
+        raise UserError(f"{path}: mean has shape {mean.shape}, expected (3, 256, 256) (or 1x3x256x256)")
+    return np.array(mean, dtype=np.float32, order="C")
+
+
+# --------------------------------------------------------------------------------------- writing
+def _varint_bytes(n):
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _len_field(field, pieces):
+    """A length-delimited field around `pieces` (bytes or contiguous arrays): returns pieces."""
+    size = sum(p.nbytes if isinstance(p, np.ndarray) else len(p) for p in pieces)
+    return [_varint_bytes(field << 3 | LEN) + _varint_bytes(size)] + pieces
+
+
+def _blob_pieces(array, legacy, packed):
+    data = np.ascontiguousarray(array, dtype="<f4").reshape(-1)
+    if legacy:
+        if array.ndim > 4:
+            raise ValueError(f"legacy dims hold at most 4 axes, got shape {array.shape}")
+        dims = (1,) * (4 - array.ndim) + tuple(array.shape)
+        pieces = [b"".join(_varint_bytes(f << 3 | VARINT) + _varint_bytes(d)
+                           for f, d in zip(BLOB_LEGACY_DIMS, dims))]
+    else:
+        pieces = _len_field(BLOB_SHAPE, _len_field(1, [b"".join(_varint_bytes(d) for d in array.shape)]))
+    if packed:
+        return pieces + _len_field(BLOB_DATA, [data])
+    records = np.empty(data.size, np.dtype([("key", "u1"), ("value", "<f4")]))   # 5 bytes each
+    records["key"], records["value"] = BLOB_DATA << 3 | FIXED32, data
+    return pieces + [records]
+
+
+def guess_layer_type(name, blobs):
+    """Caffe type string from the zoo's layer names (conv*, fc*, relu*, ...), else the blob rank."""
+    for prefix, type_ in (("conv", "Convolution"), ("fc", "InnerProduct"), (HASH_LAYER, "InnerProduct"),
+                          ("relu", "ReLU"), ("pool", "Pooling"), ("norm", "LRN"), ("drop", "Dropout"),
+                          ("prob", "Softmax"), ("tanh", "TanH"), ("data", "Data")):
+        if name.startswith(prefix):
+            return type_
+    return {4: "Convolution", 2: "InnerProduct"}.get(np.ndim(blobs[0]) if blobs else 0, "Split")
+
+
+def write_caffemodel(path, layers, fmt="v1", packed=True, types=None, overwrite=False):
+    """Write {layer name: [arrays]} as a .caffemodel NetParameter.
+
+    fmt: "v1" = field 2 `layers`, enum types, legacy num/channels/height/width dims (the 2014 zoo
+    files); "v2" = field 100 `layer`, string types, BlobShape; "v2-legacy-dims" = V2 layers with
+    legacy dims. packed=False writes every float as its own field. types: {name: Caffe type
+    string}, default guess_layer_type.
+    """
+    if fmt not in ("v1", "v2", "v2-legacy-dims"):
+        raise ValueError(f"fmt must be v1, v2 or v2-legacy-dims, got {fmt!r}")
+    types = dict(types or {})
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+        for name, blobs in layers.items():
+            type_ = types.get(name) or guess_layer_type(name, blobs)
+            ids = V1 if fmt == "v1" else V2
+            name_b = name.encode()
+            body = [_varint_bytes(ids["name"] << 3 | LEN) + _varint_bytes(len(name_b)) + name_b]
+            if fmt == "v1":
+                if type_ not in V1_TYPE_IDS:
+                    raise ValueError(f"layer type {type_!r} has no V1 enum value")
+                body.append(_varint_bytes(V1["type"] << 3 | VARINT) + _varint_bytes(V1_TYPE_IDS[type_]))
+            else:
+                body.append(_varint_bytes(V2["type"] << 3 | LEN) + _varint_bytes(len(type_)) + type_.encode())
+            for blob in blobs:
+                body += _len_field(ids["blobs"], _blob_pieces(np.asarray(blob), fmt != "v2", packed))
+            for piece in _len_field(NET_LAYERS_V1 if fmt == "v1" else NET_LAYER, body):
+                f.write(piece.view(np.uint8) if isinstance(piece, np.ndarray) else piece)
+
+
+def write_caffemodel_h5(path, layers, overwrite=False):
+    """Write {layer name: [arrays]} as Caffe's HDF5 snapshot: data/<layer>/<blob index> (net.cpp)."""
+    with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+        data = f.create_group("data")
+        for name, blobs in layers.items():
+            group = data.create_group(name)
+            for i, blob in enumerate(blobs):
+                group.create_dataset(str(i), data=np.asarray(blob, dtype=np.float32))
+
+
+def write_binaryproto(path, array, overwrite=False):
+    """Write a mean image as a BlobProto with legacy dims 1xCxHxW, as Caffe's compute_image_mean."""
+    array = np.asarray(array, dtype=np.float32)
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+        for piece in _blob_pieces(array.reshape((1,) * (4 - array.ndim) + array.shape), True, True):
+            f.write(piece.view(np.uint8) if isinstance(piece, np.ndarray) else piece)
+
+
+# ------------------------------------------------------------------------------- deploy prototxt
+def _layer_text(name, type_, bottom, top, param=None, lr_mults=None):
+    lines = ["layer {", f'  name: "{name}"', f'  type: "{type_}"', f'  bottom: "{bottom}"', f'  top: "{top}"']
+    for lr, decay in lr_mults or ():
+        lines += ["  param {", f"    lr_mult: {lr}", f"    decay_mult: {decay}", "  }"]
+    if param:
+        kind, values = param
+        lines.append(f"  {kind} {{")
+        lines += [f"    {k}: {v}" for k, v in values]
+        lines.append("  }")
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def deploy_prototxt(arch, bits=None):
+    """deploy.prototxt of bvlc_reference_caffenet ('caffenet') or bvlc_alexnet ('alexnet') as
+    BVLC/caffe master has them (Input layer, batch 10; only bvlc_alexnet lists param blocks); with
+    `bits`, fc8 + prob are replaced by the DHN hash layer (InnerProduct, K outputs; lr_mult 10/20
+    as the authors' where param blocks are listed) and a TanH layer with top "tanh"."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    mults = ((1, 1), (2, 0)) if arch == "alexnet" else None
+    pool = ("pooling_param", (("pool", "MAX"), ("kernel_size", 3), ("stride", 2)))
+    lrn = ("lrn_param", (("local_size", 5), ("alpha", 0.0001), ("beta", 0.75)))
+    text = f'name: "{"CaffeNet" if arch == "caffenet" else "AlexNet"}"\n' + (
+        'layer {\n  name: "data"\n  type: "Input"\n  top: "data"\n'
+        "  input_param { shape: { dim: 10 dim: 3 dim: 227 dim: 227 } }\n}\n")
+    bottom = "data"
+    for name, c in CONV_LAYERS.items():
+        conv = [("num_output", c["out_channels"])] + ([("pad", c["padding"])] if "padding" in c else [])
+        conv += [("kernel_size", c["kernel_size"])] + ([("stride", c["stride"])] if "stride" in c else [])
+        conv += [("group", c["groups"])] if "groups" in c else []
+        text += _layer_text(name, "Convolution", bottom, name, ("convolution_param", conv), mults)
+        i = name[-1]
+        text += _layer_text(f"relu{i}", "ReLU", name, name)
+        bottom = name
+        if i in "12":    # caffenet: pool -> norm; alexnet: norm -> pool
+            steps = [("pool", "Pooling", pool), ("norm", "LRN", lrn)]
+            for kind, type_, param in steps if arch == "caffenet" else steps[::-1]:
+                text += _layer_text(f"{kind}{i}", type_, bottom, f"{kind}{i}", param)
+                bottom = f"{kind}{i}"
+        elif i == "5":
+            text += _layer_text("pool5", "Pooling", "conv5", "pool5", pool)
+            bottom = "pool5"
+    for name, (_, n_out) in FC_LAYERS.items():
+        i = name[-1]
+        text += _layer_text(name, "InnerProduct", bottom, name,
+                            ("inner_product_param", [("num_output", n_out)]), mults)
+        text += _layer_text(f"relu{i}", "ReLU", name, name)
+        text += _layer_text(f"drop{i}", "Dropout", name, name, ("dropout_param", [("dropout_ratio", 0.5)]))
+        bottom = name
+    if bits:
+        text += _layer_text(HASH_LAYER, "InnerProduct", "fc7", HASH_LAYER,
+                            ("inner_product_param", [("num_output", bits)]), mults and ((10, 1), (20, 0)))
+        return text + _layer_text("tanh", "TanH", HASH_LAYER, "tanh")
+    text += _layer_text("fc8", "InnerProduct", "fc7", "fc8",
+                        ("inner_product_param", [("num_output", 1000)]), mults)
+    return text + _layer_text("prob", "Softmax", "fc8", "prob")
+
+
+# ----------------------------------------------------------------- Caffe layers <-> state dict
+def _fit(blob, want):
+    """Caffe's legacy shape rule (Blob::ShapeEquals): extra leading axes of size 1 are ignored."""
+    extra = blob.ndim - len(want)
+    if extra > 0 and blob.shape[extra:] == tuple(want) and not any(d != 1 for d in blob.shape[:extra]):
+        return blob.reshape(want)
+    return blob
+
+
+def _tensor(blob):
+    # Aligned views of the file's mmap become tensors without a copy (the reader already copied
+    # unaligned fields); anything else (unaligned, read-only, strided) is copied first, since torch
+    # kernels may assume aligned, writable memory.
+    blob = np.asarray(blob, dtype=np.float32)
+    if not (blob.flags.aligned and blob.flags.writeable and blob.flags.c_contiguous):
+        blob = np.array(blob, order="C")
+    return torch.from_numpy(blob)
+
+
+def caffe_to_state_dict(blobs, arch, source):
+    """{Caffe layer: [weight, bias]} -> ({`<layer>.weight`/`.bias`: tensor}, notes).
+
+    conv1..fc7 must all be there with the arch's shapes; a hash layer (`hash_layer`, or the
+    authors' `fch`) is imported; every other layer with blobs (fc8: ImageNet classifier) is dropped
+    with a note. UserError naming `source` on any missing layer or wrong shape. Tensors share
+    memory with the given arrays where they can (no copy of a 233 MiB model).
+    """
+    if arch not in ARCHS:
+        raise UserError(f"{source}: unknown arch {arch!r} (one of {', '.join(ARCHS)})")
+    with_blobs = [name for name, b in blobs.items() if len(b)]
+    hash_names = [n for n in HASH_LAYER_NAMES if n in with_blobs]
+    if len(hash_names) > 1:
+        raise UserError(f"{source}: both '{hash_names[0]}' and '{hash_names[1]}' hold a hash layer")
+    want = dict(expected_shapes())
+    if hash_names:
+        w = np.asarray(blobs[hash_names[0]][0])
+        if w.ndim < 2:
+            raise UserError(f"{source}: layer '{hash_names[0]}' weight has shape {tuple(w.shape)}, "
+                            "expected (bits, 4096)")
+        want.update(expected_shapes(int(w.shape[-2])))
+    state_dict, notes = {}, []
+    for layer in FEATURE_LAYERS + tuple(hash_names):
+        key = HASH_LAYER if layer in HASH_LAYER_NAMES else layer
+        if layer not in with_blobs:
+            raise UserError(f"{source}: no layer '{layer}' with weights (layers with weights: "
+                            f"{', '.join(with_blobs) or 'none'})")
+        if len(blobs[layer]) != 2:
+            raise UserError(f"{source}: layer '{layer}' has {len(blobs[layer])} blobs, "
+                            "expected 2 (weight, bias)")
+        for blob, part in zip(blobs[layer], ("weight", "bias")):
+            shape = want.get(f"{key}.{part}")
+            blob = _fit(np.asarray(blob), shape)
+            if blob.shape != shape:
+                raise UserError(f"{source}: layer '{layer}' {part} has shape {tuple(blob.shape)}, "
+                                f"{arch} expects {shape}")
+            state_dict[f"{key}.{part}"] = _tensor(blob)
+    bits = int(state_dict[f"{HASH_LAYER}.weight"].shape[0]) if hash_names else 0
+    if hash_names:
+        notes.append(f"imported hash layer '{hash_names[0]}' ({bits} bits) as '{HASH_LAYER}'")
+    for name in with_blobs:
+        if name not in FEATURE_LAYERS and name not in hash_names:
+            what = "ImageNet classifier" if name in CLASSIFIER_LAYERS else "not part of the network"
+            shapes = ", ".join("x".join(map(str, b.shape)) for b in blobs[name])
+            notes.append(f"dropped layer '{name}' ({shapes}): {what}")
+    check_state_dict(state_dict, bits, source)
+    return state_dict, notes
+
+
+def state_dict_to_caffe(state_dict):
+    """{`<layer>.weight`/`.bias`: tensor} -> {Caffe layer: [weight, bias] float32 arrays}, in the
+    network's order, ready for write_caffemodel / write_caffemodel_h5 (export to Caffe)."""
+    order = FEATURE_LAYERS + (HASH_LAYER,)
+    unknown = sorted(k for k in state_dict if k.rsplit(".", 1)[0] not in order)
+    if unknown:
+        raise ValueError(f"not parameters of the network: {', '.join(unknown)}")
+    layers = {}
+    for layer in order:
+        if f"{layer}.weight" in state_dict:
+            layers[layer] = [torch.as_tensor(state_dict[f"{layer}.{part}"]).detach().cpu().numpy()
+                             .astype(np.float32) for part in ("weight", "bias")]
+    return layers

@@ -1,0 +1,210 @@
+"""Training batches exactly as the authors' ImageData layer (shuffle: true) delivers them.
+
+Two parts:
+- A prepared cache, the counterpart of Caffe's convert_imageset LMDB: every image of a list decoded
+  and resized once to 256 x 256 uint8 BGR (HWC, as a cv::Mat) in an HDF5 file, so that the loader
+  only crops, mirrors and subtracts the mean and never starves the GPU. The build is resumable
+  (it fills `<cache>.partial` and renames it when complete) and bound to its list by a digest.
+- `BatchOrder`: which images, crop offsets and mirror flags make global batch t. It is a pure
+  function of (seed, t), so the batch sequence depends on neither the number of loader workers
+  nor the number of processes, and a resumed run sees the batches an uninterrupted one would.
+  The order follows image_data_layer.cpp: the list is shuffled at start and again at the end of
+  every pass, and a batch that reaches the end of a pass continues with the next shuffle.
+"""
+import functools
+import hashlib
+import os
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .errors import UserError
+from .lists import format_list
+from .transforms import CROP_SIZE, NEW_SIZE, read_image_bgr, resize_linear, train_transform_batch
+
+CACHE_FORMAT = "reproduce-image-cache/1"
+
+
+def list_digest(image_list):
+    """sha1 of the list's canonical text (paths and labels): what a cache is bound to."""
+    return hashlib.sha1(format_list(image_list.paths, image_list.labels).encode()).hexdigest()
+
+
+def check_images_exist(image_list, root):
+    """UserError naming the list file, line and path of the first missing image, and the count."""
+    missing = [i for i, p in enumerate(image_list.paths) if not os.path.isfile(os.path.join(root, p))]
+    if missing:
+        first = ", ".join(os.path.join(root, image_list.paths[i]) for i in missing[:3])
+        raise UserError(f"{image_list.where(missing[0])}: image {os.path.join(root, image_list.paths[missing[0]])} "
+                        f"not found ({len(missing)} of {len(image_list)} images of the list are missing "
+                        f"under {root}; first: {first})")
+
+
+def load_resized(image_list, root, i):
+    """Entry i of the list decoded as BGR uint8 and resized to 256 x 256 (Caffe's ReadImageToCVMat)."""
+    path = os.path.join(root, image_list.paths[i])
+    try:
+        return resize_linear(read_image_bgr(path), NEW_SIZE, NEW_SIZE)
+    except UserError as e:
+        raise UserError(f"{image_list.where(i)}: {e}") from None
+
+
+class _ResizedImages(torch.utils.data.Dataset):
+    """Item j = (index[j], 256 x 256 x 3 uint8) — decoding in loader workers while the cache fills."""
+
+    def __init__(self, image_list, root, index):
+        self.image_list, self.root, self.index = image_list, root, index
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, j):
+        i = int(self.index[j])
+        return i, load_resized(self.image_list, self.root, i)
+
+
+def build_cache(image_list, root, cache_path, workers=2, progress=True):
+    """Decode and resize every image of `image_list` once into `cache_path` (HDF5).
+
+    Datasets: `images` uint8 N x 256 x 256 x 3 (BGR), `labels` uint8 N x C, `done` bool N.
+    An existing complete cache is checked against the list and reused; an interrupted build
+    (`<cache_path>.partial`) resumes where it stopped.
+    """
+    if os.path.exists(cache_path):
+        open_cache(cache_path, image_list).close()
+        return cache_path
+    partial = cache_path + ".partial"
+    digest, n = list_digest(image_list), len(image_list)
+    if os.path.exists(partial):
+        try:
+            f = h5py.File(partial, "r+")
+        except OSError:
+            raise UserError(f"{partial}: unreadable partial cache; remove it to start the build again") from None
+        if f.attrs.get("list_sha1") != digest:
+            f.close()
+            raise UserError(f"{partial}: partial cache of another list; remove it to start again")
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+        f = h5py.File(partial, "w")
+        f.attrs.update(format=CACHE_FORMAT, list_sha1=digest, list_source=image_list.source,
+                       root=os.path.abspath(root), size=NEW_SIZE)
+        f.create_dataset("images", (n, NEW_SIZE, NEW_SIZE, 3), dtype=np.uint8,
+                         chunks=(1, NEW_SIZE, NEW_SIZE, 3))
+        f.create_dataset("labels", data=image_list.labels)
+        f.create_dataset("done", (n,), dtype=bool)
+    with f:
+        todo = np.flatnonzero(~f["done"][:])
+        check_images_exist(image_list.subset(todo), root)
+        loader = torch.utils.data.DataLoader(_ResizedImages(image_list, root, todo), batch_size=None,
+                                             num_workers=workers)
+        images, done = f["images"], f["done"]
+        for k, (i, img) in enumerate(tqdm(loader, total=len(todo), desc=f"caching {os.path.basename(cache_path)}",
+                                          unit="img", disable=not progress, initial=n - len(todo))):
+            images[i] = img.numpy()
+            done[i] = True
+            if k % 1000 == 999:
+                f.flush()
+    os.replace(partial, cache_path)
+    return cache_path
+
+
+def open_cache(cache_path, image_list):
+    """Open a complete cache read-only, checking that it was built from `image_list`."""
+    try:
+        f = h5py.File(cache_path, "r")
+    except OSError:
+        raise UserError(f"{cache_path}: not a readable HDF5 image cache (truncated?)") from None
+    if f.attrs.get("format") != CACHE_FORMAT or "images" not in f:
+        f.close()
+        raise UserError(f"{cache_path}: not an image cache written by reproduce")
+    if f.attrs.get("list_sha1") != list_digest(image_list) or len(f["images"]) != len(image_list):
+        f.close()
+        raise UserError(f"{cache_path}: cache was built from another list than {image_list.source} "
+                        "(remove it to rebuild)")
+    if not f["done"][:].all():
+        f.close()
+        raise UserError(f"{cache_path}: cache is incomplete; rebuild it")
+    return f
+
+
+class BatchOrder:
+    """Global batch t -> (indices B, crop offsets B x 2 (h_off, w_off), mirror flags B), from the seed.
+
+    Each pass over the list is a permutation drawn from (seed, pass); the crops and mirrors of
+    batch t from (seed, t): data_transformer.cpp draws h_off, w_off uniformly in
+    0..256-227 and mirror with probability 1/2 for every image.
+    """
+
+    def __init__(self, num_images, batch_size, seed, crop=True, mirror=True):
+        self.n, self.batch_size, self.seed = num_images, batch_size, seed
+        self.crop, self.mirror = crop, mirror
+
+    @functools.lru_cache(maxsize=4)
+    def permutation(self, epoch):
+        return np.random.default_rng([self.seed, 0, epoch]).permutation(self.n)
+
+    def batch(self, t):
+        pos = np.arange(t * self.batch_size, (t + 1) * self.batch_size)
+        epochs, within = np.divmod(pos, self.n)
+        index = np.empty(self.batch_size, dtype=np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            index[sel] = self.permutation(int(e))[within[sel]]
+        rng = np.random.default_rng([self.seed, 1, t])
+        offsets = rng.integers(0, NEW_SIZE - CROP_SIZE + 1, size=(self.batch_size, 2))
+        mirror = rng.integers(0, 2, size=self.batch_size).astype(bool)
+        if not self.crop:
+            offsets[:] = (NEW_SIZE - CROP_SIZE) // 2
+        if not self.mirror:
+            mirror[:] = False
+        return index, offsets, mirror
+
+
+class TrainBatches(torch.utils.data.Dataset):
+    """Item i = this process's share of global batch `start + i`, transformed as Caffe's TRAIN phase.
+
+    Returns (float32 b x 3 x 227 x 227 BGR minus mean, uint8 labels b x C) with b = B / world_size:
+    process `rank` takes rows rank*b ... (rank+1)*b - 1 of every global batch. Images come from a
+    cache (`cache_path`) or, without one, are decoded and resized from `root` on the fly.
+    """
+
+    def __init__(self, image_list, order, mean, start, stop, cache_path=None, root=None, rank=0, world_size=1):
+        if order.batch_size % world_size:
+            raise UserError(f"batch size {order.batch_size} is not divisible by {world_size} processes")
+        self.image_list, self.order, self.mean = image_list, order, mean
+        self.start, self.stop, self.cache_path, self.root = start, stop, cache_path, root
+        b = order.batch_size // world_size
+        self.share = slice(rank * b, (rank + 1) * b)
+        self._file, self._pid = None, None
+
+    def __len__(self):
+        return max(0, self.stop - self.start)
+
+    def _images(self, index):
+        if self.cache_path is None:
+            return np.stack([load_resized(self.image_list, self.root, int(i)) for i in index])
+        if self._pid != os.getpid():   # one HDF5 handle per loader process, opened after the fork
+            self._file, self._pid = h5py.File(self.cache_path, "r"), os.getpid()
+        images = self._file["images"]
+        out = np.empty((len(index),) + images.shape[1:], dtype=np.uint8)
+        for j, i in enumerate(index):
+            # One chunk read per image: h5py's fancy indexing (images[list]) is ~50x slower.
+            images.read_direct(out, np.s_[int(i)], np.s_[j])
+        return out
+
+    def __getitem__(self, i):
+        index, offsets, mirror = self.order.batch(self.start + i)
+        index, offsets, mirror = index[self.share], offsets[self.share], mirror[self.share]
+        x = train_transform_batch(self._images(index), offsets, mirror, self.mean)
+        return x, torch.from_numpy(self.image_list.labels[index])
+
+
+def make_loader(dataset, workers=2, pin_memory=False):
+    """Batches in order with `workers` processes prefetching ahead of the training loop."""
+    kwargs = dict(prefetch_factor=4, persistent_workers=False) if workers > 0 else {}
+    # An own generator: the loader's worker seeding must not draw from the global RNG, which
+    # drives dropout and is restored exactly on --resume.
+    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                       pin_memory=pin_memory, generator=torch.Generator(), **kwargs)

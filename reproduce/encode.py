@@ -1,0 +1,226 @@
+"""Encode a list of images into hash codes (and fc7 features) with Caffe's TEST transform.
+
+    python -m reproduce.encode --checkpoint CKPT --list LIST --root DIR --out CODES.h5
+        [--oversample] [--batch-size 50] [--workers 2] [--features]
+        [--mean 104,117,123 | --mean-file F] [--device cpu|cuda] [--force]
+
+Every image is decoded as BGR, resized to 256 x 256 as cv::resize INTER_LINEAR does, and centre
+cropped to 227 x 227 with the mean subtracted (Caffe's TEST phase); with --oversample, pycaffe's
+10 crops are encoded and their outputs averaged (the authors' first evaluation script). The HDF5
+output holds
+
+    codes     float32 N x K   tanh outputs before sign (absent for a model without hash layer)
+    labels    uint8   N x C   the list's labels
+    paths     str     N       the list's relative paths (UTF-8)
+    features  float32 N x 4096  fc7 after relu7 (Caffe's fc7 blob), with --features
+
+and attributes naming the checkpoint (path, sha1), arch, bits, transform, mean and list. It is
+written in batches into preallocated datasets (memory flat in N), under a temporary name renamed
+into place at the end: an interrupted or failed run leaves no output file.
+"""
+import argparse
+import os
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .caffe_format import read_mean
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data import check_images_exist, load_resized
+from .errors import UserError, run_cli
+from .fileio import atomic_output, sha1_file
+from .lists import read_list
+from .transforms import CROP_SIZE, MEAN_VALUE, center_crop, mean_array, oversample
+
+CODES_FORMAT = "reproduce-dhn-codes/1"
+FEATURE_DIM = 4096          # fc7 of CaffeNet / AlexNet
+TEN_CROPS = 10              # caffe.io.oversample: 4 corners + centre, and their mirrors
+ROWS_PER_CHUNK = 1024       # HDF5 chunk height of codes/labels (features: 64 rows = 1 MiB)
+
+
+class _TestImages(torch.utils.data.Dataset):
+    """Item i = (i, float32 3 x 227 x 227 or 10 x 3 x 227 x 227 blob, error message or "").
+
+    A decode error travels back as a message (naming list file, line and path) instead of an
+    exception, so that it reaches the user as one line rather than a worker traceback.
+    """
+
+    def __init__(self, image_list, root, mean, ten_crops):
+        self.image_list, self.root, self.mean, self.ten_crops = image_list, root, mean, ten_crops
+
+    def __len__(self):
+        return len(self.image_list)
+
+    def __getitem__(self, i):
+        try:
+            img = load_resized(self.image_list, self.root, i)
+        except UserError as e:
+            shape = (TEN_CROPS, 3, CROP_SIZE, CROP_SIZE) if self.ten_crops else (3, CROP_SIZE, CROP_SIZE)
+            return i, torch.zeros(shape), str(e)
+        blob = oversample(img, self.mean) if self.ten_crops else center_crop(img, self.mean)
+        return i, torch.from_numpy(blob), ""
+
+
+def _pick_device(name):
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a torch device (cpu, cuda, cuda:1 ...)") from None
+
+
+def encode_list(model, image_list, root, out_path, batch_size=50, oversample=False, features=False,
+                mean=MEAN_VALUE, workers=2, device=None, attrs=None, overwrite=False, progress=True):
+    """Encode every image of `image_list` (paths relative to `root`) into the HDF5 file `out_path`.
+
+    model: a DHNNet, moved to `device` and run in eval mode (its train/eval mode is restored after).
+    Codes are written when it has a hash layer, fc7 features when `features` is true (at least one
+    of the two is required). batch_size = network inputs per forward pass (with oversample,
+    batch_size // 10 images of 10 crops each). mean: (B, G, R) values or a (3, 256, 256) mean
+    image. attrs: further HDF5 attributes (checkpoint path and sha1, dataset, split ...); None
+    values are skipped. Checks that every image exists before anything is written. Returns out_path.
+    """
+    has_hash = getattr(model, "hash_layer", None) is not None
+    if not has_hash and not features:
+        raise UserError(f"{attrs.get('checkpoint', 'model') if attrs else 'model'}: no hash layer "
+                        "(an ImageNet model?); only fc7 features can be encoded: add --features")
+    if len(image_list) == 0:
+        raise UserError(f"{image_list.source}: the list is empty")
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    mean = mean_array(mean)
+    check_images_exist(image_list, root)
+    device = _pick_device(device) if not isinstance(device, torch.device) else device
+    was_training = model.training
+    try:
+        return _encode(model.to(device).eval(), image_list, root, out_path, batch_size, oversample, features,
+                       mean, workers, device, attrs, overwrite, progress)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _encode(model, image_list, root, out_path, batch_size, oversample, features, mean, workers, device,
+            attrs, overwrite, progress):
+    has_hash = model.hash_layer is not None
+    images_per_batch = max(1, batch_size // TEN_CROPS) if oversample else batch_size
+    loader = torch.utils.data.DataLoader(_TestImages(image_list, root, mean, oversample),
+                                         batch_size=images_per_batch, shuffle=False,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    n, bits = len(image_list), (model.bits if has_hash else 0)
+    with atomic_output(out_path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(_attributes(model, image_list, root, mean, oversample, has_hash, attrs))
+        rows = min(n, ROWS_PER_CHUNK)
+        codes = f.create_dataset("codes", (n, bits), "float32", chunks=(rows, bits)) if has_hash else None
+        feats = (f.create_dataset("features", (n, FEATURE_DIM), "float32", chunks=(min(n, 64), FEATURE_DIM))
+                 if features else None)
+        labels = image_list.labels.astype(np.uint8)
+        f.create_dataset("labels", data=labels, chunks=(rows, labels.shape[1]))
+        f.create_dataset("paths", data=list(image_list.paths), dtype=h5py.string_dtype("utf-8"))
+        done = 0
+        with tqdm(total=n, unit="img", desc="encode", disable=not progress) as bar:
+            for index, blob, errors in loader:
+                bad = next((e for e in errors if e), None)
+                if bad:
+                    raise UserError(bad)
+                assert index[0] == done, "loader out of order"
+                fc7 = model.features(blob.to(device).flatten(0, blob.dim() - 4))
+                b = len(index)
+                if features:
+                    feats[done:done + b] = _crop_average(fc7, b).cpu().numpy()
+                if has_hash:
+                    codes[done:done + b] = _crop_average(model.hash(fc7), b).cpu().numpy()
+                done += b
+                bar.update(b)
+    return out_path
+
+
+def _crop_average(x, n_images):
+    """Average the rows of each image's crops (pycaffe Classifier.predict: mean over the 10)."""
+    return x.view(n_images, -1, x.shape[-1]).mean(dim=1)
+
+
+def _attributes(model, image_list, root, mean, ten_crops, has_hash, extra):
+    attrs = {"format": CODES_FORMAT, "arch": model.arch, "bits": int(model.bits if has_hash else 0),
+             "transform": "oversample-10" if ten_crops else "center-crop-227",
+             "resize": "cv::resize INTER_LINEAR 256x256", "list": image_list.source,
+             "root": os.fspath(root), "num_images": len(image_list)}
+    if mean.shape[1] == 1:
+        attrs["mean"] = mean.ravel().astype(np.float64)
+    else:
+        attrs["mean"] = "mean image (3 x 256 x 256), see mean_file"
+    attrs.update({k: v for k, v in (extra or {}).items() if v is not None})
+    return attrs
+
+
+def _parse_mean(text):
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise UserError(f"--mean {text!r}: expected three comma-separated numbers B,G,R (e.g. 104,117,123)")
+    return values
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(prog="python -m reproduce.encode", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True,
+                   help="model checkpoint (.pth of this package: a DHN snapshot, or a converted "
+                        "ImageNet model with --features)")
+    p.add_argument("--list", required=True, help="image list: `relative/path l1 ... lC` per line")
+    p.add_argument("--root", required=True, help="folder the list's paths are relative to")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--oversample", action="store_true",
+                   help="pycaffe's 10 crops averaged (the authors' first evaluation script); "
+                        "default: centre crop 227 at offset 14 (Caffe's TEST phase, their later script)")
+    p.add_argument("--batch-size", type=int, default=50,
+                   help="network inputs (crops) per forward pass (default 50); the codes do not "
+                        "depend on it beyond float rounding")
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2; 0 = in the main process)")
+    p.add_argument("--features", action="store_true", help="also write fc7 (after relu7), N x 4096")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mean", default="104,117,123",
+                   help="per-channel mean B,G,R (default 104,117,123: the authors' transform_param mean_value)")
+    g.add_argument("--mean-file", default=None,
+                   help="mean image instead: imagenet_mean.binaryproto or ilsvrc_2012_mean.npy (3 x 256 x 256 BGR)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    return p
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    # Cheap checks first: output, options, mean, list, images; then the (large) checkpoint.
+    if os.path.exists(args.out) and not args.force:
+        raise UserError(f"{args.out}: already exists; refusing to overwrite it (use --force)")
+    if args.workers < 0:
+        raise UserError(f"--workers {args.workers}: must be 0 or more")
+    attrs = {"list": os.path.abspath(args.list), "root": os.path.abspath(args.root)}
+    if args.mean_file:
+        try:
+            mean = mean_array(read_mean(args.mean_file))
+        except UserError as e:
+            raise UserError(f"{args.mean_file}: {e}") from None
+        attrs.update(mean_file=os.path.abspath(args.mean_file), mean_file_sha1=sha1_file(args.mean_file))
+    else:
+        mean = _parse_mean(args.mean)
+    image_list = read_list(args.list)
+    check_images_exist(image_list, args.root)
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint)
+    attrs.update(checkpoint=os.path.abspath(args.checkpoint), checkpoint_sha1=sha1_file(args.checkpoint))
+    encode_list(model, image_list, args.root, args.out, batch_size=args.batch_size,
+                oversample=args.oversample, features=args.features, mean=mean, workers=args.workers,
+                device=args.device, attrs=attrs, overwrite=args.force)
+    print(f"wrote {args.out}: {len(image_list)} images, "
+          + ", ".join(k for k, on in (("codes", model.hash_layer is not None), ("features", args.features)) if on))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,263 @@
+"""The DHN training loop shared by every dataset and variant (one Caffe solver run).
+
+`train(cfg)` follows the authors' Caffe run step for step: global batch of `batch_size` images in
+the ImageData order (reproduce.data.BatchOrder), forward to the tanh codes, the DHN loss on all
+B x B pairs of the batch, backward, one Caffe SGD update (reproduce.solver.CaffeSGD). Under
+torchrun the global batch is split across processes and the codes are all-gathered, so the
+pairwise loss still sees the same B x B pairs as one Caffe process.
+
+Run folder (rank 0 writes): config.json, log.jsonl (Caffe's fields at every display interval),
+snapshot_iter_<N>.pth (model + solver + RNG state, written atomically), final.pth (the model,
+loadable by reproduce.encode).
+"""
+import json
+import math
+import os
+import re
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .caffe_format import read_mean
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .data import BatchOrder, TrainBatches, build_cache, check_images_exist, make_loader, open_cache
+from .errors import UserError
+from .fileio import write_text_atomic
+from .lists import read_list
+from .losses import DHNLoss
+from .solver import CaffeSGD, caffe_param_groups
+
+SNAPSHOT_RE = re.compile(r"^snapshot_iter_(\d+)\.pth$")
+# Settings that may change between a run and its --resume without changing the trajectory.
+RESUME_MAY_DIFFER = {"resume", "workers", "device", "display", "progress", "keep_snapshots", "max_iter",
+                     "snapshot", "cache", "root"}
+
+
+def snapshots(run_dir):
+    """{iteration: path} of the snapshots in run_dir."""
+    found = {}
+    for name in os.listdir(run_dir) if os.path.isdir(run_dir) else ():
+        m = SNAPSHOT_RE.match(name)
+        if m:
+            found[int(m.group(1))] = os.path.join(run_dir, name)
+    return found
+
+
+class Distributed:
+    """rank / world size under torchrun (env WORLD_SIZE), or a single process."""
+
+    def __init__(self, device):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world_size > 1
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def gather(self, local):
+        """Concatenate every process's rows in rank order; gradient flows into this rank's rows only.
+
+        Each process then computes the same loss on the same B x B pairs; DDP averages the
+        parameter gradients over processes, so the loss is scaled by world_size before backward
+        (see train) to give exactly the single-process gradient.
+        """
+        if not self.enabled:
+            return local
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local.detach().contiguous())
+        parts[self.rank] = local
+        return torch.cat(parts)
+
+
+def pick_device(name):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def _solver(model, cfg):
+    return CaffeSGD(caffe_param_groups(model), base_lr=cfg["base_lr"], momentum=cfg["momentum"],
+                    weight_decay=cfg["weight_decay"], lr_policy=cfg["lr_policy"], gamma=cfg["gamma"],
+                    stepsize=cfg["stepsize"], power=cfg["power"], stepvalue=tuple(cfg["stepvalue"]),
+                    max_iter=cfg["max_iter"])
+
+
+def _check_resume_config(run_dir, cfg):
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    differ = sorted(k for k in set(old) | set(cfg) if k not in RESUME_MAY_DIFFER and old.get(k) != cfg.get(k))
+    if differ:
+        k = differ[0]
+        raise UserError(f"{path}: the run was started with {k}={old.get(k)!r}, now {cfg.get(k)!r} "
+                        f"({len(differ)} setting(s) differ); resume with the same settings or use another --out")
+
+
+def _write_log(path, records):
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def prepare_run_dir(cfg):
+    """Refuse to clobber an existing run; on --resume return (iteration, snapshot path or None)."""
+    run_dir = cfg["out"]
+    found = snapshots(run_dir)
+    has_run = bool(found) or os.path.exists(os.path.join(run_dir, "final.pth"))
+    if has_run and not cfg["resume"]:
+        raise UserError(f"{run_dir}: already holds a training run; pass --resume to continue it, "
+                        "or choose another --out")
+    if cfg["resume"]:
+        _check_resume_config(run_dir, cfg)
+    if cfg["resume"] and found:
+        it = max(found)
+        return it, found[it]
+    return 0, None
+
+
+def train(cfg, model=None, ckpt=None, progress=True):
+    """Run (or resume) one DHN training run described by `cfg` (the dict of train.get_args_parser()).
+
+    `model` may be given to train another network with the same loop (tests use a tiny one);
+    otherwise it is built from `ckpt` (or cfg["weights"]). Every input is checked before anything
+    is written. Returns the path of final.pth (None on ranks > 0).
+    """
+    device = pick_device(cfg["device"])
+    ddp = Distributed(device)
+    run_dir, is_main = cfg["out"], ddp.rank == 0
+    start, snapshot_path = prepare_run_dir(cfg)
+    image_list = read_list(cfg["train_list"], num_labels=cfg["num_labels"])
+    mean = read_mean(cfg["mean_file"]) if cfg["mean_file"] else np.asarray(cfg["mean"], dtype=np.float32)
+    if model is None:
+        ckpt = ckpt or load_checkpoint(cfg["weights"])
+        model = model_from_checkpoint(ckpt, cfg["weights"], bits=cfg["bits"], arch=cfg["arch"],
+                                      dropout=cfg["dropout"],
+                                      generator=torch.Generator().manual_seed(cfg["seed"]))
+    snap = load_checkpoint(snapshot_path) if snapshot_path else None
+    cache = None if cfg["cache"] == "none" else cfg["cache"]
+    if cache is not None and os.path.exists(cache):
+        open_cache(cache, image_list).close()         # built from this very list?
+    else:
+        check_images_exist(image_list, cfg["root"])   # before any training starts
+
+    # Inputs are good: from here on the run folder is written.
+    if cache is not None:
+        if is_main and not os.path.exists(cache):
+            build_cache(image_list, cfg["root"], cache, workers=cfg["workers"], progress=progress)
+        if ddp.enabled:
+            dist.barrier()
+    model.to(device)
+    solver = _solver(model, cfg)
+    torch.manual_seed(cfg["seed"] + ddp.rank)   # dropout masks
+    records = []
+    if snap is not None:
+        model.load_state_dict(snap["state_dict"])
+        solver.load_state_dict(snap["solver"])
+        torch.set_rng_state(snap["rng"][ddp.rank])
+        log_path = os.path.join(run_dir, "log.jsonl")
+        if os.path.exists(log_path):
+            with open(log_path) as f:
+                records = [r for r in map(json.loads, f) if r["iteration"] <= start]
+    if is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        write_text_atomic(os.path.join(run_dir, "config.json"), json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        _write_log(os.path.join(run_dir, "log.jsonl"), records)
+
+    net = model
+    if ddp.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    net.train()
+    criterion = DHNLoss(quant_weight=cfg["quant_weight"], pair_loss=cfg["pair_loss"], threshold=cfg["threshold"])
+    order = BatchOrder(len(image_list), cfg["batch_size"], cfg["seed"], mirror=cfg["mirror"])
+    batches = TrainBatches(image_list, order, mean, start, cfg["max_iter"], cache_path=cache, root=cfg["root"],
+                           rank=ddp.rank, world_size=ddp.world_size)
+    loader = make_loader(batches, workers=cfg["workers"], pin_memory=device.type == "cuda")
+    log_path = os.path.join(run_dir, "log.jsonl")
+
+    def log(rec):
+        records.append(rec)
+        _write_log(log_path, records)
+
+    try:
+        fit(net, loader, criterion, solver, start, cfg["max_iter"], batch_size=cfg["batch_size"],
+            display=cfg["display"], device=device, gather=ddp.gather, world_size=ddp.world_size,
+            log=log if is_main else None, snapshot_every=cfg["snapshot"],
+            snapshot=lambda done: _snapshot(model, solver, cfg, done, ddp, is_main),
+            progress=progress and is_main)
+    except NonFiniteLoss as e:
+        good = max(snapshots(run_dir), default=None)
+        raise UserError(f"{run_dir}: {e}; " + (f"the last good snapshot is snapshot_iter_{good}.pth"
+                                              if good is not None else "no snapshot was written")) from None
+    if not is_main:
+        return None
+    final = os.path.join(run_dir, "final.pth")
+    save_checkpoint(final, model.state_dict(), model.arch, model.bits,
+                    meta={"kind": "dhn", "iteration": cfg["max_iter"], "args": cfg}, overwrite=True)
+    return final
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite; the run stops (Caffe would silently go on)."""
+
+
+def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display, device="cpu",
+        gather=None, world_size=1, log=None, snapshot=None, snapshot_every=0, progress=True):
+    """Caffe's Solver::Step from iteration `start` to `max_iter`: forward, loss, backward, update.
+
+    batches: yields (x, labels) for iterations start, start+1, ... (x: b x ... network input,
+    labels: b x C); gather: concatenates the rows of every process (multi-process training);
+    log(record) at every `display` iterations with Caffe's fields; snapshot(done) every
+    `snapshot_every` iterations and at the end.
+    """
+    gather = gather or (lambda t: t)
+    bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", disable=not progress)
+    last_time, last_it = time.perf_counter(), start
+    for it, (x, labels) in zip(range(start, max_iter), batches):
+        x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        loss = criterion(gather(net(x)), gather(labels))
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"non-finite loss ({value}) at iteration {it}; stopped")
+        solver.zero_grad(set_to_none=True)
+        # Every process computes the same loss on the gathered B x B pairs but back-propagates only
+        # into its own rows; DDP averages gradients over processes, hence the factor.
+        (loss * world_size).backward()
+        lr = solver.current_lr
+        solver.step()
+        done = it + 1
+        bar.update(1)
+        if log is not None and (done % display == 0 or done == max_iter):
+            now = time.perf_counter()
+            rec = {"iteration": done, "lr": lr, **criterion.last,
+                   "images_per_s": (done - last_it) * batch_size / max(now - last_time, 1e-9)}
+            last_time, last_it = now, done
+            log(rec)
+            bar.write(f"Iteration {done}, lr = {lr:.6g}, loss = {rec['total']:.6g} (pair_loss = {rec['pair_loss']:.6g}, "
+                      f"quantization_loss = {rec['quantization_loss']:.6g}; Caffe prints "
+                      f"{rec['quantization_loss_caffe']:.6g}), {rec['images_per_s']:.1f} images/s")
+        if snapshot is not None and (done % snapshot_every == 0 or done == max_iter):
+            snapshot(done)
+    bar.close()
+
+
+def _snapshot(model, solver, cfg, done, ddp, is_main):
+    """snapshot_iter_<done>.pth (Caffe's _iter_<N> naming): weights, solver history and RNG states."""
+    rng = torch.get_rng_state()
+    rngs = [torch.empty_like(rng) for _ in range(ddp.world_size)] if ddp.enabled else [rng]
+    if ddp.enabled:
+        dist.all_gather(rngs, rng)
+    if not is_main:
+        return
+    run_dir = cfg["out"]
+    path = os.path.join(run_dir, f"snapshot_iter_{done}.pth")
+    save_checkpoint(path, model.state_dict(), model.arch, model.bits,
+                    meta={"kind": "dhn-snapshot", "iteration": done, "args": cfg}, overwrite=True,
+                    extra={"solver": solver.state_dict(), "rng": rngs})
+    keep = cfg.get("keep_snapshots", 0)
+    if keep:
+        for it in sorted(snapshots(run_dir))[:-keep]:
+            os.remove(os.path.join(run_dir, f"snapshot_iter_{it}.pth"))

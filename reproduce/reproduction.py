@@ -1,0 +1,338 @@
+"""From nothing to `results/<dataset>/`: the engine behind `python -m reproduce.<dataset>`.
+
+One configuration = (variant, bits, seed). For each: train (reproduce.engine, skipped when the run
+folder holds final.pth, resumed when it holds snapshots), encode query and database
+(reproduce.encode, skipped when the codes exist), evaluate with the dataset's protocol (skipped
+when metrics.json exists). DHN-B is the DHN run ranked by its continuous codes. The shallow
+baselines are fitted on the fc7 features of the ImageNet network (no fine-tuning), as in the
+paper's Table 1. Then Table 1, Table 2 and Figures (a)-(c) are written next to the paper's
+numbers (reproduce.compare.build_comparison), and run.json records the whole configuration.
+
+The per-dataset modules (reproduce.cifar10, nus_wide, flickr) are presets: how to get the lists,
+and nothing else.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .compare import build_comparison, dataset_protocol, evaluate_baselines, evaluate_method
+from .datasets.common import build_report, format_report, require_images, write_split
+from .encode import encode_list
+from .engine import train
+from .errors import UserError
+from .evaluate import write_outputs
+from .fileio import sha1_file, write_text_atomic
+from .lists import ImageList
+from .reports import collect_metrics
+from .train import get_args_parser as train_args_parser
+from .train import resolve_config
+from .weights import ensure_pretrained
+
+PAPER_BITS = (12, 24, 32, 48)
+# Table 2 of the paper: variant -> (method name in the tables, training options).
+VARIANTS = {
+    "dhn": ("DHN", []),
+    "dhn-q": ("DHN-Q", ["--quant-weight", "0"]),          # no quantization loss
+    "dhn-e": ("DHN-E", ["--pair-loss", "squared"]),       # squared instead of cross-entropy pair loss
+    "dhn-b": ("DHN-B", None),                             # the DHN run, ranked without sign
+}
+BASELINES = ("lsh", "sh", "itq", "itq-cca", "ksh")
+# The paper's cross-validation grid: lr 1e-5 ... 1e-2 and lambda 1e-5 ... 100, in x10 steps.
+SWEEP_LRS = (1e-5, 1e-4, 1e-3, 1e-2)
+SWEEP_QUANT_WEIGHTS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+SMOKE = dict(train=32, query=8, database=40, max_iter=3, batch_size=8)
+# Settings that define what a results folder holds; a re-run with other values is refused.
+IDENTITY_KEYS = ("dataset", "lists", "arch", "preset", "max_iter", "batch_size", "base_lr", "quant_weight",
+                 "protocol", "smoke", "sweep", "oversample", "database_excludes_train")
+
+
+@dataclasses.dataclass
+class Preset:
+    """What differs between datasets: the name, the label count and how the lists are made.
+
+    make_lists(args, lists_dir) -> {"train", "query", "database": ImageList}, writing the three
+    list files into lists_dir; add_arguments(parser) adds the dataset's own options.
+    """
+    name: str
+    title: str
+    num_labels: int
+    make_lists: callable
+    add_arguments: callable = lambda parser: None
+
+
+def get_args_parser(preset):
+    p = argparse.ArgumentParser(f"python -m reproduce.{preset.name}",
+                                description=f"Reproduce DHN's {preset.title} results (Tables 1-2, Figures a-c).")
+    p.add_argument("--root", required=True, help="dataset root: the image paths of the lists are relative to it")
+    p.add_argument("--bits", type=int, nargs="+", default=list(PAPER_BITS), help="code lengths (paper: 12 24 32 48)")
+    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["dhn", "dhn-q", "dhn-e", "dhn-b"],
+                   help="Table 2 variants (default: all four)")
+    p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
+                   help="shallow baselines on fc7 features (default: all five)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per seed (default 0)")
+    p.add_argument("--arch", choices=("caffenet", "alexnet"), default="caffenet",
+                   help="default caffenet: the network the authors fine-tuned")
+    p.add_argument("--weights", default=None,
+                   help="converted ImageNet checkpoint (default: weights/<arch>.pth, fetched if absent)")
+    p.add_argument("--weights-dir", default="weights")
+    p.add_argument("--out", default=None, help="results folder (default results/<dataset>)")
+    p.add_argument("--work", default=None,
+                   help="caches, lists, features and training runs (default runs/<dataset>)")
+    p.add_argument("--preset", default="dhn-caffe", help="solver preset (default: the authors' dhn-caffe)")
+    p.add_argument("--max-iter", type=int, default=None, help="override the preset's max_iter")
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch (64)")
+    p.add_argument("--base-lr", type=float, default=None, help="override the preset's base_lr (2e-5)")
+    p.add_argument("--quant-weight", type=float, default=None, help="override the preset's λ (0.3)")
+    p.add_argument("--oversample", action="store_true", help="encode with pycaffe's 10 crops (default: centre crop)")
+    p.add_argument("--workers", type=int, default=2, help="loader processes")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"whole chain on {SMOKE['train']}/{SMOKE['query']}/{SMOKE['database']} images and "
+                        f"{SMOKE['max_iter']} iterations, into results/smoke/<dataset>: checks an installation")
+    g = p.add_argument_group("cross-validation (the paper's grid, on a validation split of the training set)")
+    g.add_argument("--sweep", action="store_true", help="choose base_lr and λ on a validation split first")
+    g.add_argument("--sweep-bits", type=int, default=48)
+    g.add_argument("--sweep-max-iter", type=int, default=None, help="iterations per sweep run (default: max_iter)")
+    g.add_argument("--sweep-lrs", type=float, nargs="+", default=list(SWEEP_LRS))
+    g.add_argument("--sweep-quant-weights", type=float, nargs="+", default=list(SWEEP_QUANT_WEIGHTS))
+    g.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the training list held out as validation queries (default 0.1)")
+    preset.add_arguments(p)
+    return p
+
+
+def subset(image_list, n):
+    """The first n entries (smoke runs)."""
+    return image_list.subset(np.arange(min(n, len(image_list))))
+
+
+def git_revision():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else None
+
+
+def versions():
+    import scipy
+    import torch
+    import torchvision
+    return {"python": platform.python_version(), "reproduce": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "h5py": h5py.__version__}
+
+
+class Reproduction:
+    """One dataset's reproduction: folders, the identity check, and every configuration."""
+
+    def __init__(self, preset, args):
+        self.preset, self.args = preset, args
+        smoke = "smoke/" if args.smoke else ""
+        self.out = args.out or os.path.join("results", smoke + preset.name)
+        self.work = args.work or os.path.join("runs", smoke + preset.name)
+        self.log = print
+
+    # ------------------------------------------------------------------------------ setup
+    def prepare(self):
+        """Lists, report, images on disk, weights, identity of the results folder: all before training."""
+        a = self.args
+        lists_dir = os.path.join(self.work, "lists")
+        lists = self.preset.make_lists(a, lists_dir)
+        if a.smoke:
+            lists = {k: subset(v, SMOKE[k]) for k, v in lists.items()}
+            lists_dir = os.path.join(self.work, "lists_smoke")
+            write_split(lists, lists_dir, overwrite=True)
+        self.lists = {k: ImageList(v.paths, v.labels, os.path.join(lists_dir, f"{k}.txt"), None)
+                      for k, v in lists.items()}
+        report = build_report(self.lists, a.root)
+        self.log(format_report(report))
+        require_images(self.lists, a.root)
+        self.weights = a.weights or ensure_pretrained(a.arch, a.weights_dir)
+        self.identity = self._identity()
+        self._check_identity()
+
+    def _identity(self):
+        a = self.args
+        return {"dataset": self.preset.name, "arch": a.arch, "preset": a.preset, "smoke": a.smoke,
+                "lists": {k: sha1_file(v.source) for k, v in self.lists.items()},
+                "max_iter": SMOKE["max_iter"] if a.smoke else a.max_iter,
+                "batch_size": SMOKE["batch_size"] if a.smoke else a.batch_size,
+                "base_lr": a.base_lr, "quant_weight": a.quant_weight, "oversample": a.oversample,
+                "protocol": dataset_protocol(self.preset.name), "sweep": a.sweep,
+                "database_excludes_train": getattr(a, "database_excludes_train", False)}
+
+    def _check_identity(self):
+        path = os.path.join(self.out, "run.json")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            old = json.load(f).get("identity", {})
+        differ = [k for k in IDENTITY_KEYS if old.get(k) != self.identity.get(k)]
+        if differ:
+            raise UserError(f"{path}: this results folder was written with another configuration "
+                            f"({differ[0]}: {old.get(differ[0])!r}, now {self.identity.get(differ[0])!r}); "
+                            "use another --out (nothing was changed)")
+
+    # ------------------------------------------------------------------------------ pieces
+    def train_cfg(self, run_dir, list_path, bits, seed, extra=()):
+        a = self.args
+        argv = ["--train-list", list_path, "--root", a.root, "--weights", self.weights, "--arch", a.arch,
+                "--bits", str(bits), "--out", run_dir, "--seed", str(seed), "--preset", a.preset,
+                "--num-labels", str(self.preset.num_labels), "--workers", str(a.workers), "--device", a.device,
+                # one cache per list content: the sweep's training list is another list
+                "--cache", os.path.join(self.work, "cache", f"train-{sha1_file(list_path)[:16]}.h5"),
+                "--keep-snapshots", "1", "--resume"]
+        overrides = {"--max-iter": a.max_iter, "--batch-size": a.batch_size, "--base-lr": a.base_lr,
+                     "--quant-weight": a.quant_weight}
+        if a.smoke:
+            overrides.update({"--max-iter": SMOKE["max_iter"], "--batch-size": SMOKE["batch_size"],
+                              "--snapshot": SMOKE["max_iter"], "--display": 1})
+        for k, v in overrides.items():
+            if v is not None:
+                argv += [k, str(v)]
+        return resolve_config(train_args_parser().parse_args(argv + list(extra)))
+
+    def run_training(self, cfg):
+        final = os.path.join(cfg["out"], "final.pth")
+        if os.path.exists(final):
+            self.log(f"{final}: done, skipped")
+        else:
+            train(cfg)
+        return final
+
+    def encode(self, checkpoint, split, out_path, features=False, image_list=None):
+        if os.path.exists(out_path):
+            return out_path
+        ckpt = load_checkpoint(checkpoint)
+        model = model_from_checkpoint(ckpt, checkpoint)
+        image_list = image_list or self.lists[split]
+        return encode_list(model, image_list, self.args.root, out_path, oversample=self.args.oversample,
+                           features=features, workers=self.args.workers,
+                           device=None if self.args.device == "auto" else self.args.device,
+                           attrs={"checkpoint": checkpoint, "checkpoint_sha1": sha1_file(checkpoint),
+                                  "dataset": self.preset.name, "split": split})
+
+    def evaluate(self, method, bits, seed, codes, binary=True, out_dir=None):
+        """metrics.json + curves of query/database code files, with the dataset's protocol."""
+        out_dir = out_dir or os.path.join(self.out, "metrics", f"{method}_{bits}bits_seed{seed}")
+        if os.path.exists(os.path.join(out_dir, "metrics.json")):
+            with open(os.path.join(out_dir, "metrics.json")) as f:
+                return json.load(f)
+        arrays = []
+        for path in codes:
+            with h5py.File(path, "r") as f:
+                c = f["codes"][()]
+                arrays.append((np.where(c >= 0, 1, -1).astype(np.int8) if binary else c, f["labels"][()]))
+        doc = evaluate_method(method, self.preset.name, arrays[0][0], arrays[1][0], arrays[0][1],
+                              arrays[1][1], seed=seed, binary=binary,
+                              inputs={k: {"path": p, "sha1": sha1_file(p)} for k, p in zip(("query", "database"), codes)})
+        write_outputs(out_dir, doc, force=True)
+        self.log(f"{method} {bits} bits seed {seed}: MAP {doc['metrics']['map']:.4f}")
+        return doc
+
+    # ------------------------------------------------------------------------------ stages
+    def sweep(self):
+        """The paper's cross-validation of base_lr and λ on a validation split of the training list."""
+        a = self.args
+        table = os.path.join(self.out, "sweep.json")
+        if os.path.exists(table):
+            with open(table) as f:
+                return json.load(f)["best"]
+        train_list = self.lists["train"]
+        order = np.random.default_rng([0, len(train_list)]).permutation(len(train_list))
+        n_val = max(1, int(round(a.validation_fraction * len(train_list))))
+        split = {"train": train_list.subset(np.sort(order[n_val:])), "query": train_list.subset(np.sort(order[:n_val]))}
+        split["database"] = split["train"]
+        sweep_dir = os.path.join(self.work, "sweep")
+        write_split(split, os.path.join(sweep_dir, "lists"), overwrite=True)
+        rows = []
+        for lr in a.sweep_lrs:
+            for qw in a.sweep_quant_weights:
+                run_dir = os.path.join(sweep_dir, f"lr{lr:g}_lambda{qw:g}")
+                extra = ["--base-lr", str(lr), "--quant-weight", str(qw)]
+                if a.sweep_max_iter:
+                    extra += ["--max-iter", str(a.sweep_max_iter)]
+                cfg = self.train_cfg(run_dir, os.path.join(sweep_dir, "lists", "train.txt"), a.sweep_bits, 0, extra)
+                final = self.run_training(cfg)
+                codes = [self.encode(final, s, os.path.join(run_dir, f"codes_{s}.h5"), image_list=split[s])
+                         for s in ("query", "database")]
+                doc = self.evaluate("DHN", a.sweep_bits, 0, codes, out_dir=os.path.join(run_dir, "metrics"))
+                rows.append({"base_lr": lr, "quant_weight": qw, "validation_map": doc["metrics"]["map"]})
+        best = max(rows, key=lambda r: r["validation_map"])   # first of equals in grid order
+        lines = ["| base_lr | λ | validation MAP |", "|---|---|---|"]
+        lines += [f"| {r['base_lr']:g} | {r['quant_weight']:g} | {r['validation_map']:.4f} |" for r in rows]
+        write_text_atomic(os.path.join(self.out, "sweep.md"), "\n".join(lines) + f"\n\nbest: base_lr {best['base_lr']:g}, "
+                          f"λ {best['quant_weight']:g} (validation split: {n_val} of the {len(train_list)} training "
+                          "images as queries, the rest as database; the query set is never used)\n")
+        write_text_atomic(table, json.dumps({"rows": rows, "best": best}, indent=2) + "\n")
+        return best
+
+    def run(self):
+        a = self.args
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.prepare()
+        os.makedirs(self.out, exist_ok=True)
+        self._write_run_json(started, finished=None)
+        chosen = self.sweep() if a.sweep else None
+        train_path = os.path.join(self.work, "lists_smoke" if a.smoke else "lists", "train.txt")
+        codes_dir = os.path.join(self.out, "codes")
+        trained = dict.fromkeys("dhn" if v == "dhn-b" else v for v in a.variants)   # DHN-B needs the DHN run
+        for seed in a.seeds:
+            for bits in a.bits:
+                for variant in trained:
+                    method, options = VARIANTS[variant]
+                    extra = list(options)
+                    if chosen:
+                        extra += ["--base-lr", str(chosen["base_lr"])]
+                        if variant != "dhn-q":
+                            extra += ["--quant-weight", str(chosen["quant_weight"])]
+                    run_dir = os.path.join(self.work, "train", f"{variant}_{bits}bits_seed{seed}")
+                    final = self.run_training(self.train_cfg(run_dir, train_path, bits, seed, extra))
+                    codes = [self.encode(final, s, os.path.join(codes_dir, f"{variant}_{bits}bits_seed{seed}_{s}.h5"))
+                             for s in ("query", "database")]
+                    if variant in a.variants:
+                        self.evaluate(method, bits, seed, codes)
+                    if variant == "dhn" and "dhn-b" in a.variants:
+                        self.evaluate("DHN-B", bits, seed, codes, binary=False)
+        if a.baselines:
+            features = [self.encode(self.weights, s, os.path.join(self.work, "features", f"{s}.h5"), features=True)
+                        for s in ("train", "query", "database")]
+            for seed in a.seeds:
+                todo = [(n, b) for n in a.baselines for b in a.bits if not os.path.exists(
+                    os.path.join(self.out, "metrics", f"{n.upper()}_{b}bits_seed{seed}", "metrics.json"))]
+                for name, bits in todo:
+                    doc = evaluate_baselines(self.preset.name, [name], [bits], features, seed=seed, log=self.log)[0]
+                    write_outputs(os.path.join(self.out, "metrics", f"{name.upper()}_{bits}bits_seed{seed}"), doc, force=True)
+        records = collect_metrics([os.path.join(self.out, "metrics")])
+        written = build_comparison(self.preset.name, records, self.out, overwrite=True, dataset_title=self.preset.title)
+        self._write_run_json(started, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), chosen=chosen)
+        self.log("wrote " + ", ".join(os.path.relpath(p, self.out) for p in written) + f" in {self.out}")
+
+    def _write_run_json(self, started, finished, chosen=None):
+        a = self.args
+        doc = {"identity": self.identity, "command": [sys.executable, "-m", f"reproduce.{self.preset.name}"] + sys.argv[1:],
+               "config": {k: v for k, v in vars(a).items()}, "seeds": a.seeds, "bits": a.bits,
+               "variants": a.variants, "baselines": a.baselines, "weights": self.weights,
+               "weights_sha1": sha1_file(self.weights), "work": self.work,
+               "lists": {k: {"path": v.source, "images": len(v)} for k, v in self.lists.items()},
+               "sweep_choice": chosen, "versions": versions(), "git_revision": git_revision(),
+               "started": started, "finished": finished}
+        write_text_atomic(os.path.join(self.out, "run.json"), json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def main(preset, argv=None):
+    args = get_args_parser(preset).parse_args(argv)
+    Reproduction(preset, args).run()

@@ -1,0 +1,384 @@
+"""Caffe's SGD solver as a torch.optim.Optimizer, the authors' solver settings, and their
+solver.prototxt.
+
+One `CaffeSGD.step()` is one Caffe iteration of SGDSolver::ApplyUpdate (sgd_solver.cpp), per
+parameter blob:
+
+    Regularize          diff = grad + weight_decay * decay_mult * w        (L2)
+    ComputeUpdateValue  history = momentum * history + (lr(iter) * lr_mult) * diff
+    Net::Update         w = w - history
+    then Solver::Step   iter += 1
+
+with lr(iter) from GetLearningRate at iter = completed updates. torch.optim.SGD keeps lr *outside*
+the momentum buffer (buf = m*buf + diff; w -= lr*buf): the same while the rate is constant, a
+different trajectory after every step of the schedule -- hence this class.
+"""
+import dataclasses
+import math
+import re
+
+import torch
+
+from .errors import UserError
+from .nets import HASH_LAYER
+
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+# Hyper-parameters each policy reads in GetLearningRate (Caffe reads 0 for an unset one; we
+# refuse instead: step with stepsize 0 divides by zero, gamma 0 silently stops training).
+POLICY_NEEDS = {"fixed": (), "step": ("gamma", "stepsize"), "exp": ("gamma",),
+                "inv": ("gamma", "power"), "multistep": ("gamma", "stepvalue"),
+                "poly": ("power", "max_iter"), "sigmoid": ("gamma", "stepsize")}
+
+
+def check_lr_policy(lr_policy, gamma=None, stepsize=None, power=None, stepvalue=(),
+                    max_iter=None):
+    """Raise ValueError naming what `lr_policy` needs and was not given."""
+    if lr_policy not in POLICY_NEEDS:
+        raise ValueError(f"unknown lr_policy {lr_policy!r}; Caffe's are {', '.join(LR_POLICIES)}")
+    given = dict(gamma=gamma, stepsize=stepsize, power=power, stepvalue=stepvalue or None,
+                 max_iter=max_iter)
+    missing = [key for key in POLICY_NEEDS[lr_policy] if given[key] is None]
+    if missing:
+        raise ValueError(f"lr_policy {lr_policy!r} needs {' and '.join(missing)}")
+    if lr_policy == "step" and stepsize <= 0:
+        raise ValueError(f"lr_policy 'step' needs stepsize > 0, got {stepsize}")
+    if lr_policy == "poly" and max_iter <= 0:
+        raise ValueError(f"lr_policy 'poly' needs max_iter > 0, got {max_iter}")
+
+
+def multistep_current_step(stepvalue, iteration):
+    """Caffe's current_step_ of the multistep policy once GetLearningRate ran at `iteration`.
+
+    Caffe advances it by at most one per iteration (`if current_step_ < n && iter_ >=
+    stepvalue(current_step_)`), so step k is taken at t_k = max(t_{k-1} + 1, stepvalue[k]);
+    this counts the t_k <= iteration (equal to the number of stepvalues passed when they increase).
+    """
+    count, t = 0, -1
+    for value in stepvalue:
+        t = max(t + 1, int(value))
+        if t > iteration:
+            break
+        count += 1
+    return count
+
+
+def learning_rate(iteration, base_lr, lr_policy, gamma=None, stepsize=None, power=None,
+                  stepvalue=(), max_iter=None):
+    """GetLearningRate of sgd_solver.cpp at `iteration` completed updates (in double precision;
+    Caffe rounds the rate to its Dtype, float32, a relative difference < 1e-7)."""
+    check_lr_policy(lr_policy, gamma, stepsize, power, stepvalue, max_iter)
+    if lr_policy == "fixed":
+        return base_lr
+    if lr_policy == "step":
+        return base_lr * gamma ** (iteration // stepsize)
+    if lr_policy == "exp":
+        return base_lr * gamma ** iteration
+    if lr_policy == "inv":
+        return base_lr * (1.0 + gamma * iteration) ** (-power)
+    if lr_policy == "multistep":
+        return base_lr * gamma ** multistep_current_step(stepvalue, iteration)
+    if lr_policy == "poly":
+        if iteration > max_iter:
+            # Caffe's pow of a negative base gives NaN here; refuse rather than train on NaN.
+            raise ValueError(f"lr_policy 'poly' is undefined past max_iter {max_iter} "
+                             f"(iteration {iteration})")
+        return base_lr * (1.0 - iteration / max_iter) ** power
+    # sigmoid: base / (1 + exp(-gamma * (iter - stepsize))), written without overflow
+    x = -gamma * (iteration - stepsize)
+    if x <= 0:
+        return base_lr / (1.0 + math.exp(x))
+    return base_lr * math.exp(-x) / (math.exp(-x) + 1.0)
+
+
+def caffe_multipliers(name):
+    """(lr_mult, decay_mult) the authors' train_val.prototxt gives parameter `name`:
+    conv/fc weights 1/1, biases 2/0, hash_layer (fch) weight 10/1, bias 20/0."""
+    layer, _, blob = name.rpartition(".")
+    is_hash = layer.split(".")[-1] == HASH_LAYER    # also under a DDP "module." prefix
+    if blob == "weight":
+        return (10.0, 1.0) if is_hash else (1.0, 1.0)
+    if blob == "bias":
+        return (20.0, 0.0) if is_hash else (2.0, 0.0)
+    raise ValueError(f"no Caffe multipliers for parameter {name!r} (neither weight nor bias)")
+
+
+def caffe_param_groups(model, lr_mults=None):
+    """One param group per trainable parameter of `model` (e.g. a reproduce.nets.DHNNet):
+    {"params": [p], "name": "conv1.weight", "lr_mult": 1.0, "decay_mult": 1.0}, with the authors'
+    multipliers (`caffe_multipliers`) unless `lr_mults` = {parameter name: (lr_mult, decay_mult)}
+    overrides them."""
+    overrides = dict(lr_mults or {})
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    unknown = sorted(set(overrides) - {n for n, _ in named})
+    if unknown:
+        raise ValueError("lr_mults names no trainable parameter of the model: "
+                         + ", ".join(unknown))
+    groups = []
+    for name, p in named:
+        lr_mult, decay_mult = overrides.get(name) or caffe_multipliers(name)
+        groups.append({"params": [p], "name": name, "lr_mult": float(lr_mult),
+                       "decay_mult": float(decay_mult)})
+    return groups
+
+
+class CaffeSGD(torch.optim.Optimizer):
+    """Caffe's SGDSolver update (see the module docstring); one step() = one Caffe iteration.
+
+    params: parameters or param groups; a group may carry `lr_mult` and `decay_mult` (default 1,
+        Caffe's ParamSpec defaults) and a `name` for logging (see `caffe_param_groups`).
+    base_lr, momentum, weight_decay, lr_policy, gamma, stepsize, power, stepvalue, max_iter:
+        the SolverParameter fields of the same names; defaults of momentum/weight_decay/lr_policy
+        are the authors' (0.9, 5e-4, "step"; see SolverSettings for the rest).
+    A parameter whose .grad is None gets a zero diff (Caffe zeroes every diff each iteration and
+    updates every learnable blob, so weight decay and momentum still act). Each group's "lr" is
+    set to the rate of its next update (lr(iter) * lr_mult), for logging only.
+    state_dict() holds the iteration and every momentum history, so a resume continues the same
+    trajectory bit for bit.
+    """
+
+    def __init__(self, params, base_lr, momentum=0.9, weight_decay=5e-4, lr_policy="step",
+                 gamma=None, stepsize=None, power=None, stepvalue=(), max_iter=None):
+        check_lr_policy(lr_policy, gamma, stepsize, power, stepvalue, max_iter)
+        for key, value in (("base_lr", base_lr), ("momentum", momentum),
+                           ("weight_decay", weight_decay)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key} must be a finite number >= 0, got {value}")
+        self.hyper = dict(base_lr=float(base_lr), momentum=float(momentum),
+                          weight_decay=float(weight_decay), lr_policy=lr_policy,
+                          gamma=gamma, stepsize=stepsize, power=power,
+                          stepvalue=[int(v) for v in stepvalue], max_iter=max_iter)
+        self.iter = 0   # Caffe's iter_: updates completed
+        super().__init__(params, dict(lr_mult=1.0, decay_mult=1.0, name=None, lr=float(base_lr)))
+        self._set_group_lr()
+
+    def get_lr(self, iter=None):
+        """Policy rate (before lr_mult) of the update made at `iter` completed updates
+        (default: the next one)."""
+        iteration = self.iter if iter is None else int(iter)
+        h = self.hyper
+        return learning_rate(iteration, h["base_lr"], h["lr_policy"], h["gamma"], h["stepsize"],
+                             h["power"], h["stepvalue"], h["max_iter"])
+
+    @property
+    def current_lr(self):
+        """The rate the next step() applies (before lr_mult), what Caffe logs as `lr`."""
+        return self.get_lr()
+
+    def _set_group_lr(self):
+        rate = self.get_lr()
+        for group in self.param_groups:
+            group["lr"] = rate * group["lr_mult"]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Caffe iteration; returns closure() if given (evaluated with grad enabled)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        rate = self.get_lr()
+        momentum, weight_decay = self.hyper["momentum"], self.hyper["weight_decay"]
+        for group in self.param_groups:
+            local_rate = rate * group["lr_mult"]
+            local_decay = weight_decay * group["decay_mult"]
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    raise RuntimeError("CaffeSGD does not support sparse gradients")
+                state = self.state[p]
+                if "momentum_buffer" not in state:      # Caffe's history_, zeros in PreSolve
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format)
+                history = state["momentum_buffer"]
+                diff = p.grad if p.grad is not None else torch.zeros_like(p)
+                if local_decay:                          # Regularize: caffe_axpy(decay, w, diff)
+                    diff = diff.add(p, alpha=local_decay)
+                # ComputeUpdateValue: caffe_cpu_axpby(local_rate, diff, momentum, history)
+                history.mul_(momentum).add_(diff, alpha=local_rate)
+                p.sub_(history)                          # Net::Update: data -= diff (= history)
+        self.iter += 1
+        self._set_group_lr()
+        return loss
+
+    def state_dict(self):
+        """torch's optimizer state (momentum histories, groups) + {"caffe": iteration and
+        settings}; plain tensors/numbers/strings, loadable with weights_only=True."""
+        sd = super().state_dict()
+        sd["caffe"] = dict(self.hyper, iter=self.iter)
+        return sd
+
+    def load_state_dict(self, state_dict):
+        """Restore iteration and histories; the settings that shape the trajectory must match."""
+        state_dict = dict(state_dict)
+        caffe = dict(state_dict.pop("caffe", None) or {})
+        if "iter" not in caffe:
+            raise ValueError("not a CaffeSGD state dict (no 'caffe' entry with the iteration)")
+        keys = [k for k in self.hyper if k != "max_iter" or self.hyper["lr_policy"] == "poly"]
+        differ = [f"{k} {caffe.get(k)!r} != {self.hyper[k]!r}" for k in keys
+                  if caffe.get(k) != self.hyper[k]]
+        if differ:
+            raise ValueError("solver state was saved with other settings: " + "; ".join(differ))
+        super().load_state_dict(state_dict)
+        self.iter = int(caffe["iter"])
+        self._set_group_lr()
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSettings:
+    """Everything that shapes a DHN training trajectory besides data and seed.
+
+    Defaults: the authors' dhn-caffe solver.prototxt for NUS-WIDE (official_settings.md, Solver),
+    their train_val.prototxt (batch_size, quant_weight = PairwiseLoss q_gamma).
+    """
+    base_lr: float = 2e-5             # dhn-caffe base_lr: 0.00002
+    lr_policy: str = "step"           # dhn-caffe lr_policy: "step"
+    gamma: float | None = 0.3         # dhn-caffe gamma: 0.3 (hash-caffe 0.5)
+    stepsize: int | None = 500        # dhn-caffe stepsize: 500
+    power: float | None = None        # unused by "step"
+    stepvalue: tuple = ()             # unused by "step"
+    max_iter: int | None = 10000      # dhn-caffe max_iter: 10000 (hash-caffe 3000)
+    momentum: float = 0.9             # dhn-caffe momentum: 0.9
+    weight_decay: float = 5e-4        # dhn-caffe weight_decay: 0.0005
+    snapshot: int = 1000              # dhn-caffe snapshot: 1000
+    display: int = 100                # our choice: not recorded in official_settings.md; log only
+    batch_size: int = 64              # train_val.prototxt ImageData batch_size: 64
+    quant_weight: float = 0.3         # dhn-caffe PairwiseLoss q_gamma: 0.3 (hash-caffe 0.2)
+
+    def __post_init__(self):
+        object.__setattr__(self, "stepvalue", tuple(int(v) for v in self.stepvalue))
+        check_lr_policy(self.lr_policy, self.gamma, self.stepsize, self.power, self.stepvalue,
+                        self.max_iter)
+        for key in ("base_lr", "momentum", "weight_decay", "quant_weight"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key} must be a finite number >= 0, got {value}")
+        for key, low in (("max_iter", 0), ("snapshot", 0), ("display", 0), ("batch_size", 1)):
+            value = getattr(self, key)
+            if value is not None and (int(value) != value or value < low):
+                raise ValueError(f"{key} must be an integer >= {low}, got {value}")
+
+    def optimizer_kwargs(self):
+        """Keyword arguments of CaffeSGD (everything but params)."""
+        return dict(base_lr=self.base_lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                    lr_policy=self.lr_policy, gamma=self.gamma, stepsize=self.stepsize,
+                    power=self.power, stepvalue=self.stepvalue, max_iter=self.max_iter)
+
+    def make_optimizer(self, params):
+        """CaffeSGD over `params` (e.g. caffe_param_groups(model)) with these settings."""
+        return CaffeSGD(params, **self.optimizer_kwargs())
+
+    def to_dict(self):
+        """A JSON-ready dict (stepvalue as a list)."""
+        d = dataclasses.asdict(self)
+        d["stepvalue"] = list(self.stepvalue)
+        return d
+
+
+PRESETS = {
+    "dhn-caffe": SolverSettings(),
+    # thuml/hash-caffe (the later release): gamma 0.5, max_iter 3000, QuantizationLoss weight 0.2
+    "hash-caffe": SolverSettings(gamma=0.5, max_iter=3000, quant_weight=0.2),
+}
+
+# solver.prototxt keys (caffe.proto SolverParameter) and how each is read.
+_FLOAT_KEYS = ("base_lr", "gamma", "power", "momentum", "weight_decay")
+_INT_KEYS = ("stepsize", "max_iter", "snapshot", "display")
+# Caffe's proto defaults for keys a file may leave out (momentum, weight_decay: 0).
+_CAFFE_DEFAULTS = dict(gamma=None, stepsize=None, power=None, momentum=0.0, weight_decay=0.0,
+                       snapshot=0, display=0)
+_REQUIRED = ("base_lr", "lr_policy", "max_iter")
+# Keys that do not change the training trajectory here (nets, testing, snapshot naming, device);
+# random_seed seeds Caffe's own generators, which this package cannot replay.
+_IGNORED_KEYS = frozenset((
+    "net", "train_net", "test_net", "test_iter", "test_interval", "test_compute_loss",
+    "test_initialization", "snapshot_prefix", "snapshot_diff", "snapshot_format",
+    "snapshot_after_train", "solver_mode", "device_id", "random_seed", "debug_info",
+    "average_loss", "layer_wise_reduce", "weights", "delta", "momentum2", "rms_decay"))
+# Keys accepted only with the value that means plain Caffe SGD.
+_CHECKED_KEYS = {"type": ("SGD",), "solver_type": ("SGD",), "regularization_type": ("L2",),
+                 "iter_size": ("1",), "clip_gradients": None}
+# one `key: value` field: a name, a colon, then a quoted string or a bare token; an optional
+# `;` or `,` separator after it (protobuf text format)
+_FIELD = re.compile(r"""\s*([A-Za-z_]\w*)\s*:\s*"""
+                    r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s"'#{}:;,]+)\s*[;,]?""")
+
+
+def _parse_number(text, kind, where):
+    try:
+        if kind is int:
+            return int(text, 10)
+        value = float(text[:-1] if text[-1:] in "fF" and not text.lower().endswith("inf") else text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise UserError(f"{where}: {text!r} is not {what}") from None
+    if not math.isfinite(value):
+        raise UserError(f"{where}: {text!r} is not a finite number")
+    return value
+
+
+def read_solver_prototxt(path, defaults=None):
+    """Parse a Caffe solver.prototxt (protobuf text format) into SolverSettings.
+
+    `key: value` fields (several per line allowed), quoted or bare strings, `#` comments,
+    repeated `stepvalue`. Solver keys absent from the file take Caffe's proto defaults
+    (momentum 0, weight_decay 0, ...); base_lr, lr_policy and max_iter are required. batch_size
+    and quant_weight are not solver keys: they come from `defaults` (the dhn-caffe preset).
+    Unknown keys, nested messages, repeated singular keys, bad values -> UserError "<path>:<line>".
+    """
+    defaults = PRESETS["dhn-caffe"] if defaults is None else defaults
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise UserError(f"{path}: cannot read solver prototxt ({reason})") from None
+    found, line_of, stepvalue = {}, {}, []
+    for lineno, line in enumerate(lines, 1):
+        where, pos = f"{path}:{lineno}", 0
+        while pos < len(line):
+            rest = line[pos:].strip()
+            if not rest or rest.startswith("#"):
+                break
+            m = _FIELD.match(line, pos)
+            if m is None:
+                what = ("nested messages (`name { ... }`) are not supported" if "{" in rest
+                        else "expected `key: value`")
+                raise UserError(f"{where}: cannot parse {rest!r}: {what}")
+            pos = m.end()
+            key, raw = m.group(1), m.group(2)
+            value = raw[1:-1] if raw[0] in "\"'" else raw
+            if key == "stepvalue":
+                stepvalue.append(_parse_number(value, int, where))
+                continue
+            if key in line_of and key not in _IGNORED_KEYS:   # singular field given twice
+                raise UserError(f"{where}: {key} is given twice (first on line {line_of[key]})")
+            line_of[key] = lineno
+            if key in _IGNORED_KEYS:
+                continue
+            if key in _CHECKED_KEYS:
+                allowed = _CHECKED_KEYS[key]
+                if allowed is None:     # clip_gradients: Caffe's default -1 means off
+                    ok = _parse_number(value, float, where) < 0
+                else:
+                    ok = value in allowed
+                if not ok:
+                    raise UserError(f"{where}: {key}: {raw} is not supported (only plain Caffe "
+                                    "SGD: type SGD, L2 regularization, iter_size 1, "
+                                    "no clip_gradients)")
+            elif key in _FLOAT_KEYS:
+                found[key] = _parse_number(value, float, where)
+            elif key in _INT_KEYS:
+                found[key] = _parse_number(value, int, where)
+            elif key == "lr_policy":
+                found[key] = value
+            else:
+                raise UserError(f"{where}: unknown solver key {key!r}")
+    missing = [key for key in _REQUIRED if key not in found]
+    if missing:
+        raise UserError(f"{path}: missing required key(s) {', '.join(missing)}")
+    values = dict(_CAFFE_DEFAULTS, **found)
+    try:
+        return SolverSettings(stepvalue=tuple(stepvalue), batch_size=defaults.batch_size,
+                              quant_weight=defaults.quant_weight, **values)
+    except ValueError as e:
+        line = line_of.get("lr_policy") if "lr_policy" in str(e) else None
+        raise UserError(f"{path}:{line}: {e}" if line else f"{path}: {e}") from None

@@ -1,0 +1,118 @@
+"""Train DHN: `python -m reproduce.train --train-list LIST --root DIR --weights CKPT --bits K --out RUN_DIR`.
+
+Solver and loss settings resolve in this order: an explicit option, then `--solver-prototxt` (the
+authors' solver.prototxt), then `--preset` (default `dhn-caffe`, the authors' dhn-caffe solver).
+Multi-GPU / multi-node: `torchrun --nproc_per_node G -m reproduce.train ...` — `--batch-size` stays
+the global batch (64, as in Caffe) and is split across the processes.
+"""
+import argparse
+import os
+
+from .checkpoint import load_checkpoint
+from .engine import train
+from .errors import UserError, run_cli
+from .lists import read_list
+from .nets import ARCHS
+from .solver import PRESETS, SolverSettings, read_solver_prototxt
+
+# Solver / loss settings that come from the preset or solver.prototxt unless given explicitly.
+SOLVER_KEYS = ("base_lr", "lr_policy", "gamma", "stepsize", "power", "stepvalue", "max_iter", "momentum",
+               "weight_decay", "batch_size", "snapshot", "display", "quant_weight")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("python -m reproduce.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--train-list", required=True, help="training list, `path l1 ... lC` per line")
+    g.add_argument("--root", required=True, help="dataset root the list's paths are relative to")
+    g.add_argument("--num-labels", type=int, default=None, help="C, to check the list against (default: the list's)")
+    g.add_argument("--cache", default=None,
+                   help="HDF5 cache of the list's images resized to 256x256 (built if absent; default "
+                        "<out>/train_cache.h5); 'none' decodes every batch from the image files")
+    g.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
+    g.add_argument("--mean", default="104,117,123",
+                   help="per-channel B,G,R mean (default 104,117,123: the authors' mean_value)")
+    g.add_argument("--mean-file", default=None, help="imagenet_mean.binaryproto or ilsvrc_2012_mean.npy instead")
+    g.add_argument("--no-mirror", dest="mirror", action="store_false",
+                   help="disable the random mirror (the authors' TRAIN transform mirrors)")
+    g = p.add_argument_group("model")
+    g.add_argument("--weights", required=True,
+                   help="converted ImageNet checkpoint (hash layer from its filler) or a DHN checkpoint")
+    g.add_argument("--arch", choices=ARCHS, default=None, help="default: the checkpoint's")
+    g.add_argument("--bits", type=int, default=48, help="K, hash code length (default 48)")
+    g.add_argument("--dropout", type=float, default=0.5, help="fc6/fc7 dropout ratio (default 0.5, as the zoo nets)")
+    g = p.add_argument_group("loss")
+    g.add_argument("--quant-weight", type=float, default=None,
+                   help="λ of the quantization loss (preset: 0.3, the dhn-caffe q_gamma); 0 = DHN-Q")
+    g.add_argument("--pair-loss", choices=("cross_entropy", "squared"), default="cross_entropy",
+                   help="cross_entropy (DHN, default) or squared (DHN-E)")
+    g.add_argument("--threshold", type=float, default=15.0,
+                   help="θ above which the pair loss is linear (default 15, the authors' layer)")
+    g = p.add_argument_group("solver")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="dhn-caffe",
+                   help="named solver settings (default dhn-caffe: the authors' solver.prototxt)")
+    g.add_argument("--solver-prototxt", default=None, help="read the settings from a Caffe solver.prototxt")
+    g.add_argument("--base-lr", type=float)
+    g.add_argument("--lr-policy", choices=("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid"))
+    g.add_argument("--gamma", type=float)
+    g.add_argument("--stepsize", type=int)
+    g.add_argument("--power", type=float)
+    g.add_argument("--stepvalue", type=int, nargs="*")
+    g.add_argument("--max-iter", type=int)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--batch-size", type=int, help="global batch, over all processes (preset: 64)")
+    g.add_argument("--snapshot", type=int, help="snapshot interval in iterations (preset: 1000)")
+    g.add_argument("--display", type=int, help="log interval in iterations")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="run folder")
+    g.add_argument("--seed", type=int, default=0, help="drives the batch order, crops, mirrors, dropout, fch filler")
+    g.add_argument("--resume", action="store_true", help="continue from the latest snapshot in --out")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    g.add_argument("--keep-snapshots", type=int, default=0,
+                   help="keep only the newest N snapshots (default 0 = all, as Caffe)")
+    g.add_argument("--quiet", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def resolve_config(args, ckpt=None):
+    """The full run configuration (a JSON-able dict) from parsed args."""
+    settings = read_solver_prototxt(args.solver_prototxt) if args.solver_prototxt else PRESETS[args.preset]
+    cfg = dict(vars(args))
+    for key in SOLVER_KEYS:
+        if cfg.get(key) is None:
+            cfg[key] = getattr(settings, key)
+    cfg["stepvalue"] = list(cfg["stepvalue"] or ())
+    try:
+        cfg["mean"] = [float(v) for v in args.mean.split(",")]
+        assert len(cfg["mean"]) == 3
+    except (ValueError, AssertionError):
+        raise UserError(f"--mean {args.mean!r}: expected three comma-separated numbers B,G,R") from None
+    if cfg["cache"] is None:
+        cfg["cache"] = os.path.join(args.out, "train_cache.h5")
+    if cfg["num_labels"] is None:
+        cfg["num_labels"] = read_list(args.train_list).labels.shape[1]
+    if cfg["arch"] is None:
+        cfg["arch"] = (ckpt or load_checkpoint(args.weights))["arch"]
+    try:   # the same checks as a solver.prototxt gets (policy parameters present, ranges)
+        SolverSettings(**{k: cfg[k] for k in SOLVER_KEYS})
+    except ValueError as e:
+        raise UserError(f"solver settings: {e}") from None
+    for key in ("max_iter", "batch_size", "snapshot", "display", "bits"):
+        if cfg[key] <= 0:
+            raise UserError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
+    return cfg
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    ckpt = load_checkpoint(args.weights)
+    cfg = resolve_config(args, ckpt)
+    final = train(cfg, ckpt=ckpt, progress=cfg["progress"])
+    if final:
+        print(f"wrote {final}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,197 @@
+"""The comparison command (reproduce.compare) end to end on small random codes and features:
+runs' metrics.json + imported codes + shallow baselines -> methods/*/metrics.json, tables, figures."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from reproduce import compare
+from reproduce.baselines import make_baseline
+from reproduce.errors import UserError
+
+from test_reports import metrics_doc, write_metrics
+
+FAST = ["--baseline-option", "ksh:n_anchors=30", "--baseline-option", "ksh:n_labeled=120",
+        "--baseline-option", "ksh:max_iter=20"]
+
+
+def plain_map(qB, dB, qL, dL):
+    """MAP over the whole ranking: stable argsort of Hamming distances (database order breaks
+    ties), relevant = shares >= 1 label, queries without relevant items left out."""
+    aps = []
+    for i in range(len(qB)):
+        ham = np.array([np.sum(qB[i] != b) for b in dB], dtype=np.float64)
+        rel = (dL[np.argsort(ham, kind="stable")] @ qL[i] > 0).astype(np.float64)
+        if rel.sum() == 0:
+            continue
+        precision = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+        aps.append(np.sum(precision * rel) / rel.sum())
+    return float(np.mean(aps))
+
+
+def class_features(rng, n, d=24, c=4):
+    """Features with class structure in the first c dims; multi-hot labels, ~25% with 2 labels."""
+    y = rng.integers(0, c, n)
+    L = np.eye(c, dtype=np.uint8)[y]
+    two = rng.random(n) < 0.25
+    L[two, rng.integers(0, c, n)[two]] = 1
+    X = np.zeros((n, d), np.float32)
+    X[:, :c] = 3 * L
+    X += rng.standard_normal((n, d)).astype(np.float32)
+    return X, L
+
+
+def write_features(path, X, L):
+    with h5py.File(path, "w") as f:
+        f["features"] = X
+        f["labels"] = L
+    return str(path)
+
+
+@pytest.fixture
+def features(tmp_path, rng):
+    """(train, query, database) features files of 160 / 30 / 200 samples."""
+    parts = [class_features(rng, n) for n in (160, 30, 200)]
+    return [write_features(tmp_path / f"{name}.h5", X, L)
+            for name, (X, L) in zip(("train", "query", "db"), parts)], parts
+
+
+def run_cli(args):
+    return subprocess.run([sys.executable, "-m", "reproduce.compare", *args], capture_output=True,
+                          text=True, cwd=os.path.dirname(os.path.dirname(compare.__file__)))
+
+
+def table_rows(path):
+    with open(path) as f:
+        return {r["method"]: r for r in csv.DictReader(f)}
+
+
+def test_protocol_comes_from_the_dataset_modules():
+    assert compare.dataset_protocol("cifar10")["topk"] is None
+    assert compare.dataset_protocol("nus_wide")["topk"] == 5000
+    assert compare.dataset_protocol("flickr")["topk"] == 5000
+    assert compare.dataset_protocol("demo")["topk"] is None
+    assert compare.method_dir("o", "CNNH*", 48) == os.path.join("o", "methods", "CNNH__48")
+    assert compare.parse_baseline_options(["ksh:n_anchors=30", "ksh:tol=0.5"]) == {
+        "ksh": {"n_anchors": 30, "tol": 0.5}}
+
+
+def test_end_to_end_runs_imports_and_baselines(tmp_path, rng, features):
+    paths, ((Xt, Lt), (Xq, Lq), (Xd, Ld)) = features
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_metrics(runs / f"dhn_16_{seed}", metrics_doc("DHN", "cifar10", 16, seed, 0.7 + seed / 50))
+    # Imported codes: .npy without labels (labels from --features), and .h5 carrying its labels.
+    qB = np.where(rng.random((30, 16)) < 0.5, 1, -1).astype(np.int8)
+    dB = np.where(rng.random((200, 16)) < 0.5, 1, -1).astype(np.int8)
+    np.save(tmp_path / "q.npy", qB)
+    np.save(tmp_path / "d.npy", dB)
+    for name, B, L in (("q01.h5", qB, Lq), ("d01.h5", dB, Ld)):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["B"] = ((B + 1) // 2).astype(np.uint8).T  # 0/1, stored K x N as MATLAB toolboxes do
+            f["labels"] = L
+    out = tmp_path / "out"
+    compare.main(["--dataset", "cifar10", "--runs", str(runs), "--out", str(out),
+                  "--import", f"DPSH:16:{tmp_path / 'q.npy'}:{tmp_path / 'd.npy'}",
+                  "--import", f"Other*:16:{tmp_path / 'q01.h5'}:{tmp_path / 'd01.h5'}",
+                  "--baselines", "lsh", "sh", "itq", "itq-cca", "ksh", "--features", *paths,
+                  "--bits", "8", "16", "--seed", "3", *FAST])
+    made = sorted(os.listdir(out / "methods"))
+    assert made == sorted(["DPSH_16", "Other__16"] + [f"{b}_{k}" for b in ("lsh", "sh", "itq", "itq-cca", "ksh")
+                                                         for k in (8, 16)])
+    want = plain_map(qB, dB, Lq, Ld)
+    for folder in ("DPSH_16", "Other__16"):
+        doc = json.loads((out / "methods" / folder / "metrics.json").read_text())
+        assert doc["metrics"]["map"] == pytest.approx(want, abs=1e-12)
+        assert doc["dataset"] == "cifar10" and doc["seed"] is None and doc["conventions"]["topk"] is None
+        assert (out / "methods" / folder / "precision_at_n.csv").exists()
+    for name in ("itq-cca", "ksh"):
+        options = {"ksh": dict(n_anchors=30, n_labeled=120, max_iter=20)}.get(name, {})
+        model = make_baseline(name, 8, seed=3, **options).fit(Xt, Lt)
+        doc = json.loads((out / "methods" / f"{name}_8" / "metrics.json").read_text())
+        assert doc["metrics"]["map"] == pytest.approx(plain_map(model.encode(Xq), model.encode(Xd), Lq, Ld), abs=1e-12)
+        assert doc["seed"] == 3 and doc["inputs"]["baseline"]["bits"] == 8
+    t1 = table_rows(out / "table1.csv")
+    assert list(t1)[:1] == ["DHN"] and {"KSH", "ITQ-CCA", "SH", "ITQ", "LSH", "DPSH", "Other*"} <= set(t1)
+    assert float(t1["DHN"]["ours_16"]) == pytest.approx(0.71) and t1["DHN"]["n_16"] == "2"
+    assert t1["DPSH"]["ours_16"] == f"{want:.6f}" and t1["KSH"]["paper_12"] == "0.303"
+    for name in ("fig_a_precision_radius2", "fig_b_pr_curve_16bits", "fig_c_precision_at_n_16bits"):
+        assert (out / f"{name}.png").stat().st_size > 0
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    assert "DPSH" in (out / "table1.md").read_text() and "\\bottomrule" in (out / "table1.tex").read_text()
+
+    # Again into the same folder, collecting it as runs: refused without --force, then the
+    # methods made now replace their earlier results instead of counting twice.
+    again = ["--dataset", "cifar10", "--runs", str(runs), str(out), "--out", str(out),
+             "--baselines", "lsh", "--features", *paths, "--bits", "8"]
+    with pytest.raises(UserError, match="already exists"):
+        compare.main(again)
+    compare.main(again + ["--force"])
+    assert table_rows(out / "table1.csv")["LSH"]["n_8"] == "1"
+
+
+def test_build_comparison_from_a_folder_of_runs(tmp_path):
+    for bits in (12, 32):
+        write_metrics(tmp_path / "runs" / f"dhn_{bits}", metrics_doc("DHN", "nus_wide", bits, 0, 0.7))
+    recs = compare.collect_metrics([tmp_path / "runs"])
+    paths = compare.build_comparison("nus_wide", recs, tmp_path / "out")
+    assert sorted(os.path.basename(p) for p in paths) == sorted(
+        os.path.basename(p) for p in compare.comparison_outputs(tmp_path / "out", 32))
+    assert table_rows(tmp_path / "out" / "table1.csv")["DHN"]["paper_32"] == "0.748"
+    before = (tmp_path / "out" / "table1.csv").read_text()
+    with pytest.raises(UserError, match="table1.md: already exists"):
+        compare.build_comparison("nus_wide", recs[:1], tmp_path / "out")
+    assert (tmp_path / "out" / "table1.csv").read_text() == before
+
+
+def bad_cases(tmp_path, rng):
+    runs = tmp_path / "runs"
+    write_metrics(runs / "ok", metrics_doc("DHN", "cifar10", 16, 0, 0.7))
+    bad = tmp_path / "bad" / "metrics.json"
+    bad.parent.mkdir()
+    bad.write_text('{"method": "DHN", "bits": 16')
+    other = write_metrics(tmp_path / "other", metrics_doc("DHN", "flickr", 16, 0, 0.7))
+    np.save(tmp_path / "q8.npy", np.ones((5, 8), np.int8))
+    np.save(tmp_path / "d8.npy", np.ones((9, 8), np.int8))
+    np.save(tmp_path / "ql.npy", np.eye(3, dtype=np.uint8)[np.arange(5) % 3])
+    np.save(tmp_path / "dl.npy", np.eye(3, dtype=np.uint8)[np.arange(9) % 3])
+    out = str(tmp_path / "out")
+    imp = f"X:16:{tmp_path / 'q8.npy'}:{tmp_path / 'd8.npy'}"
+    return [
+        (["--dataset", "cifar10", "--runs", str(tmp_path / "bad"), "--out", out], f"{bad}: not a valid metrics.json"),
+        (["--dataset", "mnist", "--runs", str(runs), "--out", out], "invalid choice: 'mnist'"),
+        (["--dataset", "cifar10", "--runs", other, "--out", out], "a run of dataset 'flickr', not 'cifar10'"),
+        (["--dataset", "cifar10", "--import", imp, "--labels", str(tmp_path / "ql.npy"), str(tmp_path / "dl.npy"),
+          "--out", out], "q8.npy: codes of 8 bits, but --import says X has 16"),
+        (["--dataset", "cifar10", "--import", "X:abc", "--out", out], "expected NAME:BITS:QUERY_CODES:DB_CODES"),
+        (["--dataset", "cifar10", "--import", imp, "--import", imp, "--out", out], "X 16 bits is asked for twice"),
+        (["--dataset", "cifar10", "--baselines", "itq", "--out", out], "--baselines needs --features"),
+        (["--dataset", "cifar10", "--baselines", "itq", "--features", *[str(tmp_path / "q8.npy")] * 3,
+          "--bits", "8", "--out", out], "q8.npy: not a readable HDF5 features file"),
+        (["--dataset", "cifar10", "--baselines", "itq", "--features", *[str(tmp_path / "q8.npy")] * 3,
+          "--baseline-option", "ksh:n_anchors=3", "--out", out], "--baseline-option for ksh, which is not"),
+        (["--dataset", "cifar10", "--out", out], "nothing to compare"),
+    ]
+
+
+def test_bad_input_is_a_user_error_and_writes_nothing(tmp_path, rng):
+    for argv, message in bad_cases(tmp_path, rng):
+        with pytest.raises(UserError) as e:
+            compare.main(argv)
+        assert message in str(e.value) and "\n" not in str(e.value)
+        assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("case", [0, 1, 3])  # malformed metrics.json, unknown dataset, mismatched bits
+def test_bad_input_from_the_shell_is_one_line_exit_2(tmp_path, rng, case):
+    argv, message = bad_cases(tmp_path, rng)[case]
+    proc = run_cli(argv)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

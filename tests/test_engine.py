@@ -1,0 +1,258 @@
+"""The training loop: batch order, cache, resume after SIGKILL, DDP = single process, the CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reproduce import data, engine, train
+from reproduce.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from reproduce.errors import UserError
+from reproduce.lists import read_list, write_list
+from reproduce.nets import DHNNet
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from train_worker import tiny_model  # noqa: E402
+
+
+def make_images(root, n=24, num_labels=3, seed=0, size=(40, 30)):
+    """n small PNG images whose colour depends on the label; returns the list path."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "img"), exist_ok=True)
+    labels = np.zeros((n, num_labels), dtype=np.uint8)
+    labels[np.arange(n), np.arange(n) % num_labels] = 1
+    labels[rng.random((n, num_labels)) < 0.15] = 1
+    paths = []
+    for i in range(n):
+        base = np.zeros((size[1], size[0], 3)) + 200 * labels[i, :3]
+        img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+        paths.append(f"img/{i:03d}.png")
+        Image.fromarray(img).save(os.path.join(root, paths[-1]))
+    write_list(os.path.join(root, "train.txt"), paths, labels)
+    return os.path.join(root, "train.txt")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("images"))
+    return root, make_images(root)
+
+
+def config(root, list_path, out, **over):
+    argv = ["--train-list", list_path, "--root", root, "--weights", "unused.pth", "--arch", "caffenet",
+            "--out", out, "--bits", "8", "--batch-size", "8", "--max-iter", "12", "--snapshot", "4",
+            "--display", "1", "--workers", "0", "--base-lr", "0.01", "--stepsize", "5", "--quiet"]
+    for k, v in over.items():
+        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    args = train.get_args_parser().parse_args(argv)
+    return train.resolve_config(args, ckpt={"arch": "caffenet"})
+
+
+# ------------------------------------------------------------------------------- batch order
+
+def test_batch_order_is_a_function_of_seed_and_iteration():
+    order = data.BatchOrder(10, 4, seed=3)
+    stream = np.concatenate([order.batch(t)[0] for t in range(10)])   # 40 = 4 passes of 10
+    for e in range(4):
+        assert sorted(stream[10 * e:10 * (e + 1)]) == list(range(10))          # each pass a permutation
+    assert not all((stream[:10] == stream[10 * e:10 * (e + 1)]).all() for e in range(1, 4))  # reshuffled
+    again = data.BatchOrder(10, 4, seed=3)
+    for t in (7, 2, 9):                                                    # any order of asking
+        for a, b in zip(order.batch(t), again.batch(t)):
+            np.testing.assert_array_equal(a, b)
+    _, offsets, mirror = order.batch(5)
+    assert offsets.min() >= 0 and offsets.max() <= 29 and mirror.dtype == bool
+    assert not np.array_equal(data.BatchOrder(10, 4, seed=4).batch(0)[0], order.batch(0)[0])
+
+
+def test_batches_do_not_depend_on_workers_or_processes(dataset, tmp_path):
+    root, list_path = dataset
+    image_list = read_list(list_path)
+    cache = data.build_cache(image_list, root, str(tmp_path / "cache.h5"), workers=0, progress=False)
+    order = data.BatchOrder(len(image_list), 8, seed=1)
+    mean = np.array([104, 117, 123], np.float32)
+    whole = list(data.make_loader(data.TrainBatches(image_list, order, mean, 2, 6, cache_path=cache), workers=2))
+    direct = [data.TrainBatches(image_list, order, mean, 2, 6, root=root)[i] for i in range(4)]
+    halves = [[data.TrainBatches(image_list, order, mean, 2, 6, cache_path=cache, rank=r, world_size=2)[i]
+               for r in (0, 1)] for i in range(4)]
+    for (x, y), (xd, yd), parts in zip(whole, direct, halves):
+        assert x.shape == (8, 3, 227, 227)
+        torch.testing.assert_close(x, xd, rtol=0, atol=0)          # cache == decoding on the fly
+        torch.testing.assert_close(x, torch.cat([p[0] for p in parts]), rtol=0, atol=0)
+        torch.testing.assert_close(y, torch.cat([p[1] for p in parts]), rtol=0, atol=0)
+
+
+def test_cache_is_resumable_and_bound_to_its_list(dataset, tmp_path):
+    root, list_path = dataset
+    image_list = read_list(list_path)
+    cache = str(tmp_path / "c.h5")
+    data.build_cache(image_list.subset(range(3)), root, str(tmp_path / "other.h5"), workers=0, progress=False)
+    # An interrupted build: a partial file with some images done.
+    with pytest.raises(RuntimeError):
+        with_failure = data._ResizedImages.__getitem__
+        calls = {"n": 0}
+
+        def flaky(self, j):
+            calls["n"] += 1
+            if calls["n"] > 5:
+                raise RuntimeError("killed")
+            return with_failure(self, j)
+        data._ResizedImages.__getitem__ = flaky
+        try:
+            data.build_cache(image_list, root, cache, workers=0, progress=False)
+        finally:
+            data._ResizedImages.__getitem__ = with_failure
+    assert not os.path.exists(cache) and os.path.exists(cache + ".partial")
+    data.build_cache(image_list, root, cache, workers=0, progress=False)
+    with data.open_cache(cache, image_list) as f:
+        for i in (0, 7, len(image_list) - 1):
+            np.testing.assert_array_equal(f["images"][i], data.load_resized(image_list, root, i))
+    with pytest.raises(UserError, match="another list"):
+        data.open_cache(str(tmp_path / "other.h5"), image_list)
+
+
+def test_missing_image_names_list_line_and_path(dataset, tmp_path):
+    root, list_path = dataset
+    bad = tmp_path / "bad.txt"
+    bad.write_text(open(list_path).read() + "img/nothere.png 1 0 0\n")
+    with pytest.raises(UserError, match=r"bad.txt:25: image .*nothere.png not found \(1 of 25"):
+        data.check_images_exist(read_list(str(bad)), root)
+
+
+# ------------------------------------------------------------------------------- training runs
+
+def run_worker(cfg, path, **popen):
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    return subprocess.Popen([sys.executable, os.path.join(HERE, "train_worker.py"), str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def final_weights(run_dir):
+    return load_checkpoint(os.path.join(run_dir, "final.pth"))["state_dict"]
+
+
+def test_resume_after_sigkill_is_bit_identical(dataset, tmp_path):
+    root, list_path = dataset
+    cache = str(tmp_path / "cache.h5")
+    ref = config(root, list_path, str(tmp_path / "ref"), dropout=0.5, max_iter=40, cache=cache)
+    engine.train(ref, model=tiny_model(8, 0.5), progress=False)
+    cfg = dict(ref, out=str(tmp_path / "killed"))
+    proc = run_worker(cfg, tmp_path / "cfg.json")
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(cfg["out"], "snapshot_iter_8.pth")) and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(cfg["out"], "final.pth")), "the run ended before it was killed"
+    engine.train(dict(cfg, resume=True), model=tiny_model(8, 0.5, seed=99), progress=False)
+    a, b = final_weights(ref["out"]), final_weights(cfg["out"])
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    logs = [json.loads(line) for line in open(os.path.join(cfg["out"], "log.jsonl"))]
+    assert [r["iteration"] for r in logs] == list(range(1, 41))
+
+
+def test_two_processes_equal_one(dataset, tmp_path):
+    root, list_path = dataset
+    cache = str(tmp_path / "cache.h5")
+    one = config(root, list_path, str(tmp_path / "one"), dropout=0.0, batch_size=8, max_iter=5, cache=cache)
+    engine.train(one, model=tiny_model(8, 0.0), progress=False)
+    two = dict(one, out=str(tmp_path / "two"))
+    with open(tmp_path / "two.json", "w") as f:
+        json.dump(two, f)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29517", os.path.join(HERE, "train_worker.py"),
+                          str(tmp_path / "two.json")], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = final_weights(one["out"]), final_weights(two["out"])
+    for k in a:
+        rel = (a[k] - b[k]).norm() / a[k].norm()
+        assert rel <= 1e-5, (k, float(rel))
+    assert not torch.equal(a["hash_layer.weight"], tiny_model(8, 0.0).hash_layer.weight)   # it trained
+
+
+def test_non_finite_loss_stops_with_the_iteration(dataset, tmp_path):
+    root, list_path = dataset
+    model = tiny_model(8, 0.0)
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 7 else output
+    model.register_forward_hook(poison)
+    cfg = config(root, list_path, str(tmp_path / "nan"), cache="none")
+    with pytest.raises(UserError, match=r"non-finite loss \(nan\) at iteration 6; .*snapshot_iter_4.pth"):
+        engine.train(cfg, model=model, progress=False)
+    assert os.path.exists(tmp_path / "nan" / "snapshot_iter_4.pth")
+
+
+@pytest.fixture(scope="module")
+def random_caffenet(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("w") / "caffenet.pth")
+    torch.manual_seed(0)
+    save_checkpoint(path, DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0, meta={"kind": "test"})
+    return path
+
+
+def cli(*argv):
+    return subprocess.run([sys.executable, "-m", "reproduce.train", *argv], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_train_command_decreases_the_loss(random_caffenet, tmp_path):
+    root = str(tmp_path)
+    list_path = make_images(root, n=8)   # one batch of 8: the network can fit it in a few steps
+    out = str(tmp_path / "run")
+    train.main(["--train-list", list_path, "--root", root, "--weights", random_caffenet, "--bits", "12",
+                "--out", out, "--batch-size", "8", "--max-iter", "10", "--snapshot", "5", "--display", "1",
+                "--base-lr", "0.0002", "--dropout", "0", "--workers", "0", "--quiet", "--keep-snapshots", "1"])
+    assert sorted(os.listdir(out)) == ["config.json", "final.pth", "log.jsonl", "snapshot_iter_10.pth",
+                                       "train_cache.h5"]
+    log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    assert set(log[0]) >= {"iteration", "lr", "total", "pair_loss", "quantization_loss",
+                           "quantization_loss_caffe", "images_per_s"}
+    assert np.mean([r["total"] for r in log[-3:]]) < 0.75 * log[0]["total"]
+    ckpt = load_checkpoint(os.path.join(out, "final.pth"))
+    model = model_from_checkpoint(ckpt, "final.pth")
+    assert model.bits == 12 and ckpt["meta"]["args"]["base_lr"] == 0.0002
+    # An existing run is never clobbered.
+    res = cli("--train-list", list_path, "--root", root, "--weights", random_caffenet, "--out", out, "--workers", "0")
+    assert res.returncode == 2 and "already holds a training run" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("case", ["labels", "missing", "arch", "bits"])
+def test_bad_input_stops_before_training(dataset, random_caffenet, tmp_path, case):
+    root, list_path = dataset
+    list_path = str(list_path)
+    args = ["--train-list", list_path, "--root", root, "--weights", random_caffenet, "--bits", "12",
+            "--out", str(tmp_path / "run"), "--workers", "0"]
+    expect = {"labels": "bad.txt:2: 2 labels, but earlier lines have 3",
+              "missing": "bad.txt:3: image", "arch": "checkpoint is arch 'caffenet', but 'alexnet'",
+              "bits": "hash_layer.weight has shape (12, 4096) (12 bits), but 16 bits"}[case]
+    bad = tmp_path / "bad.txt"
+    if case == "labels":
+        bad.write_text("img/000.png 1 0 0\nimg/001.png 0 1\n")
+        args[1] = str(bad)
+    elif case == "missing":
+        bad.write_text("img/000.png 1 0 0\nimg/001.png 0 1 0\nimg/gone.png 0 0 1\n")
+        args[1] = str(bad)
+    elif case == "arch":
+        args += ["--arch", "alexnet"]
+    else:
+        dhn = str(tmp_path / "dhn.pth")
+        save_checkpoint(dhn, DHNNet("caffenet", bits=12).state_dict(), "caffenet", 12)
+        args[5] = dhn
+        args[7] = "16"
+    res = cli(*args)
+    assert res.returncode == 2, res.stderr
+    assert expect in res.stderr and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "run")

@@ -1,0 +1,103 @@
+"""Forward equality with an independent Caffe implementation (the main proof of the conversion).
+
+Full-size random weights are written as .caffemodel (V1 and V2) next to the deploy prototxt of
+each arch; OpenCV 4's `cv2.dnn.readNetFromCaffe` (which implements Caffe's LRN, groups and ceil
+pooling) runs them on a blob of mean-subtracted-pixel-like values, and DHNNet runs the converted
+weights: fc7 and the tanh codes must agree to 1e-4, and the other arch must be clearly different.
+"""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from reproduce.caffe_format import caffe_to_state_dict, deploy_prototxt, read_caffemodel, write_caffemodel
+from reproduce.nets import DHNNet, expected_shapes
+from reproduce.weights import MEAN_VALUE_BGR
+
+BITS = 32
+TOL = 1e-4
+# Weight scales: He-like std sqrt(2 / fan_in) keeps activations O(1) layer to layer; conv1 keeps
+# the pixels' scale (~70) so that LRN, where the two archs differ, really normalizes; conv2 brings
+# the scale down to O(1); the hash layer's std 1/sqrt(fan_in) keeps tanh out of saturation.
+GAIN = {"conv1": 1.0, "conv2": 1 / 30, "fc6": 0.7, "fc7": 0.7, "hash_layer": 0.7}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    rng = np.random.default_rng(2016)
+    layers = {}
+    for k, shape in expected_shapes(BITS).items():
+        layer, part = k.split(".")
+        fan_in = int(np.prod(shape[1:])) if part == "weight" else 1
+        std = np.sqrt(2.0 / fan_in) * GAIN.get(layer, 1.0) if part == "weight" else 0.1
+        layers.setdefault(layer, []).append(rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+    layers["fc8"] = [rng.standard_normal((1000, 4096), dtype=np.float32) * np.float32(0.01),
+                     np.zeros(1000, np.float32)]
+    folder = tmp_path_factory.mktemp("opencv_forward")
+    paths = {}
+    for fmt in ("v1", "v2"):
+        paths[fmt] = folder / f"{fmt}.caffemodel"
+        write_caffemodel(paths[fmt], layers, fmt=fmt)
+    for arch in ("caffenet", "alexnet"):
+        for bits in (BITS, None):
+            paths[arch, bits] = folder / f"{arch}_{bits}.prototxt"
+            paths[arch, bits].write_text(deploy_prototxt(arch, bits))
+    yield paths
+    for fmt in ("v1", "v2"):       # ~240 MiB each: do not leave them in pytest's kept tmp dirs
+        paths[fmt].unlink()
+
+
+@pytest.fixture(scope="module")
+def blob():
+    # batch 2, 3x227x227: 0-255 pixels minus the authors' BGR mean_value, as Caffe's data layer gives
+    rng = np.random.default_rng(7)
+    pixels = rng.uniform(0, 255, (2, 3, 227, 227))
+    return (pixels - np.array(MEAN_VALUE_BGR)[None, :, None, None]).astype(np.float32)
+
+
+def opencv_forward(prototxt, caffemodel, blob, outputs):
+    net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.enableFusion(False)     # layer outputs exactly as named (no relu fused into fc7)
+    net.setInput(blob)
+    return [np.array(o) for o in net.forward(outputs)]
+
+
+_converted = {}
+
+
+def dhn_forward(files, fmt, arch, blob):
+    """DHNNet of `arch` with the weights converted from the `fmt` file: (fc7, codes)."""
+    if (fmt, arch) not in _converted:
+        state_dict, notes = caffe_to_state_dict(read_caffemodel(files[fmt]), arch, str(files[fmt]))
+        assert any("fc8" in n for n in notes)
+        model = DHNNet(arch, bits=BITS).eval()
+        model.load_state_dict(state_dict)
+        with torch.no_grad():
+            fc7 = model.features(torch.from_numpy(blob))
+            _converted[fmt, arch] = fc7.numpy(), model.hash(fc7).numpy()
+    return _converted[fmt, arch]
+
+
+@pytest.mark.parametrize("fmt", ["v1", "v2"])
+@pytest.mark.parametrize("arch", ["caffenet", "alexnet"])
+def test_forward_matches_opencv_caffe(files, blob, fmt, arch):
+    other = "alexnet" if arch == "caffenet" else "caffenet"
+    ref_fc7, ref_codes = opencv_forward(files[arch, BITS], files[fmt], blob, ["drop7", "tanh"])
+    assert ref_fc7.shape == (2, 4096) and ref_codes.shape == (2, BITS)
+    assert 0.3 < np.abs(ref_fc7).mean() < 3 and 0.2 < np.abs(ref_codes).mean() < 0.9   # O(1), not saturated
+    fc7, codes = dhn_forward(files, fmt, arch, blob)
+    assert np.abs(fc7 - ref_fc7).max() <= TOL
+    assert np.abs(codes - ref_codes).max() <= TOL
+    # the other arch (LRN and pooling swapped) on the same weights is clearly different
+    wrong_fc7, wrong_codes = dhn_forward(files, fmt, other, blob)
+    assert np.abs(wrong_fc7 - ref_fc7).max() > 100 * TOL
+    assert np.abs(wrong_codes - ref_codes).max() > 100 * TOL
+
+
+def test_zoo_deploy_without_hash_layer(files, blob):
+    """The stock deploy.prototxt (fc8 + prob) runs on the same file; fc7 agrees as well."""
+    ref_fc7, prob = opencv_forward(files["caffenet", None], files["v1"], blob, ["drop7", "prob"])
+    assert prob.shape == (2, 1000) and np.allclose(prob.sum(1), 1, atol=1e-5)
+    fc7, _ = dhn_forward(files, "v1", "caffenet", blob)
+    assert np.abs(fc7 - ref_fc7).max() <= TOL
