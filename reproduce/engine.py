@@ -205,13 +205,13 @@ class NonFiniteLoss(UserError):
 
 
 def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display, device="cpu",
-        gather=None, world_size=1, log=None, snapshot=None, snapshot_every=0, progress=True):
+        gather=None, world_size=1, log=None, snapshot=None, snapshot_every=0, progress=True, echo=True):
     """Caffe's Solver::Step from iteration `start` to `max_iter`: forward, loss, backward, update.
 
     batches: yields (x, labels) for iterations start, start+1, ... (x: b x ... network input,
     labels: b x C); gather: concatenates the rows of every process (multi-process training);
-    log(record) at every `display` iterations with Caffe's fields; snapshot(done) every
-    `snapshot_every` iterations and at the end.
+    log(record) at every `display` iterations with Caffe's fields (and, with echo, a line in
+    Caffe's style on the console); snapshot(done) every `snapshot_every` iterations and at the end.
     """
     gather = gather or (lambda t: t)
     bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", disable=not progress)
@@ -236,9 +236,10 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
                    "images_per_s": (done - last_it) * batch_size / max(now - last_time, 1e-9)}
             last_time, last_it = now, done
             log(rec)
-            bar.write(f"Iteration {done}, lr = {lr:.6g}, loss = {rec['total']:.6g} (pair_loss = {rec['pair_loss']:.6g}, "
-                      f"quantization_loss = {rec['quantization_loss']:.6g}; Caffe prints "
-                      f"{rec['quantization_loss_caffe']:.6g}), {rec['images_per_s']:.1f} images/s")
+            if echo:
+                bar.write(f"Iteration {done}, lr = {lr:.6g}, loss = {rec['total']:.6g} (pair_loss = {rec['pair_loss']:.6g}, "
+                          f"quantization_loss = {rec['quantization_loss']:.6g}; Caffe prints "
+                          f"{rec['quantization_loss_caffe']:.6g}), {rec['images_per_s']:.1f} images/s")
         if snapshot is not None and (done % snapshot_every == 0 or done == max_iter):
             snapshot(done)
     bar.close()
