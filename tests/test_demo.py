@@ -1,0 +1,34 @@
+"""The offline demo: the whole chain on scikit-learn's digits, and its committed example output."""
+import json
+import os
+
+from reproduce import demo
+from conftest import REPO
+
+
+def test_demo_runs_the_whole_chain(tmp_path, capsys):
+    demo.main(["--out", str(tmp_path), "--bits", "12", "--seeds", "0", "--max-iter", "300",
+               "--baselines", "lsh", "itq-cca"])
+    printed = capsys.readouterr().out
+    assert "What this demo changes from the paper's setup" in printed
+    for name in ("table1.md", "table1.csv", "table1.tex", "table2.md", "fig_a_precision_radius2.png",
+                 "fig_b_pr_curve_12bits.png", "fig_c_precision_at_n_12bits.pdf", "sweep.md", "run.json"):
+        assert (tmp_path / name).exists(), name
+    methods = sorted(os.listdir(tmp_path / "metrics"))
+    assert methods == ["DHN-B_12bits_seed0", "DHN-E_12bits_seed0", "DHN-Q_12bits_seed0", "DHN_12bits_seed0",
+                       "ITQ-CCA_12bits_seed0", "LSH_12bits_seed0"]
+    dhn = json.load(open(tmp_path / "metrics" / "DHN_12bits_seed0" / "metrics.json"))
+    lsh = json.load(open(tmp_path / "metrics" / "LSH_12bits_seed0" / "metrics.json"))
+    assert dhn["metrics"]["num_queries"] == 100 and dhn["metrics"]["num_database"] == 1697
+    assert dhn["metrics"]["map"] > lsh["metrics"]["map"] + 0.2      # the learned codes beat random projections
+    assert dhn["inputs"]["training"]["last_loss"] < dhn["inputs"]["training"]["first_loss"]
+
+
+def test_committed_demo_output_is_complete():
+    out = REPO / "results" / "demo"
+    run = json.load(open(out / "run.json"))
+    assert run["config"]["bits"] == [12, 24, 32, 48] and run["config"]["seeds"] == [0, 1, 2]
+    for n in (1, 2):
+        for ext in ("md", "csv", "tex"):
+            assert (out / f"table{n}.{ext}").stat().st_size > 0
+    assert len(os.listdir(out / "metrics")) == 4 * 3 * 4 + 4 * 5   # DHN, -B, -Q, -E x 4 bits x 3 seeds + 5 baselines
