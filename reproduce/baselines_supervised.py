@@ -236,6 +236,7 @@ class KSH(Baseline):
 
     def _greedy_bits(self, Kl, S, RM, l):
         """The demo's `for rr = 1:r` loop; fills weights_, cost_history_, improved_."""
+        y = None   # the previous bit's codes, whose fit is removed from the target
         for k in range(self.bits):
             if k > 0:
                 S.subtract(y)                           # fit the residual of the bits so far

@@ -6,8 +6,6 @@ them with --database-excludes-train); MAP over the whole database. The images ar
 torchvision (md5-checked) into DIR and written once as PNG files; the split is the committed
 data_lists/cifar10/ (checked against the downloaded labels), or made from them with the same seed.
 """
-import os
-
 import numpy as np
 
 from .datasets import cifar10 as ds

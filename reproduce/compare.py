@@ -16,7 +16,6 @@ into `--out/methods/<name>_<bits>/` (metrics.json and the curves as CSV, as repr
 writes them). Then `--out` receives table1/table2 (.md .csv .tex) and the three figures
 (.png .pdf). `build_comparison` is the core the per-dataset commands call.
 """
-import argparse
 import importlib
 import os
 import re
@@ -26,7 +25,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli
 from .fileio import sha1_file
 from .figures import default_curve_bits, figure_names, write_figures
 from .reports import canonical_method, check_records, collect_metrics, write_tables
@@ -35,13 +34,6 @@ DATASETS = ("cifar10", "nus_wide", "flickr")   # the paper's three (reproduce.da
 PAPER_BITS = (12, 24, 32, 48)                  # the paper's bit lengths (Tables 1-2)
 BASELINE_NAMES = ("lsh", "sh", "itq", "itq-cca", "ksh")  # reproduce.baselines registry names
 METHODS_DIR = "methods"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are a UserError: one line, exit status 2 through run_cli."""
-
-    def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
 
 
 def dataset_protocol(dataset):
@@ -213,7 +205,7 @@ def comparison_outputs(out_dir, curve_bits):
 
 
 def get_args_parser():
-    p = _Parser(prog="python -m reproduce.compare", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m reproduce.compare", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, choices=DATASETS,
                    help="which of the paper's datasets: its protocol (MAP cut-off) and paper numbers")
     p.add_argument("--runs", nargs="*", default=[], metavar="DIR",

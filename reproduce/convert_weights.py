@@ -8,13 +8,13 @@ with a note; a hash layer (`hash_layer`, or `fch` as the authors' dhn-caffe name
 so a model fine-tuned with the authors' Caffe code can be evaluated here as is. The checkpoint
 records the source file's name and sha1 and the notes (reproduce.checkpoint).
 """
-import argparse
 import os
 import time
 
-from .caffe_format import caffe_to_state_dict, detect_arch, read_caffemodel
+from .caffe_format import detect_arch, read_caffemodel
+from .caffe_net import caffe_to_state_dict
 from .checkpoint import save_checkpoint
-from .errors import UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli
 from .fileio import sha1_file
 from .nets import ARCHS, HASH_LAYER
 
@@ -50,7 +50,7 @@ def convert(src, out, arch=None, overwrite=False, log=print):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(prog="python -m reproduce.convert_weights", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m reproduce.convert_weights", description=__doc__.split("\n")[0])
     p.add_argument("src", help="a .caffemodel (V1, V2 or mixed; packed or unpacked floats) or .caffemodel.h5")
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help="network of the file (default: detected from the file's layer order; caffenet, "

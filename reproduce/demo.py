@@ -21,7 +21,7 @@ from .compare import build_comparison, evaluate_method
 from .data import BatchOrder
 from .datasets.common import sample_per_label
 from .engine import fit
-from .errors import run_cli
+from .errors import ArgumentParser, run_cli
 from .evaluate import write_outputs
 from .losses import DHNLoss
 from .metrics import mean_average_precision
@@ -123,7 +123,7 @@ def choose_lr(x, labels, train, loss_options, lrs=SWEEP_LRS, bits=SWEEP_BITS, ma
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("python -m reproduce.demo", description=__doc__,
+    p = ArgumentParser("python -m reproduce.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join("results", "demo"), help="results folder (default results/demo)")
     p.add_argument("--bits", type=int, nargs="+", default=list(PAPER_BITS), help="code lengths (paper: 12 24 32 48)")

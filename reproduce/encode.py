@@ -18,7 +18,6 @@ and attributes naming the checkpoint (path, sha1), arch, bits, transform, mean a
 written in batches into preallocated datasets (memory flat in N), under a temporary name renamed
 into place at the end: an interrupted or failed run leaves no output file.
 """
-import argparse
 import os
 
 import h5py
@@ -29,10 +28,10 @@ from tqdm import tqdm
 from .caffe_format import read_mean
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import check_images_exist, load_resized
-from .errors import UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli
 from .fileio import atomic_output, sha1_file
 from .lists import read_list
-from .transforms import CROP_SIZE, MEAN_VALUE, center_crop, mean_array, oversample
+from .transforms import CROP_SIZE, MEAN_VALUE, center_crop, mean_array, oversample, parse_mean_value
 
 CODES_FORMAT = "reproduce-dhn-codes/1"
 FEATURE_DIM = 4096          # fc7 of CaffeNet / AlexNet
@@ -158,18 +157,8 @@ def _attributes(model, image_list, root, mean, ten_crops, has_hash, extra):
     return attrs
 
 
-def _parse_mean(text):
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 3:
-        raise UserError(f"--mean {text!r}: expected three comma-separated numbers B,G,R (e.g. 104,117,123)")
-    return values
-
-
 def get_args_parser():
-    p = argparse.ArgumentParser(prog="python -m reproduce.encode", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m reproduce.encode", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True,
                    help="model checkpoint (.pth of this package: a DHN snapshot, or a converted "
                         "ImageNet model with --features)")
@@ -209,7 +198,7 @@ def main(argv=None):
             raise UserError(f"{args.mean_file}: {e}") from None
         attrs.update(mean_file=os.path.abspath(args.mean_file), mean_file_sha1=sha1_file(args.mean_file))
     else:
-        mean = _parse_mean(args.mean)
+        mean = parse_mean_value(args.mean)
     image_list = read_list(args.list)
     check_images_exist(image_list, args.root)
     ckpt = load_checkpoint(args.checkpoint)

@@ -42,7 +42,7 @@ import numpy as np
 import scipy.io
 
 from . import __version__
-from .errors import UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli
 from .fileio import sha1_file, write_text_atomic
 from .lists import read_list
 from .metrics import DEFAULT_NS, TIES, ZERO_HIT, evaluate_codes
@@ -297,7 +297,7 @@ def write_outputs(out_dir, doc, force=False):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(prog="python -m reproduce.evaluate", description=__doc__,
+    p = ArgumentParser(prog="python -m reproduce.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--query", required=True, help="query codes (.h5 of reproduce.encode, .mat, .h5, .npz, .npy)")
     p.add_argument("--database", required=True, help="database codes (same formats)")

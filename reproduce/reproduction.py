@@ -11,7 +11,6 @@ numbers (reproduce.compare.build_comparison), and run.json records the whole con
 The per-dataset modules (reproduce.cifar10, nus_wide, flickr) are presets: how to get the lists,
 and nothing else.
 """
-import argparse
 import dataclasses
 import json
 import os
@@ -29,7 +28,7 @@ from .compare import build_comparison, dataset_protocol, evaluate_baselines, eva
 from .datasets.common import build_report, format_report, require_images, write_split
 from .encode import encode_list
 from .engine import train
-from .errors import UserError
+from .errors import ArgumentParser, UserError
 from .evaluate import write_outputs
 from .fileio import sha1_file, write_text_atomic
 from .lists import ImageList
@@ -71,7 +70,7 @@ class Preset:
 
 
 def get_args_parser(preset):
-    p = argparse.ArgumentParser(f"python -m reproduce.{preset.name}",
+    p = ArgumentParser(f"python -m reproduce.{preset.name}",
                                 description=f"Reproduce DHN's {preset.title} results (Tables 1-2, Figures a-c).")
     p.add_argument("--root", required=True, help="dataset root: the image paths of the lists are relative to it")
     p.add_argument("--bits", type=int, nargs="+", default=list(PAPER_BITS), help="code lengths (paper: 12 24 32 48)")

@@ -10,10 +10,11 @@ import os
 
 from .checkpoint import load_checkpoint
 from .engine import train
-from .errors import UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli
 from .lists import read_list
 from .nets import ARCHS
 from .solver import PRESETS, SolverSettings, read_solver_prototxt
+from .transforms import parse_mean_value
 
 # Solver / loss settings that come from the preset or solver.prototxt unless given explicitly.
 SOLVER_KEYS = ("base_lr", "lr_policy", "gamma", "stepsize", "power", "stepvalue", "max_iter", "momentum",
@@ -21,7 +22,7 @@ SOLVER_KEYS = ("base_lr", "lr_policy", "gamma", "stepsize", "power", "stepvalue"
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("python -m reproduce.train", description=__doc__,
+    p = ArgumentParser("python -m reproduce.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--train-list", required=True, help="training list, `path l1 ... lC` per line")
@@ -84,11 +85,7 @@ def resolve_config(args, ckpt=None):
         if cfg.get(key) is None:
             cfg[key] = getattr(settings, key)
     cfg["stepvalue"] = list(cfg["stepvalue"] or ())
-    try:
-        cfg["mean"] = [float(v) for v in args.mean.split(",")]
-        assert len(cfg["mean"]) == 3
-    except (ValueError, AssertionError):
-        raise UserError(f"--mean {args.mean!r}: expected three comma-separated numbers B,G,R") from None
+    cfg["mean"] = parse_mean_value(args.mean)
     if cfg["cache"] is None:
         cfg["cache"] = os.path.join(args.out, "train_cache.h5")
     if cfg["num_labels"] is None:

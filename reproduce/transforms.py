@@ -177,6 +177,17 @@ def resize_linear(img, height=NEW_SIZE, width=NEW_SIZE):
 
 # ------------------------------------------------------------------------- crop, mirror, mean
 
+def parse_mean_value(text):
+    """`--mean 104,117,123` -> [104.0, 117.0, 123.0] (B, G, R); UserError otherwise."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise UserError(f"--mean {text!r}: expected three comma-separated numbers B,G,R (e.g. 104,117,123)")
+    return values
+
+
 def mean_array(mean, size=NEW_SIZE):
     """The mean as float32 (3, 1, 1) (per-channel mean_value, B, G, R) or (3, size, size) (mean file).
 

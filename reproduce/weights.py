@@ -1,4 +1,4 @@
-"""The published ImageNet models DHN starts from, the default mean, and their download.
+"""The published ImageNet models DHN starts from, and their download.
 
     python -m reproduce.weights fetch caffenet [--dir weights] [--no-verify]
 
@@ -6,7 +6,6 @@ downloads the BVLC model zoo caffemodel, checks its sha1 and converts it into we
 (reproduce.convert_weights). A caffemodel already in the folder with the right sha1 is not
 downloaded again. Without network it prints the manual steps.
 """
-import argparse
 import hashlib
 import os
 import socket
@@ -14,18 +13,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-import numpy as np
 from tqdm import tqdm
 
-from .caffe_format import read_mean
 from .convert_weights import convert
-from .errors import UserError, run_cli
+from .errors import ArgumentParser, UserError, run_cli
 from .fileio import atomic_output, sha1_file
 from .nets import ARCHS
 
-# The authors' train_val.prototxt: transform_param { mean_value: 104 mean_value: 117
-# mean_value: 123 } -- per-channel, BGR order, subtracted from 0-255 pixels.
-MEAN_VALUE_BGR = (104.0, 117.0, 123.0)
 DEFAULT_WEIGHTS_DIR = "weights"
 DOWNLOAD_TIMEOUT_S = 30          # seconds without an answer before a download is given up
 
@@ -47,13 +41,6 @@ PRETRAINED = {
                           "http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel",
                           "9116a64c0fbe4459d18f4bb6b56d647b63920377"),
 }
-
-
-def load_mean(path=None):
-    """None -> the authors' mean_value, float32 (3,) BGR; a path -> read_mean(path), (3, 256, 256)."""
-    if path is None:
-        return np.array(MEAN_VALUE_BGR, dtype=np.float32)
-    return read_mean(path)
 
 
 def checkpoint_path(arch, weights_dir=DEFAULT_WEIGHTS_DIR):
@@ -132,7 +119,7 @@ def ensure_pretrained(arch, weights_dir=DEFAULT_WEIGHTS_DIR, log=print):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(prog="python -m reproduce.weights", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m reproduce.weights", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch", help="download, verify and convert a published model")
     f.add_argument("arch", choices=ARCHS, help="caffenet = bvlc_reference_caffenet (what the authors "

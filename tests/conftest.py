@@ -22,6 +22,18 @@ def shared_reference():
     return SHARED_REFERENCE
 
 
+@pytest.fixture(scope="session")
+def random_caffenet(tmp_path_factory):
+    """A converted-ImageNet-style checkpoint (no hash layer) of a randomly initialised CaffeNet."""
+    import torch
+    from reproduce.checkpoint import save_checkpoint
+    from reproduce.nets import DHNNet
+    path = str(tmp_path_factory.mktemp("weights") / "caffenet.pth")
+    torch.manual_seed(0)
+    save_checkpoint(path, DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0, meta={"kind": "test"})
+    return path
+
+
 def pytest_configure(config):
     # Deterministic and bounded: the suite runs on 2 cores.
     os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -14,6 +14,7 @@ from reproduce.baselines import (BASELINES, ITQ, LSH, SpectralHashing, itq_rotat
 from reproduce.baselines_supervised import (ITQCCA, KSH, PairwiseTarget, opt_projection_fast,
                                             smoothed_sign)
 from reproduce.errors import UserError
+from reference import plain_map
 
 FAST = {"ksh": dict(n_anchors=60, max_iter=100)}    # small settings keep the suite quick
 
@@ -35,19 +36,6 @@ def class_data(rng, n, d=32, c=5, multi_label=False):
     scale = np.r_[np.ones(c), np.full(d - c, 4.0)]
     X = L @ centres + rng.standard_normal((n, d)) * scale
     return X, L
-
-
-def plain_map(qB, dB, qL, dL):
-    """MAP of Hamming ranking: stable argsort of distances, relevant = shares >= 1 label."""
-    aps = []
-    for i in range(len(qB)):
-        ham = np.array([np.sum(qB[i] != b) for b in dB], dtype=np.float64)
-        rel = (dL[np.argsort(ham, kind="stable")] @ qL[i] > 0).astype(np.float64)
-        if rel.sum() == 0:
-            continue
-        precision = np.cumsum(rel) / np.arange(1, len(rel) + 1)
-        aps.append(np.sum(precision * rel) / rel.sum())
-    return float(np.mean(aps))
 
 
 # ----------------------------------------------------------------------------- all methods

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from reproduce import caffe_format as cf
+from reproduce import caffe_net
 from reproduce.errors import UserError
 from reproduce.nets import FEATURE_LAYERS, expected_shapes
 
@@ -174,7 +175,7 @@ def test_other_files_are_refused(tmp_path, rng, content):
     if content == "jpeg":
         path.write_bytes(cv2.imencode(".jpg", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))[1].tobytes())
     elif content == "prototxt":
-        path.write_text(cf.deploy_prototxt("caffenet"))
+        path.write_text(caffe_net.deploy_prototxt("caffenet"))
     elif content == "binaryproto":
         cf.write_binaryproto(path, np.zeros((3, 4, 4)), overwrite=True)
     else:
@@ -219,7 +220,7 @@ def test_read_mean_binaryproto_and_npy(tmp_path, rng):
 @pytest.mark.parametrize("arch", ["caffenet", "alexnet"])
 @pytest.mark.parametrize("bits", [None, 48])
 def test_deploy_prototxt_parses_in_opencv(tmp_path, arch, bits):
-    text = cf.deploy_prototxt(arch, bits)
+    text = caffe_net.deploy_prototxt(arch, bits)
     path = tmp_path / "deploy.prototxt"
     path.write_text(text)
     names = list(cv2.dnn.readNetFromCaffe(str(path)).getLayerNames())
@@ -252,13 +253,13 @@ def test_caffe_to_state_dict_maps_drops_and_imports(rng):
     layers["fc8"] = [np.zeros((1000, 4096), np.float32), np.zeros(1000, np.float32)]
     layers["relu1"] = []
     layers["fch"] = [rng.standard_normal((16, 4096)).astype(np.float32), np.zeros(16, np.float32)]
-    sd, notes = cf.caffe_to_state_dict(layers, "caffenet", "m.caffemodel")
+    sd, notes = caffe_net.caffe_to_state_dict(layers, "caffenet", "m.caffemodel")
     assert set(sd) == set(expected_shapes(16))
     assert all(tuple(v.shape) == expected_shapes(16)[k] and v.dtype == torch.float32 for k, v in sd.items())
     np.testing.assert_array_equal(sd["conv3.bias"].numpy(), layers["conv3"][1].ravel())
     np.testing.assert_array_equal(sd["hash_layer.weight"].numpy(), layers["fch"][0])
     assert any("fc8" in n and "dropped" in n for n in notes) and any("fch" in n and "16 bits" in n for n in notes)
-    back = cf.state_dict_to_caffe(sd)
+    back = caffe_net.state_dict_to_caffe(sd)
     assert list(back) == list(FEATURE_LAYERS) + ["hash_layer"]
     np.testing.assert_array_equal(back["hash_layer"][0], layers["fch"][0])
 
@@ -283,7 +284,7 @@ def test_caffe_to_state_dict_refuses(problem, message):
     else:
         layers["hash_layer"] = [np.zeros((8, 4000), np.float32), np.zeros(8, np.float32)]
     with pytest.raises(UserError, match=message):
-        cf.caffe_to_state_dict(layers, "caffenet", "m.caffemodel")
+        caffe_net.caffe_to_state_dict(layers, "caffenet", "m.caffemodel")
 
 
 def test_detect_arch():

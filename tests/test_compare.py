@@ -15,23 +15,10 @@ from reproduce.baselines import make_baseline
 from reproduce.errors import UserError
 
 from test_reports import metrics_doc, write_metrics
+from reference import plain_map
 
 FAST = ["--baseline-option", "ksh:n_anchors=30", "--baseline-option", "ksh:n_labeled=120",
         "--baseline-option", "ksh:max_iter=20"]
-
-
-def plain_map(qB, dB, qL, dL):
-    """MAP over the whole ranking: stable argsort of Hamming distances (database order breaks
-    ties), relevant = shares >= 1 label, queries without relevant items left out."""
-    aps = []
-    for i in range(len(qB)):
-        ham = np.array([np.sum(qB[i] != b) for b in dB], dtype=np.float64)
-        rel = (dL[np.argsort(ham, kind="stable")] @ qL[i] > 0).astype(np.float64)
-        if rel.sum() == 0:
-            continue
-        precision = np.cumsum(rel) / np.arange(1, len(rel) + 1)
-        aps.append(np.sum(precision * rel) / rel.sum())
-    return float(np.mean(aps))
 
 
 def class_features(rng, n, d=24, c=4):

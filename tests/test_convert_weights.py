@@ -188,11 +188,3 @@ def test_fetch_without_network_prints_manual_steps(tmp_path, monkeypatch):
     assert "\n" not in message and "network unreachable" in message and weights.PRETRAINED["alexnet"].url in message
     assert str(folder / "bvlc_alexnet.caffemodel") in message and "reproduce.convert_weights" in message
     assert not folder.exists()          # nothing created, not even the folder
-
-
-def test_load_mean(tmp_path):
-    np.testing.assert_array_equal(weights.load_mean(None), np.float32([104, 117, 123]))
-    mean = np.full((3, 256, 256), 120.5)
-    np.save(tmp_path / "ilsvrc_2012_mean.npy", mean)
-    got = weights.load_mean(tmp_path / "ilsvrc_2012_mean.npy")
-    assert got.dtype == np.float32 and np.array_equal(got, mean)

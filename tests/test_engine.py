@@ -195,14 +195,6 @@ def test_non_finite_loss_stops_with_the_iteration(dataset, tmp_path):
     assert os.path.exists(tmp_path / "nan" / "snapshot_iter_4.pth")
 
 
-@pytest.fixture(scope="module")
-def random_caffenet(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("w") / "caffenet.pth")
-    torch.manual_seed(0)
-    save_checkpoint(path, DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0, meta={"kind": "test"})
-    return path
-
-
 def cli(*argv):
     return subprocess.run([sys.executable, "-m", "reproduce.train", *argv], capture_output=True, text=True,
                           timeout=600)

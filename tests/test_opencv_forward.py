@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce.caffe_format import caffe_to_state_dict, deploy_prototxt, read_caffemodel, write_caffemodel
+from reproduce.caffe_format import read_caffemodel, write_caffemodel
+from reproduce.caffe_net import caffe_to_state_dict, deploy_prototxt
 from reproduce.nets import DHNNet, expected_shapes
-from reproduce.weights import MEAN_VALUE_BGR
+from reproduce.transforms import MEAN_VALUE
 
 BITS = 32
 TOL = 1e-4
@@ -52,7 +53,7 @@ def blob():
     # batch 2, 3x227x227: 0-255 pixels minus the authors' BGR mean_value, as Caffe's data layer gives
     rng = np.random.default_rng(7)
     pixels = rng.uniform(0, 255, (2, 3, 227, 227))
-    return (pixels - np.array(MEAN_VALUE_BGR)[None, :, None, None]).astype(np.float32)
+    return (pixels - np.array(MEAN_VALUE)[None, :, None, None]).astype(np.float32)
 
 
 def opencv_forward(prototxt, caffemodel, blob, outputs):

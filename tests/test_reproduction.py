@@ -6,37 +6,26 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import fake_datasets
 from reproduce import cifar10, flickr, nus_wide
-from reproduce.checkpoint import save_checkpoint
 from reproduce.datasets import cifar10 as cifar10_ds
 from reproduce.errors import UserError
-from reproduce.nets import DHNNet
 
 FAST = ["--bits", "12", "--variants", "dhn", "dhn-b", "--baselines", "lsh", "itq", "--workers", "0",
         "--device", "cpu", "--smoke"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("weights") / "caffenet.pth")
-    torch.manual_seed(0)
-    save_checkpoint(path, DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0, meta={"kind": "test"})
-    return path
 
 
 def outputs(out):
     return sorted(os.listdir(out))
 
 
-def test_cifar10_smoke_and_rerun(tmp_path, weights, monkeypatch):
+def test_cifar10_smoke_and_rerun(tmp_path, random_caffenet, monkeypatch):
     fake_datasets.make_fake_cifar10(str(tmp_path / "data"), per_class=5, test_per_class=2)
     # The fake batches' md5s are not the real ones.
     monkeypatch.setattr(cifar10_ds, "prepare_images",
                         functools.partial(cifar10_ds.prepare_images, check_integrity=False))
-    argv = ["--root", str(tmp_path / "data"), "--no-download", "--weights", weights, "--out", str(tmp_path / "res"),
+    argv = ["--root", str(tmp_path / "data"), "--no-download", "--weights", random_caffenet, "--out", str(tmp_path / "res"),
             "--work", str(tmp_path / "work")] + FAST
     cifar10.main(cifar10.PRESET, argv)
     out = outputs(tmp_path / "res")
@@ -60,19 +49,19 @@ def test_cifar10_smoke_and_rerun(tmp_path, weights, monkeypatch):
         cifar10.main(cifar10.PRESET, argv + ["--base-lr", "0.1"])
 
 
-def test_nus_wide_smoke_from_authors_lists(tmp_path, weights):
+def test_nus_wide_smoke_from_authors_lists(tmp_path, random_caffenet):
     fake = fake_datasets.make_fake_nus_wide(str(tmp_path / "data"))
     nus_wide.main(nus_wide.PRESET, ["--root", fake["authors_images_root"], "--authors-lists", fake["authors_dir"],
-                                    "--weights", weights, "--out", str(tmp_path / "res"),
+                                    "--weights", random_caffenet, "--out", str(tmp_path / "res"),
                                     "--work", str(tmp_path / "work")] + FAST)
     doc = json.load(open(tmp_path / "res" / "metrics" / "DHN_12bits_seed0" / "metrics.json"))
     assert doc["conventions"]["topk"] == 5000 and doc["dataset"] == "nus_wide"
 
 
-def test_flickr_smoke_with_sweep(tmp_path, weights):
+def test_flickr_smoke_with_sweep(tmp_path, random_caffenet):
     fake = fake_datasets.make_fake_flickr(str(tmp_path / "data"))
     flickr.main(flickr.PRESET, ["--root", fake["images_root"], "--annotations", fake["annotation_dir"],
-                                "--num-images", "60", "--weights", weights, "--out", str(tmp_path / "res"),
+                                "--num-images", "60", "--weights", random_caffenet, "--out", str(tmp_path / "res"),
                                 "--work", str(tmp_path / "work"), "--sweep", "--sweep-bits", "12",
                                 "--sweep-lrs", "1e-3", "--sweep-quant-weights", "0.1", "10"] + FAST)
     sweep = json.load(open(tmp_path / "res" / "sweep.json"))
@@ -85,12 +74,12 @@ def test_flickr_smoke_with_sweep(tmp_path, weights):
     assert not query & set(filter(None, held_out))
 
 
-def test_missing_images_and_wrong_labels_stop_before_training(tmp_path, weights):
+def test_missing_images_and_wrong_labels_stop_before_training(tmp_path, random_caffenet):
     fake = fake_datasets.make_fake_nus_wide(str(tmp_path / "data"))
     victim = sorted(os.listdir(fake["authors_images_root"]))[0]
     os.remove(os.path.join(fake["authors_images_root"], victim))
     res = subprocess.run([sys.executable, "-m", "reproduce.nus_wide", "--root", fake["authors_images_root"],
-                          "--authors-lists", fake["authors_dir"], "--weights", weights,
+                          "--authors-lists", fake["authors_dir"], "--weights", random_caffenet,
                           "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")] + FAST,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr
@@ -103,6 +92,6 @@ def test_missing_images_and_wrong_labels_stop_before_training(tmp_path, weights)
         rows = open(os.path.join(fake["authors_dir"], name)).read().splitlines()
         (bad / name).write_text("".join(r.rsplit(" ", 1)[0] + "\n" for r in rows))
     res = subprocess.run([sys.executable, "-m", "reproduce.nus_wide", "--root", fake["authors_images_root"],
-                          "--authors-lists", str(bad), "--weights", weights, "--out", str(tmp_path / "res2"),
+                          "--authors-lists", str(bad), "--weights", random_caffenet, "--out", str(tmp_path / "res2"),
                           "--work", str(tmp_path / "work2")] + FAST, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr and "20 labels" in res.stderr, res.stderr
