@@ -280,15 +280,6 @@ def _read_caffemodel_h5(path):
     return blobs
 
 
-def detect_arch(blobs):
-    """'caffenet' if pool1 comes before norm1 in the file's layer order, 'alexnet' if after, None
-    when the file does not list both (HDF5 snapshots)."""
-    order = list(blobs)
-    if "pool1" in order and "norm1" in order:
-        return "caffenet" if order.index("pool1") < order.index("norm1") else "alexnet"
-    return None
-
-
 def read_mean(path):
     """The mean image, float32 (3, 256, 256) BGR: Caffe's imagenet_mean.binaryproto (a BlobProto
     1x3x256x256) or pycaffe's ilsvrc_2012_mean.npy (float64 3x256x256)."""
@@ -329,6 +320,11 @@ def _len_field(field, pieces):
     """A length-delimited field around `pieces` (bytes or contiguous arrays): returns pieces."""
     size = sum(p.nbytes if isinstance(p, np.ndarray) else len(p) for p in pieces)
     return [_varint_bytes(field << 3 | LEN) + _varint_bytes(size)] + pieces
+
+
+def _write_pieces(f, pieces):
+    for piece in pieces:   # arrays are written from their memory, without a bytes copy
+        f.write(piece.view(np.uint8) if isinstance(piece, np.ndarray) else piece)
 
 
 def _blob_pieces(array, legacy, packed):
@@ -383,8 +379,7 @@ def write_caffemodel(path, layers, fmt="v1", packed=True, types=None, overwrite=
                 body.append(_varint_bytes(V2["type"] << 3 | LEN) + _varint_bytes(len(type_)) + type_.encode())
             for blob in blobs:
                 body += _len_field(ids["blobs"], _blob_pieces(np.asarray(blob), fmt != "v2", packed))
-            for piece in _len_field(NET_LAYERS_V1 if fmt == "v1" else NET_LAYER, body):
-                f.write(piece.view(np.uint8) if isinstance(piece, np.ndarray) else piece)
+            _write_pieces(f, _len_field(NET_LAYERS_V1 if fmt == "v1" else NET_LAYER, body))
 
 
 def write_caffemodel_h5(path, layers, overwrite=False):
@@ -401,5 +396,4 @@ def write_binaryproto(path, array, overwrite=False):
     """Write a mean image as a BlobProto with legacy dims 1xCxHxW, as Caffe's compute_image_mean."""
     array = np.asarray(array, dtype=np.float32)
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
-        for piece in _blob_pieces(array.reshape((1,) * (4 - array.ndim) + array.shape), True, True):
-            f.write(piece.view(np.uint8) if isinstance(piece, np.ndarray) else piece)
+        _write_pieces(f, _blob_pieces(array.reshape((1,) * (4 - array.ndim) + array.shape), True, True))

@@ -15,6 +15,15 @@ HASH_LAYER_NAMES = (HASH_LAYER, "fch")               # ours, and the authors' na
 CLASSIFIER_LAYERS = ("fc8", "prob")                  # ImageNet classifier of the zoo models
 
 
+def detect_arch(blobs):
+    """'caffenet' if pool1 comes before norm1 in the file's layer order, 'alexnet' if after, None
+    when the file does not list both (HDF5 snapshots)."""
+    order = list(blobs)
+    if "pool1" in order and "norm1" in order:
+        return "caffenet" if order.index("pool1") < order.index("norm1") else "alexnet"
+    return None
+
+
 # ------------------------------------------------------------------------------- deploy prototxt
 def _layer_text(name, type_, bottom, top, param=None, lr_mults=None):
     lines = ["layer {", f'  name: "{name}"', f'  type: "{type_}"', f'  bottom: "{bottom}"', f'  top: "{top}"']

@@ -11,8 +11,8 @@ records the source file's name and sha1 and the notes (reproduce.checkpoint).
 import os
 import time
 
-from .caffe_format import detect_arch, read_caffemodel
-from .caffe_net import caffe_to_state_dict
+from .caffe_format import read_caffemodel
+from .caffe_net import caffe_to_state_dict, detect_arch
 from .checkpoint import save_checkpoint
 from .errors import ArgumentParser, UserError, run_cli
 from .fileio import sha1_file

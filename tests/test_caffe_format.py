@@ -288,6 +288,6 @@ def test_caffe_to_state_dict_refuses(problem, message):
 
 
 def test_detect_arch():
-    assert cf.detect_arch({"conv1": [], "pool1": [], "norm1": []}) == "caffenet"
-    assert cf.detect_arch({"conv1": [], "norm1": [], "pool1": []}) == "alexnet"
-    assert cf.detect_arch({"conv1": [np.zeros(1)]}) is None
+    assert caffe_net.detect_arch({"conv1": [], "pool1": [], "norm1": []}) == "caffenet"
+    assert caffe_net.detect_arch({"conv1": [], "norm1": [], "pool1": []}) == "alexnet"
+    assert caffe_net.detect_arch({"conv1": [np.zeros(1)]}) is None
