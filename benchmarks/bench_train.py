@@ -18,9 +18,9 @@ import torch
 
 from bench_loader import make_cache
 from reproduce import data
-from reproduce.engine import fit, pick_device
+from reproduce.engine import fit
 from reproduce.losses import DHNLoss
-from reproduce.nets import DHNNet
+from reproduce.nets import DHNNet, pick_device
 from reproduce.solver import CaffeSGD, caffe_param_groups
 
 

@@ -31,6 +31,7 @@ from .data import check_images_exist, load_resized
 from .errors import ArgumentParser, UserError, run_cli
 from .fileio import atomic_output, sha1_file
 from .lists import read_list
+from .nets import pick_device
 from .transforms import CROP_SIZE, MEAN_VALUE, center_crop, mean_array, oversample, parse_mean_value
 
 CODES_FORMAT = "reproduce-dhn-codes/1"
@@ -62,17 +63,6 @@ class _TestImages(torch.utils.data.Dataset):
         return i, torch.from_numpy(blob), ""
 
 
-def _pick_device(name):
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a torch device (cpu, cuda, cuda:1 ...)") from None
-
-
 def encode_list(model, image_list, root, out_path, batch_size=50, oversample=False, features=False,
                 mean=MEAN_VALUE, workers=2, device=None, attrs=None, overwrite=False, progress=True):
     """Encode every image of `image_list` (paths relative to `root`) into the HDF5 file `out_path`.
@@ -94,7 +84,7 @@ def encode_list(model, image_list, root, out_path, batch_size=50, oversample=Fal
         raise UserError(f"batch size must be at least 1, got {batch_size}")
     mean = mean_array(mean)
     check_images_exist(image_list, root)
-    device = _pick_device(device) if not isinstance(device, torch.device) else device
+    device = pick_device(device) if not isinstance(device, torch.device) else device
     was_training = model.training
     try:
         return _encode(model.to(device).eval(), image_list, root, out_path, batch_size, oversample, features,

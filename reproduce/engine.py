@@ -28,6 +28,7 @@ from .errors import UserError
 from .fileio import write_text_atomic
 from .lists import read_list
 from .losses import DHNLoss
+from .nets import pick_device
 from .solver import CaffeSGD, caffe_param_groups
 
 SNAPSHOT_RE = re.compile(r"^snapshot_iter_(\d+)\.pth$")
@@ -69,14 +70,6 @@ class Distributed:
         dist.all_gather(parts, local.detach().contiguous())
         parts[self.rank] = local
         return torch.cat(parts)
-
-
-def pick_device(name):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(name)
 
 
 def _solver(model, cfg):

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .errors import UserError
+
 ARCHS = ("caffenet", "alexnet")
 
 # Caffe layer name -> (kind, PyTorch constructor kwargs); from deploy.prototxt of both zoo models.
@@ -105,3 +107,15 @@ class DHNNet(nn.Module):
     def forward(self, x):
         """N x 3 x 227 x 227 -> tanh codes z, N x K."""
         return self.hash(self.features(x))
+
+
+def pick_device(name=None):
+    """--device: None or "auto" = cuda if available, else cpu; "cpu", "cuda", "cuda:1" ..."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a torch device (cpu, cuda, cuda:1 ...)") from None
