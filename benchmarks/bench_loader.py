@@ -15,6 +15,7 @@ import numpy as np
 
 from reproduce import data
 from reproduce.lists import ImageList
+from reproduce.transforms import MEAN_VALUE
 
 
 def make_cache(path, n, num_labels=21, seed=0):
@@ -43,7 +44,7 @@ def main():
         cache = os.path.join(tmp, "cache.h5")
         image_list = make_cache(cache, args.images)
         order = data.BatchOrder(args.images, args.batch_size, seed=0)
-        mean = np.array([104, 117, 123], np.float32)
+        mean = np.asarray(MEAN_VALUE, np.float32)
         batches = data.TrainBatches(image_list, order, mean, 0, args.batches + 5, cache_path=cache)
         loader = iter(data.make_loader(batches, workers=args.workers))
         for _ in range(5):            # start the workers, fill the prefetch queue

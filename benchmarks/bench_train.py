@@ -21,13 +21,16 @@ from reproduce import data
 from reproduce.engine import fit
 from reproduce.losses import DHNLoss
 from reproduce.nets import DHNNet, pick_device
-from reproduce.solver import CaffeSGD, caffe_param_groups
+from reproduce.solver import PRESETS, CaffeSGD, caffe_param_groups
+from reproduce.transforms import MEAN_VALUE
 
 
 def setup(device):
     torch.manual_seed(0)
     model = DHNNet("caffenet", bits=48).to(device).train()
-    solver = CaffeSGD(caffe_param_groups(model), base_lr=2e-5, lr_policy="step", gamma=0.3, stepsize=500)
+    s = PRESETS["dhn-caffe"]   # the authors' solver: base_lr 2e-5, step policy, gamma 0.3, stepsize 500
+    solver = CaffeSGD(caffe_param_groups(model), base_lr=s.base_lr, lr_policy=s.lr_policy, gamma=s.gamma,
+                      stepsize=s.stepsize)
     return model, solver, DHNLoss()
 
 
@@ -56,7 +59,7 @@ def bare(device, batch_size, iters, labels):
 def loop(device, batch_size, iters, workers, cache, image_list):
     model, solver, criterion = setup(device)
     order = data.BatchOrder(len(image_list), batch_size, seed=0)
-    mean = np.array([104, 117, 123], np.float32)
+    mean = np.asarray(MEAN_VALUE, np.float32)
     batches = data.TrainBatches(image_list, order, mean, 0, iters + 2, cache_path=cache)
     loader = iter(data.make_loader(batches, workers=workers, pin_memory=device.type == "cuda"))
     fit(model, loader, criterion, solver, 0, 2, batch_size=batch_size, display=10 ** 9, device=device,
