@@ -9,7 +9,7 @@ import torch
 
 from .checkpoint import check_state_dict
 from .errors import UserError
-from .nets import ARCHS, CONV_LAYERS, FC_LAYERS, FEATURE_LAYERS, HASH_LAYER, expected_shapes
+from .nets import ARCHS, CONV_LAYERS, FC_LAYERS, FEATURE_LAYERS, HASH_LAYER, INPUT_SIZE, expected_shapes
 
 HASH_LAYER_NAMES = (HASH_LAYER, "fch")               # ours, and the authors' name in dhn-caffe
 CLASSIFIER_LAYERS = ("fc8", "prob")                  # ImageNet classifier of the zoo models
@@ -37,20 +37,18 @@ def _layer_text(name, type_, bottom, top, param=None, lr_mults=None):
     return "\n".join(lines + ["}"]) + "\n"
 
 
-def deploy_prototxt(arch, bits=None):
-    """deploy.prototxt of bvlc_reference_caffenet ('caffenet') or bvlc_alexnet ('alexnet') as
-    BVLC/caffe master has them (Input layer, batch 10; only bvlc_alexnet lists param blocks); with
-    `bits`, fc8 + prob are replaced by the DHN hash layer (InnerProduct, K outputs; lr_mult 10/20
-    as the authors' where param blocks are listed) and a TanH layer with top "tanh"."""
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    mults = ((1, 1), (2, 0)) if arch == "alexnet" else None
+def _input_layer(name, shape):
+    dims = " ".join(f"dim: {d}" for d in shape)
+    return (f'layer {{\n  name: "{name}"\n  type: "Input"\n  top: "{name}"\n'
+            f"  input_param {{ shape: {{ {dims} }} }}\n}}\n")
+
+
+def _feature_layers(arch, mults, dropout=0.5):
+    """conv1 ... drop7 of `arch` as prototxt text (bottom "data", top "fc7"), `mults` = the
+    (lr_mult, decay_mult) param blocks of weight and bias, or None for none."""
     pool = ("pooling_param", (("pool", "MAX"), ("kernel_size", 3), ("stride", 2)))
     lrn = ("lrn_param", (("local_size", 5), ("alpha", 0.0001), ("beta", 0.75)))
-    text = f'name: "{"CaffeNet" if arch == "caffenet" else "AlexNet"}"\n' + (
-        'layer {\n  name: "data"\n  type: "Input"\n  top: "data"\n'
-        "  input_param { shape: { dim: 10 dim: 3 dim: 227 dim: 227 } }\n}\n")
-    bottom = "data"
+    text, bottom = "", "data"
     for name, c in CONV_LAYERS.items():
         conv = [("num_output", c["out_channels"])] + ([("pad", c["padding"])] if "padding" in c else [])
         conv += [("kernel_size", c["kernel_size"])] + ([("stride", c["stride"])] if "stride" in c else [])
@@ -72,15 +70,61 @@ def deploy_prototxt(arch, bits=None):
         text += _layer_text(name, "InnerProduct", bottom, name,
                             ("inner_product_param", [("num_output", n_out)]), mults)
         text += _layer_text(f"relu{i}", "ReLU", name, name)
-        text += _layer_text(f"drop{i}", "Dropout", name, name, ("dropout_param", [("dropout_ratio", 0.5)]))
+        text += _layer_text(f"drop{i}", "Dropout", name, name,
+                            ("dropout_param", [("dropout_ratio", dropout)]))
         bottom = name
+    return text
+
+
+# The authors' train_val.prototxt param blocks: conv/fc weight lr_mult 1 decay_mult 1, bias 2/0;
+# hash_layer (fch) weight 10/1, bias 20/0 (official_settings.md, Per-parameter multipliers).
+FEATURE_MULTS = ((1, 1), (2, 0))
+HASH_MULTS = ((10, 1), (20, 0))
+
+
+def deploy_prototxt(arch, bits=None, batch=10):
+    """deploy.prototxt of bvlc_reference_caffenet ('caffenet') or bvlc_alexnet ('alexnet') as
+    BVLC/caffe master has them (Input layer, batch 10; only bvlc_alexnet lists param blocks); with
+    `bits`, fc8 + prob are replaced by the DHN hash layer (InnerProduct, K outputs; lr_mult 10/20
+    as the authors' where param blocks are listed) and a TanH layer with top "tanh"."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    mults = FEATURE_MULTS if arch == "alexnet" else None
+    text = (f'name: "{"CaffeNet" if arch == "caffenet" else "AlexNet"}"\n'
+            + _input_layer("data", (batch, 3, INPUT_SIZE, INPUT_SIZE)) + _feature_layers(arch, mults))
     if bits:
         text += _layer_text(HASH_LAYER, "InnerProduct", "fc7", HASH_LAYER,
-                            ("inner_product_param", [("num_output", bits)]), mults and ((10, 1), (20, 0)))
+                            ("inner_product_param", [("num_output", bits)]), mults and HASH_MULTS)
         return text + _layer_text("tanh", "TanH", HASH_LAYER, "tanh")
     text += _layer_text("fc8", "InnerProduct", "fc7", "fc8",
                         ("inner_product_param", [("num_output", 1000)]), mults)
     return text + _layer_text("prob", "Softmax", "fc8", "prob")
+
+
+def train_val_prototxt(arch="caffenet", bits=48, batch_size=64, label_dim=21, dropout=0.5,
+                       quant_weight=0.3, threshold=15.0):
+    """The authors' training net (dhn-caffe models/nus_wide/train_val.prototxt) for real Caffe,
+    with its ImageData layer replaced by Input layers "data" (batch x 3 x 227 x 227) and "label"
+    (batch x label_dim), so that a test feeds both blobs itself.
+
+    As the authors' file: every conv/fc layer with param blocks lr_mult/decay_mult 1/1 (weight)
+    and 2/0 (bias), drop6/drop7 dropout_ratio `dropout` (0.5; 0 gives no random masks),
+    `hash_layer` InnerProduct with 10/1 and 20/0, TanH "tanh8" in place, and the PairwiseLoss layer
+    (top "pairwise_loss") with l_threshold = q_threshold = `threshold`, l_lambda 1, q_gamma =
+    `quant_weight`. PairwiseLoss exists only in the authors' Caffe (tests/caffe/ builds it).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    text = ('name: "DHN"\n' + _input_layer("data", (batch_size, 3, INPUT_SIZE, INPUT_SIZE))
+            + _input_layer("label", (batch_size, label_dim))
+            + _feature_layers(arch, FEATURE_MULTS, dropout)
+            + _layer_text(HASH_LAYER, "InnerProduct", "fc7", HASH_LAYER,
+                          ("inner_product_param", [("num_output", bits)]), HASH_MULTS)
+            + _layer_text("tanh8", "TanH", HASH_LAYER, HASH_LAYER))
+    loss = _layer_text("pairwise_loss", "PairwiseLoss", HASH_LAYER, "pairwise_loss",
+                       ("pairwise_param", [("l_threshold", threshold), ("q_threshold", threshold),
+                                           ("l_lambda", 1), ("q_gamma", quant_weight)]))
+    return text + loss.replace(f'  bottom: "{HASH_LAYER}"\n', f'  bottom: "{HASH_LAYER}"\n  bottom: "label"\n')
 
 
 # ----------------------------------------------------------------- Caffe layers <-> state dict

@@ -1,13 +1,19 @@
 """Encode a list of images into hash codes (and fc7 features) with Caffe's TEST transform.
 
     python -m reproduce.encode --checkpoint CKPT --list LIST --root DIR --out CODES.h5
-        [--oversample] [--batch-size 50] [--workers 2] [--features]
-        [--mean 104,117,123 | --mean-file F] [--device cpu|cuda] [--force]
+        [--pipeline imagedata|pycaffe] [--oversample] [--batch-size 50] [--workers 2] [--features]
+        [--mean B,G,R | --mean-file F] [--device cpu|cuda] [--force]
 
-Every image is decoded as BGR, resized to 256 x 256 as cv::resize INTER_LINEAR does, and centre
-cropped to 227 x 227 with the mean subtracted (Caffe's TEST phase); with --oversample, pycaffe's
-10 crops are encoded and their outputs averaged (the authors' first evaluation script). The HDF5
-output holds
+Two image pipelines, both checked against real Caffe (README, Checked against real Caffe):
+  imagedata (default)  Caffe's ImageData layer in the TEST phase: decoded as BGR, resized to
+                       256 x 256 as cv::resize INTER_LINEAR does, centre crop 227 x 227, minus the
+                       authors' mean_value 104,117,123 (reproduce.transforms).
+  pycaffe              what produced the papers' numbers: caffe.io.load_image + caffe.Classifier
+                       .predict as the authors' predict scripts call it (scikit-image resize,
+                       RGB -> BGR, x 255, minus ilsvrc_2012_mean.npy averaged per channel;
+                       reproduce.pycaffe_pipeline).
+With --oversample, pycaffe's 10 crops are encoded and their outputs averaged (the authors' first
+evaluation script, dhn-caffe generate.py). The HDF5 output holds
 
     codes     float32 N x K   tanh outputs before sign (absent for a model without hash layer)
     labels    uint8   N x C   the list's labels
@@ -32,12 +38,17 @@ from .errors import ArgumentParser, UserError, run_cli
 from .fileio import atomic_output, sha1_file
 from .lists import read_list
 from .nets import pick_device
+from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR, predict_inputs
 from .transforms import CROP_SIZE, MEAN_VALUE, center_crop, mean_array, oversample, parse_mean_value
 
 CODES_FORMAT = "reproduce-dhn-codes/1"
 FEATURE_DIM = 4096          # fc7 of CaffeNet / AlexNet
 TEN_CROPS = 10              # caffe.io.oversample: 4 corners + centre, and their mirrors
 ROWS_PER_CHUNK = 1024       # HDF5 chunk height of codes/labels (features: 64 rows = 1 MiB)
+PIPELINES = ("imagedata", "pycaffe")
+# What each pipeline records in the output's attributes.
+PIPELINE_RESIZE = {"imagedata": "cv::resize INTER_LINEAR 256x256",
+                   "pycaffe": "skimage resize order 1 mode constant 256x256, no anti-aliasing"}
 
 
 class _TestImages(torch.utils.data.Dataset):
@@ -47,31 +58,46 @@ class _TestImages(torch.utils.data.Dataset):
     exception, so that it reaches the user as one line rather than a worker traceback.
     """
 
-    def __init__(self, image_list, root, mean, ten_crops):
+    def __init__(self, image_list, root, mean, ten_crops, pipeline="imagedata"):
         self.image_list, self.root, self.mean, self.ten_crops = image_list, root, mean, ten_crops
+        self.pipeline = pipeline
 
     def __len__(self):
         return len(self.image_list)
 
     def __getitem__(self, i):
         try:
-            img = load_resized(self.image_list, self.root, i)
+            blob = self._blob(i)
         except UserError as e:
             shape = (TEN_CROPS, 3, CROP_SIZE, CROP_SIZE) if self.ten_crops else (3, CROP_SIZE, CROP_SIZE)
             return i, torch.zeros(shape), str(e)
-        blob = oversample(img, self.mean) if self.ten_crops else center_crop(img, self.mean)
         return i, torch.from_numpy(blob), ""
+
+    def _blob(self, i):
+        if self.pipeline == "pycaffe":
+            path = os.path.join(self.root, self.image_list.paths[i])
+            try:
+                blob = predict_inputs(path, self.mean.ravel(), oversample=self.ten_crops)
+            except UserError as e:
+                raise UserError(f"{self.image_list.where(i)}: {e}") from None
+            return blob if self.ten_crops else blob[0]
+        img = load_resized(self.image_list, self.root, i)
+        return oversample(img, self.mean) if self.ten_crops else center_crop(img, self.mean)
 
 
 def encode_list(model, image_list, root, out_path, batch_size=50, oversample=False, features=False,
-                mean=MEAN_VALUE, workers=2, device=None, attrs=None, overwrite=False, progress=True):
+                mean=None, workers=2, device=None, attrs=None, overwrite=False, progress=True,
+                pipeline="imagedata"):
     """Encode every image of `image_list` (paths relative to `root`) into the HDF5 file `out_path`.
 
     model: a DHNNet, moved to `device` and run in eval mode (its train/eval mode is restored after).
     Codes are written when it has a hash layer, fc7 features when `features` is true (at least one
     of the two is required). batch_size = network inputs per forward pass (with oversample,
-    batch_size // 10 images of 10 crops each). mean: (B, G, R) values or a (3, 256, 256) mean
-    image. attrs: further HDF5 attributes (checkpoint path and sha1, dataset, split ...); None
+    batch_size // 10 images of 10 crops each). pipeline: "imagedata" (Caffe's ImageData layer,
+    reproduce.transforms) or "pycaffe" (the authors' predict scripts, reproduce.pycaffe_pipeline).
+    mean: (B, G, R) values or, with imagedata, a (3, 256, 256) mean image; default the pipeline's
+    (imagedata: transform_param mean_value 104,117,123; pycaffe: ilsvrc_2012_mean.npy averaged per
+    channel). attrs: further HDF5 attributes (checkpoint path and sha1, dataset, split ...); None
     values are skipped. Checks that every image exists before anything is written. Returns out_path.
     """
     has_hash = getattr(model, "hash_layer", None) is not None
@@ -82,28 +108,38 @@ def encode_list(model, image_list, root, out_path, batch_size=50, oversample=Fal
         raise UserError(f"{image_list.source}: the list is empty")
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, got {batch_size}")
-    mean = mean_array(mean)
+    if pipeline not in PIPELINES:
+        raise UserError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+    if pipeline == "pycaffe":
+        # Kept in float64: Transformer.preprocess subtracts the float64 mean from float32 pixels.
+        mean = np.asarray(ILSVRC_2012_MEAN_BGR if mean is None else mean, dtype=np.float64)
+        if mean.size != 3:
+            raise UserError("the pycaffe pipeline subtracts a per-channel mean (as the authors' "
+                            "Classifier did); average the mean image per channel first")
+        mean = mean.reshape(3, 1, 1)
+    else:
+        mean = mean_array(MEAN_VALUE if mean is None else mean)
     check_images_exist(image_list, root)
     device = pick_device(device) if not isinstance(device, torch.device) else device
     was_training = model.training
     try:
         return _encode(model.to(device).eval(), image_list, root, out_path, batch_size, oversample, features,
-                       mean, workers, device, attrs, overwrite, progress)
+                       mean, workers, device, attrs, overwrite, progress, pipeline)
     finally:
         model.train(was_training)
 
 
 @torch.no_grad()
 def _encode(model, image_list, root, out_path, batch_size, oversample, features, mean, workers, device,
-            attrs, overwrite, progress):
+            attrs, overwrite, progress, pipeline):
     has_hash = model.hash_layer is not None
     images_per_batch = max(1, batch_size // TEN_CROPS) if oversample else batch_size
-    loader = torch.utils.data.DataLoader(_TestImages(image_list, root, mean, oversample),
+    loader = torch.utils.data.DataLoader(_TestImages(image_list, root, mean, oversample, pipeline),
                                          batch_size=images_per_batch, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda")
     n, bits = len(image_list), (model.bits if has_hash else 0)
     with atomic_output(out_path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update(_attributes(model, image_list, root, mean, oversample, has_hash, attrs))
+        f.attrs.update(_attributes(model, image_list, root, mean, oversample, has_hash, attrs, pipeline))
         rows = min(n, ROWS_PER_CHUNK)
         codes = f.create_dataset("codes", (n, bits), "float32", chunks=(rows, bits)) if has_hash else None
         feats = (f.create_dataset("features", (n, FEATURE_DIM), "float32", chunks=(min(n, 64), FEATURE_DIM))
@@ -134,10 +170,10 @@ def _crop_average(x, n_images):
     return x.view(n_images, -1, x.shape[-1]).mean(dim=1)
 
 
-def _attributes(model, image_list, root, mean, ten_crops, has_hash, extra):
+def _attributes(model, image_list, root, mean, ten_crops, has_hash, extra, pipeline):
     attrs = {"format": CODES_FORMAT, "arch": model.arch, "bits": int(model.bits if has_hash else 0),
-             "transform": "oversample-10" if ten_crops else "center-crop-227",
-             "resize": "cv::resize INTER_LINEAR 256x256", "list": image_list.source,
+             "transform": "oversample-10" if ten_crops else "center-crop-227", "pipeline": pipeline,
+             "resize": PIPELINE_RESIZE[pipeline], "list": image_list.source,
              "root": os.fspath(root), "num_images": len(image_list)}
     if mean.shape[1] == 1:
         attrs["mean"] = mean.ravel().astype(np.float64)
@@ -155,6 +191,10 @@ def get_args_parser():
     p.add_argument("--list", required=True, help="image list: `relative/path l1 ... lC` per line")
     p.add_argument("--root", required=True, help="folder the list's paths are relative to")
     p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--pipeline", choices=PIPELINES, default="imagedata",
+                   help="imagedata (default): Caffe's ImageData layer, TEST phase (cv::resize, mean "
+                        "104,117,123); pycaffe: caffe.Classifier as the authors' predict scripts "
+                        "(scikit-image resize, mean of ilsvrc_2012_mean.npy per channel)")
     p.add_argument("--oversample", action="store_true",
                    help="pycaffe's 10 crops averaged (the authors' first evaluation script); "
                         "default: centre crop 227 at offset 14 (Caffe's TEST phase, their later script)")
@@ -164,10 +204,13 @@ def get_args_parser():
     p.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2; 0 = in the main process)")
     p.add_argument("--features", action="store_true", help="also write fc7 (after relu7), N x 4096")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--mean", default="104,117,123",
-                   help="per-channel mean B,G,R (default 104,117,123: the authors' transform_param mean_value)")
+    g.add_argument("--mean", default=None,
+                   help="per-channel mean B,G,R (default: imagedata 104,117,123, the authors' "
+                        "transform_param mean_value; pycaffe 104.00698793,116.66876762,122.67891434, "
+                        "ilsvrc_2012_mean.npy averaged per channel)")
     g.add_argument("--mean-file", default=None,
-                   help="mean image instead: imagenet_mean.binaryproto or ilsvrc_2012_mean.npy (3 x 256 x 256 BGR)")
+                   help="mean image instead: imagenet_mean.binaryproto or ilsvrc_2012_mean.npy (3 x 256 x 256 "
+                        "BGR); the pycaffe pipeline averages it per channel, as the authors' scripts did")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     return p
@@ -186,9 +229,11 @@ def main(argv=None):
             mean = mean_array(read_mean(args.mean_file))
         except UserError as e:
             raise UserError(f"{args.mean_file}: {e}") from None
+        if args.pipeline == "pycaffe":   # predict scripts: np.load(mean_file).mean(1).mean(1)
+            mean = mean.astype(np.float64).mean(axis=(1, 2))
         attrs.update(mean_file=os.path.abspath(args.mean_file), mean_file_sha1=sha1_file(args.mean_file))
     else:
-        mean = parse_mean_value(args.mean)
+        mean = parse_mean_value(args.mean) if args.mean else None
     image_list = read_list(args.list)
     check_images_exist(image_list, args.root)
     ckpt = load_checkpoint(args.checkpoint)
@@ -196,7 +241,7 @@ def main(argv=None):
     attrs.update(checkpoint=os.path.abspath(args.checkpoint), checkpoint_sha1=sha1_file(args.checkpoint))
     encode_list(model, image_list, args.root, args.out, batch_size=args.batch_size,
                 oversample=args.oversample, features=args.features, mean=mean, workers=args.workers,
-                device=args.device, attrs=attrs, overwrite=args.force)
+                device=args.device, attrs=attrs, overwrite=args.force, pipeline=args.pipeline)
     print(f"wrote {args.out}: {len(image_list)} images, "
           + ", ".join(k for k, on in (("codes", model.hash_layer is not None), ("features", args.features)) if on))
 
