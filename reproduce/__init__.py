@@ -12,7 +12,7 @@ Modules, one role each:
     solver         Caffe's SGD and learning-rate policies
     engine         the training and encoding loops shared by every dataset
     metrics        MAP, precision within Hamming radius, PR and precision@N curves (kernels: hamming)
-    baselines      shallow hashing baselines (LSH, SH, ITQ; ITQ-CCA, KSH in baselines_supervised)
+    baselines      shallow hashing baselines (package: common, unsupervised, supervised; registry)
     reports        Table 1 / Table 2 writers
     figures        the paper's Figures (a)-(c)
     reproduction   the per-dataset engine: lists -> training -> codes -> metrics -> tables, figures

@@ -1,4 +1,4 @@
-"""Shallow hashing baselines (reproduce.baselines, reproduce.baselines_supervised).
+"""Shallow hashing baselines (the reproduce.baselines package).
 
 Each method is checked for its defining property on data built to show it, against plain float64
 references written out here (loops over samples, MATLAB's formulas as the papers' code has them).
@@ -11,7 +11,7 @@ import pytest
 
 from reproduce.baselines import (BASELINES, ITQ, LSH, SpectralHashing, itq_rotation,
                                  make_baseline, pca_components)
-from reproduce.baselines_supervised import (ITQCCA, KSH, PairwiseTarget, opt_projection_fast,
+from reproduce.baselines.supervised import (ITQCCA, KSH, PairwiseTarget, opt_projection_fast,
                                             smoothed_sign)
 from reproduce.errors import UserError
 from reference import plain_map
@@ -295,7 +295,7 @@ def test_bad_inputs_are_user_errors(rng):
 
 
 def test_supervised_module_imports_on_its_own():
-    out = subprocess.run([sys.executable, "-c", "import reproduce.baselines_supervised as s; "
+    out = subprocess.run([sys.executable, "-c", "import reproduce.baselines.supervised as s; "
                           "from reproduce.baselines import BASELINES; print(sorted(BASELINES))"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(sorted(["lsh", "sh", "itq", "itq-cca", "ksh"]))

@@ -1,29 +1,13 @@
-"""Shallow hashing baselines of the paper's Table 1, run on the same CNN features (fc7, N x 4096).
+"""Pieces every shallow baseline shares: input checks, PCA, ITQ's rotation and the `Baseline` base
+class (fit / project / encode). The methods are in reproduce.baselines.unsupervised and
+reproduce.baselines.supervised; the registry and `make_baseline` in reproduce.baselines."""
 
-Every method is a small class: `fit(X, labels=None) -> self` on training features X (N x D) and,
-for the supervised ones, labels (N x C multi-hot 0/1, or N integer class ids); `encode(X)` gives
-int8 +-1 codes (N x K); `project(X)` the real-valued projections the codes are the signs of.
-The randomness of a method (projections, initial rotation, anchors) comes only from
-`numpy.random.default_rng(seed)` created in `fit`, so one seed gives identical codes.
-
-    lsh      LSH, sign random projections (Charikar 2002)                       -- this module
-    sh       spectral hashing (Weiss, Torralba, Fergus, NIPS 2008)              -- this module
-    itq      iterative quantization (Gong, Lazebnik, CVPR 2011)                 -- this module
-    itq-cca  CCA + ITQ, supervised (Gong et al., TPAMI 2013)  -- reproduce.baselines_supervised
-    ksh      kernel-based supervised hashing (Liu et al., CVPR 2012)  -- baselines_supervised
-
-`make_baseline(name, bits, seed=0, **options)` builds one by name from `BASELINES`. Each class's
-docstring gives the published default settings (paper and the authors' MATLAB code) and where this
-implementation deviates. Input problems (NaN, too few samples for the bits asked for, constant
-features, missing labels) raise `UserError` naming the method and what is wrong; a caller that
-read the features from a file prefixes its name.
-"""
 import inspect
 
 import numpy as np
 import scipy.linalg
 
-from .errors import UserError
+from ..errors import UserError
 
 ENCODE_CHUNK = 8192           # rows converted to float64 at a time in project/encode (memory bound)
 MATLAB_EPS = np.finfo(np.float64).eps   # MATLAB's `eps`, used by trainSH.m's box
@@ -188,120 +172,3 @@ class Baseline:
         """+-1 codes (N x K int8): the sign of `project`, with the method's rule for 0."""
         P = self.project(X, chunk)
         return np.where(P >= 0 if self.zero_is_positive else P > 0, 1, -1).astype(np.int8)
-
-
-# ----------------------------------------------------------------------------- LSH
-class LSH(Baseline):
-    """Locality-sensitive hashing by sign random projections (Charikar, STOC 2002; Andoni & Indyk,
-    FOCS 2006): h_k(x) = sign(w_k . (x - mean)), w_k ~ N(0, I_D).
-
-    Published setting (Gong's ITQ demo script, case 'LSH', which the hashing literature's tables
-    use): centre the data, `XX * randn(D, bit)`, bit = XX >= 0. No options. Deviation: the mean is
-    the training set's (Gong's script subtracted the mean of all data, queries included).
-    Property: P[h(x) = h(y)] = 1 - angle(x, y) / pi per bit.
-    """
-    name = "lsh"
-
-    def _fit(self, X, labels, rng):
-        self.mean_ = X.mean(axis=0)
-        self.projection_ = rng.standard_normal((X.shape[1], self.bits))     # D x K
-
-    def _project(self, X):
-        return (X - self.mean_) @ self.projection_
-
-
-# ----------------------------------------------------------------------------- SH
-class SpectralHashing(Baseline):
-    """Spectral hashing (Weiss, Torralba & Fergus, NIPS 2008), as the authors' trainSH.m /
-    compressSH.m compute it:
-
-    1. PCA to npca = min(K, D) dims (`eigs(cov(X), npca)`); project X (uncentred: the box below
-       absorbs the offset).
-    2. Fit a uniform box per PC: mn = min - eps, mx = max + eps (the 5/95 percentile lines of
-       trainSH.m are overwritten on the same line, so the full range is what runs).
-    3. Enumerate one-dimensional modes k = 1 .. ceil((K+1) R_i / max R) - 1 on each PC i
-       (R = mx - mn), with analytical eigenvalue (k pi / R_i)^2; sort ascending (MATLAB's stable sort), drop the
-       constant mode, keep the K smallest.
-    4. Bit j = [prod_i sin(pi/2 + k_ji pi (x_i - mn_i) / R_i) > 0], i.e. cos(k pi (x - mn) / R)
-       of the single PC its mode lives on.
-    No options; deterministic (the seed is unused and kept for the common interface).
-    """
-    name = "sh"
-    zero_is_positive = False      # compressSH.m: B = compactbit(U > 0)
-
-    def _fit(self, X, labels, rng):
-        npca = min(self.bits, X.shape[1])
-        self.pc_ = pca_components(X, npca, self.name)                       # D x npca
-        P = X @ self.pc_
-        self.mn_ = P.min(axis=0) - MATLAB_EPS
-        self.mx_ = P.max(axis=0) + MATLAB_EPS
-        R = self.mx_ - self.mn_
-        max_mode = np.ceil((self.bits + 1) * R / R.max()).astype(int)
-        modes = [np.zeros(npca, dtype=int)]                                 # the constant mode
-        for i in range(npca):
-            for k in range(1, max_mode[i]):
-                row = np.zeros(npca, dtype=int)
-                row[i] = k
-                modes.append(row)
-        modes = np.array(modes)
-        eigval = ((modes * (np.pi / R)) ** 2).sum(axis=1)                   # -eigVal of trainSH.m
-        order = np.argsort(eigval, kind="stable")
-        self.modes_ = modes[order[1:self.bits + 1]]                         # K x npca
-        self.eigenvalues_ = eigval[order[1:self.bits + 1]]                  # non-decreasing
-
-    def _project(self, X):
-        # compressSH.m multiplies sin(pi/2 + omega_i x_i) over all npca dims, but every mode is
-        # one-dimensional and the other factors are sin(pi/2) = 1.0 exactly in floating point:
-        # the single factor is the same number, at 1/npca of the cost.
-        dim = np.argmax(self.modes_, axis=1)                                # K: the mode's PC
-        omega = self.modes_[np.arange(self.bits), dim] * (np.pi / (self.mx_ - self.mn_))[dim]
-        return np.sin((X @ self.pc_ - self.mn_)[:, dim] * omega + np.pi / 2)
-
-
-# ----------------------------------------------------------------------------- ITQ
-class ITQ(Baseline):
-    """Iterative quantization (Gong & Lazebnik, CVPR 2011; TPAMI 2013), as Gong's demo script and
-    ITQ.m run it: centre the data ("VERY IMPORTANT for ITQ to work"), PCA to K dims
-    (`eigs(cov(X), K)`), then n_iter = 50 Procrustes iterations from a random orthogonal rotation;
-    codes = [(x - mean) W R >= 0].
-
-    Options: n_iter (default 50, Gong's demo). Fitted: mean_, pc_ (D x K), rotation_ (K x K),
-    quantization_loss_ (||B - V R||_F per iteration). Deviation: the mean is the training set's
-    (Gong's script centred with the mean of all data). Needs K <= rank of the centred training
-    data (N >= K + 1 distinct samples).
-    """
-    name = "itq"
-
-    def __init__(self, bits, seed=0, n_iter=50):
-        super().__init__(bits, seed)
-        self.n_iter = self._option("n_iter", n_iter, 0)
-
-    def _fit(self, X, labels, rng):
-        self.mean_ = X.mean(axis=0)
-        self.pc_ = pca_components(X, self.bits, self.name)
-        V = (X - self.mean_) @ self.pc_
-        self.rotation_, self.quantization_loss_ = itq_rotation(V, self.n_iter, rng)
-
-    def _project(self, X):
-        return (X - self.mean_) @ self.pc_ @ self.rotation_
-
-
-# ----------------------------------------------------------------------------- registry
-BASELINES = {"lsh": LSH, "sh": SpectralHashing, "itq": ITQ}
-# itq-cca and ksh register themselves here (kept in their own module to stay readable).
-from . import baselines_supervised  # noqa: E402,F401  (after the base class it extends)
-
-
-def make_baseline(name, bits, seed=0, **options):
-    """A baseline by registry name with its options (each class documents its own); UserError on
-    an unknown name or option."""
-    if name not in BASELINES:
-        raise UserError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
-    cls = BASELINES[name]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters
-               if p not in ("self", "bits", "seed")]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise UserError(f"baseline {name}: unknown option(s) {', '.join(unknown)}; it takes "
-                        f"{', '.join(allowed) if allowed else 'no options'}")
-    return cls(bits, seed=seed, **options)

@@ -10,8 +10,8 @@ import scipy.linalg
 import scipy.sparse
 from threadpoolctl import threadpool_limits
 
-from .baselines import BASELINES, Baseline, fix_signs, itq_rotation
-from .errors import UserError
+from ..errors import UserError
+from .common import Baseline, fix_signs, itq_rotation
 
 
 # ----------------------------------------------------------------------------- ITQ-CCA
@@ -254,6 +254,3 @@ class KSH(Baseline):
 
     def _project(self, X):
         return self._kernel(X) @ self.weights_
-
-
-BASELINES.update({"itq-cca": ITQCCA, "ksh": KSH})
