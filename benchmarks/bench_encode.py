@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from reproduce.encode import encode_list
+from reproduce.encoding import encode_list
 from reproduce.errors import run_cli
 from reproduce.lists import ImageList
 from reproduce.nets import DHNNet

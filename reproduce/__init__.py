@@ -1,24 +1,33 @@
 """Deep Hashing Network (Zhu, Long, Wang, Cao, AAAI 2016), reproduced as the authors' Caffe code ran it.
 
-Modules, one role each:
-    nets           CaffeNet / AlexNet + hash layer (fch) + tanh, in Caffe's layer names
-    caffe_format   reading (and writing) .caffemodel / .caffemodel.h5 / mean files
-    caffe_net      deploy prototxts and the Caffe layer <-> parameter mapping
-    checkpoint     the package's checkpoint format (state dict + metadata, weights_only loading)
-    lists          image lists in the field's format (path l1 ... lC)
-    transforms     Caffe's image decoding, resize and crop transforms
-    data           cached image datasets and the seeded batch order of Caffe's ImageData layer
-    losses         the DHN pairwise cross-entropy + quantization loss and its variants
-    solver         Caffe's SGD and learning-rate policies
-    engine         the training and encoding loops shared by every dataset
-    metrics        MAP, precision within Hamming radius, PR and precision@N curves (kernels: hamming)
-    baselines      shallow hashing baselines (package: common, unsupervised, supervised; registry)
-    reports        Table 1 / Table 2 writers
-    figures        the paper's Figures (a)-(c)
-    reproduction   the per-dataset engine: lists -> training -> codes -> metrics -> tables, figures
-    datasets       list builders for CIFAR-10, NUS-WIDE and MIRFlickr-25k
-Command-line entry points are thin modules: convert_weights, weights, encode, train, evaluate,
-compare, cifar10, nus_wide, flickr (presets over reproduction), demo.
+Library modules, one role each, in the order data flows:
+    caffe_format      reading (and writing) .caffemodel / .caffemodel.h5 / mean files
+    caffe_net         deploy / train_val prototxts and the Caffe layer <-> parameter mapping
+    nets              CaffeNet / AlexNet + hash layer (fch) + tanh, in Caffe's layer names
+    checkpoint        the package's checkpoint format (state dict + metadata, weights_only loading)
+    weights           the BVLC zoo files: download, sha1 check, conversion
+    lists             image lists in the field's format (path l1 ... lC)
+    transforms        Caffe's ImageData pipeline: OpenCV decoding, cv::resize, crop / mirror / mean
+    pycaffe_pipeline  the authors' evaluation pipeline: pycaffe's caffe.io + Classifier
+    data              cached image datasets and the seeded batch order of Caffe's ImageData layer
+    losses            the DHN pairwise cross-entropy + quantization loss, its settings and variants
+    solver            Caffe's SGD, learning-rate policies, solver settings and solver.prototxt
+    config            the typed run configuration (data, model, solver, loss) and Table 2's variants
+    engine            the training loop shared by every dataset and variant
+    encode            codes and fc7 features of an image list (encode_list)
+    codes             reading code files (this package's and other methods')
+    metrics           MAP, precision within Hamming radius, PR and precision@N (kernels: hamming)
+    records           the metrics record: metrics.json and its CSVs, built, written and read
+    baselines         shallow hashing baselines (package: common, unsupervised, supervised)
+    paper             the paper's facts: datasets, bit lengths, methods, published numbers
+    reports           Table 1 / Table 2 writers
+    figures           the paper's Figures (a)-(c)
+    comparison        evaluate runs, imports and baselines; tables and figures of one dataset
+    reproduction      the per-dataset engine: lists -> training -> codes -> metrics -> tables
+    datasets          CIFAR-10, NUS-WIDE and MIRFlickr-25k: their lists and their commands
+    provenance, fileio, errors   versions and git revision; atomic outputs; one-line errors
+Command-line entry points are a parser and a `main`: convert_weights, weights, train, encode,
+evaluate, compare, demo, and cifar10, nus_wide, flickr (thin: reproduce.datasets.<name>.main).
 """
 
 __version__ = "0.1.0"

@@ -3,7 +3,7 @@
 The paper's setting needs ImageNet weights and a GPU; neither ships with a package. This demo runs
 the same loss (reproduce.losses.DHNLoss), solver (reproduce.solver.CaffeSGD with the authors'
 multipliers), training loop (reproduce.engine.fit), batch order (reproduce.data.BatchOrder),
-evaluation (reproduce.metrics), tables and figures (reproduce.compare.build_comparison) on a real
+evaluation (reproduce.metrics), tables and figures (reproduce.comparison.build_comparison) on a real
 dataset that ships with scikit-learn: the handwritten digits (1,797 images of 8 x 8 pixels, 10
 classes), split as the paper splits CIFAR-10. DHN is compared with the five shallow baselines on
 the same features. What differs from the paper is printed (DIFFERENCES) and in the README.
@@ -17,19 +17,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compare import build_comparison, evaluate_method
+from .baselines import BASELINES, make_baseline
+from .comparison import build_comparison, evaluate_method
+from .config import VARIANTS
 from .data import BatchOrder
 from .datasets.common import sample_per_label
 from .engine import fit
 from .errors import ArgumentParser, run_cli
-from .evaluate import write_outputs
-from .losses import DHNLoss
-from .metrics import mean_average_precision
-from .reports import collect_metrics
-from .baselines import make_baseline
-from .reproduction import PAPER_BITS, git_revision, versions
-from .solver import CaffeSGD, caffe_param_groups
 from .fileio import write_text_atomic
+from .losses import LossSettings
+from .metrics import mean_average_precision
+from .paper import PAPER_BITS
+from .provenance import git_revision, versions
+from .records import collect_records, write_record
+from .solver import SolverSettings, caffe_param_groups
 
 DATASET = "digits"
 QUERY_PER_CLASS, TRAIN_PER_CLASS = 10, 50   # the CIFAR-10 protocol at 1/10 scale: 100 queries, 500 training
@@ -89,32 +90,35 @@ def load_digits_split(seed=0):
     return x, labels, {"query": query, "train": train, "database": database}
 
 
-# Table 2's trained variants: the loss options of each (DHN-B is the DHN model ranked without sign).
-VARIANT_LOSS = {"DHN": {}, "DHN-Q": {"quant_weight": 0.0}, "DHN-E": {"pair_loss": "squared"}}
+# Table 2's trained variants and their losses (reproduce.config.VARIANTS; DHN-B is the DHN model
+# ranked without sign).
+VARIANT_LOSS = {v.method: v.loss(LossSettings()) for v in VARIANTS.values() if v.trained_as is None}
 
 
-def train_dhn(x, labels, train, bits, seed, max_iter=1500, base_lr=0.01, progress=False, **loss_options):
+def train_dhn(x, labels, train, bits, seed, max_iter=1500, base_lr=0.01, progress=False, loss=LossSettings()):
     """Train PixelHashNet with the DHN loss and Caffe SGD; returns the model (eval mode) and its log."""
     torch.manual_seed(seed)
     model = PixelHashNet(bits)
-    solver = CaffeSGD(caffe_param_groups(model), base_lr=base_lr, lr_policy="step", gamma=0.3, stepsize=500,
-                      max_iter=max_iter)
-    order = BatchOrder(len(train), 64, seed)
+    # The authors' solver (momentum 0.9, weight decay 5e-4, step policy, gamma 0.3, batch 64),
+    # shorter: stepsize 500 and max_iter iterations.
+    settings = SolverSettings(base_lr=base_lr, stepsize=500, max_iter=max_iter)
+    solver = settings.make_optimizer(caffe_param_groups(model))
+    order = BatchOrder(len(train), settings.batch_size, seed)
     xs, ys = torch.from_numpy(x[train]), torch.from_numpy(labels[train])
     batches = ((xs[i], ys[i]) for i in (order.batch(t)[0] for t in range(max_iter)))
     log = []
-    fit(model.train(), batches, DHNLoss(**loss_options), solver, 0, max_iter, batch_size=64,
+    fit(model.train(), batches, loss.make_loss(), solver, 0, max_iter, batch_size=settings.batch_size,
         display=100, log=log.append, progress=progress, echo=False)
     return model.eval(), log
 
 
-def choose_lr(x, labels, train, loss_options, bits, lrs=SWEEP_LRS, max_iter=1500):
+def choose_lr(x, labels, train, loss, bits, lrs=SWEEP_LRS, max_iter=1500):
     """The paper's cross-validation, reduced to base_lr: best validation MAP, first of equals."""
     val = sample_per_label(labels[train], (VALIDATION_PER_CLASS,), 1, source="digits training")[0]
     rest = np.setdiff1d(np.arange(len(train)), val)
     rows = []
     for lr in lrs:
-        model, _ = train_dhn(x, labels, train[rest], bits, 0, max_iter=max_iter, base_lr=lr, **loss_options)
+        model, _ = train_dhn(x, labels, train[rest], bits, 0, max_iter=max_iter, base_lr=lr, loss=loss)
         with torch.no_grad():
             b = np.where(model(torch.from_numpy(x[train])).numpy() >= 0, 1, -1).astype(np.int8)
         m = mean_average_precision(b[val], b[rest], labels[train][val], labels[train][rest])
@@ -128,7 +132,8 @@ def get_args_parser():
     p.add_argument("--out", default=os.path.join("results", "demo"), help="results folder (default results/demo)")
     p.add_argument("--bits", type=int, nargs="+", default=list(PAPER_BITS), help="code lengths (paper: 12 24 32 48)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
-    p.add_argument("--baselines", nargs="*", default=["lsh", "sh", "itq", "itq-cca", "ksh"])
+    p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES),
+                   help="shallow baselines on the pixels (default: all)")
     p.add_argument("--max-iter", type=int, default=1500)
     return p
 
@@ -143,21 +148,21 @@ def main(argv=None):
     metrics_dir = os.path.join(args.out, "metrics")
 
     def save(doc, name, bits, seed):
-        write_outputs(os.path.join(metrics_dir, f"{name}_{bits}bits_seed{seed}"), doc, force=True)
+        write_record(os.path.join(metrics_dir, f"{name}_{bits}bits_seed{seed}"), doc, force=True)
 
     lr_of, sweep_lines = {}, ["| variant | bits | base_lr | validation MAP |", "|---|---|---|---|"]
     for bits in args.bits:
-        for method, loss_options in VARIANT_LOSS.items():
-            lr_of[method, bits], rows = choose_lr(x, labels, split["train"], loss_options, bits, max_iter=args.max_iter)
+        for method, loss in VARIANT_LOSS.items():
+            lr_of[method, bits], rows = choose_lr(x, labels, split["train"], loss, bits, max_iter=args.max_iter)
             sweep_lines += [f"| {method} | {bits} | {lr:g} | {m:.4f} |" for lr, m in rows]
             print(f"{method} {bits} bits: base_lr {lr_of[method, bits]:g} (validation MAP " +
                   ", ".join(f"{lr:g}: {m:.4f}" for lr, m in rows) + f")  [{time.time() - start:.0f} s]")
     write_text_atomic(os.path.join(args.out, "sweep.md"), "\n".join(sweep_lines) + "\n")
     for seed in args.seeds:
         for bits in args.bits:
-            for method, loss_options in VARIANT_LOSS.items():
+            for method, loss in VARIANT_LOSS.items():
                 model, log = train_dhn(x, labels, split["train"], bits, seed, max_iter=args.max_iter,
-                                       base_lr=lr_of[method, bits], **loss_options)
+                                       base_lr=lr_of[method, bits], loss=loss)
                 with torch.no_grad():
                     z = model(torch.from_numpy(x)).numpy()
                 b = np.where(z >= 0, 1, -1).astype(np.int8)
@@ -180,7 +185,7 @@ def main(argv=None):
                                         inputs={"baseline": model_b.settings()})
                 save(doc_b, doc_b["method"], bits, seed)
                 print(f"{doc_b['method']} {bits} bits: MAP {doc_b['metrics']['map']:.4f}")
-    records = collect_metrics([metrics_dir])
+    records = collect_records([metrics_dir])
     build_comparison(DATASET, records, args.out, overwrite=True, dataset_title="Digits (demo)")
     write_text_atomic(os.path.join(args.out, "run.json"), json.dumps(
         {"command": "python -m reproduce.demo", "config": vars(args), "split": {k: len(v) for k, v in split.items()},

@@ -1,6 +1,6 @@
 """The DHN training loop shared by every dataset and variant (one Caffe solver run).
 
-`train(cfg)` follows the authors' Caffe run step for step: global batch of `batch_size` images in
+`train(cfg)` (cfg: a reproduce.config.RunConfig) follows the authors' Caffe run step for step: global batch of `batch_size` images in
 the ImageData order (reproduce.data.BatchOrder), forward to the tanh codes, the DHN loss on all
 B x B pairs of the batch, backward, one Caffe SGD update (reproduce.solver.CaffeSGD). Under
 torchrun the global batch is split across processes and the codes are all-gathered, so the
@@ -23,18 +23,15 @@ from tqdm import tqdm
 
 from .caffe_format import read_mean
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .config import read_run_config
 from .data import BatchOrder, TrainBatches, build_cache, check_images_exist, make_loader, open_cache
 from .errors import UserError
 from .fileio import write_text_atomic
 from .lists import read_list
-from .losses import DHNLoss
 from .nets import pick_device
-from .solver import CaffeSGD, caffe_param_groups
+from .solver import caffe_param_groups
 
 SNAPSHOT_RE = re.compile(r"^snapshot_iter_(\d+)\.pth$")
-# Settings that may change between a run and its --resume without changing the trajectory.
-RESUME_MAY_DIFFER = {"resume", "workers", "device", "display", "progress", "keep_snapshots", "max_iter",
-                     "snapshot", "cache", "root"}
 
 
 def snapshots(run_dir):
@@ -72,113 +69,86 @@ class Distributed:
         return torch.cat(parts)
 
 
-def _solver(model, cfg):
-    return CaffeSGD(caffe_param_groups(model), base_lr=cfg["base_lr"], momentum=cfg["momentum"],
-                    weight_decay=cfg["weight_decay"], lr_policy=cfg["lr_policy"], gamma=cfg["gamma"],
-                    stepsize=cfg["stepsize"], power=cfg["power"], stepvalue=tuple(cfg["stepvalue"]),
-                    max_iter=cfg["max_iter"])
-
-
-def _check_resume_config(run_dir, cfg):
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = json.load(f)
-    differ = sorted(k for k in set(old) | set(cfg) if k not in RESUME_MAY_DIFFER and old.get(k) != cfg.get(k))
-    if differ:
-        k = differ[0]
-        raise UserError(f"{path}: the run was started with {k}={old.get(k)!r}, now {cfg.get(k)!r} "
-                        f"({len(differ)} setting(s) differ); resume with the same settings or use another --out")
-
-
 def _write_log(path, records):
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def prepare_run_dir(cfg):
-    """Refuse to clobber an existing run; on --resume return (iteration, snapshot path or None)."""
-    run_dir = cfg["out"]
+def prepare_run_dir(cfg, resume):
+    """Refuse to clobber an existing run; with `resume` check its settings and return (iteration,
+    snapshot path or None) to continue from."""
+    run_dir = cfg.out
     found = snapshots(run_dir)
     has_run = bool(found) or os.path.exists(os.path.join(run_dir, "final.pth"))
-    if has_run and not cfg["resume"]:
+    if has_run and not resume:
         raise UserError(f"{run_dir}: already holds a training run; pass --resume to continue it, "
                         "or choose another --out")
-    if cfg["resume"]:
-        _check_resume_config(run_dir, cfg)
-    if cfg["resume"] and found:
+    if resume:
+        old = read_run_config(run_dir)
+        differ = old.resume_differences(cfg) if old else []
+        if differ:
+            k = differ[0]
+            raise UserError(f"{os.path.join(run_dir, 'config.json')}: the run was started with "
+                            f"{k}={old.flat().get(k)!r}, now {cfg.flat().get(k)!r} ({len(differ)} "
+                            "setting(s) differ); resume with the same settings or use another --out")
+    if resume and found:
         it = max(found)
         return it, found[it]
     return 0, None
 
 
-def train(cfg, model=None, ckpt=None, progress=True):
-    """Run (or resume) one DHN training run described by `cfg` (the dict of train.get_args_parser()).
+def _build_model(cfg, ckpt):
+    weights = cfg.model.weights
+    ckpt = ckpt or load_checkpoint(weights)
+    return model_from_checkpoint(ckpt, weights, bits=cfg.model.bits, arch=cfg.model.arch,
+                                 dropout=cfg.model.dropout,
+                                 generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def train(cfg, model=None, ckpt=None, resume=False, progress=True):
+    """Run (or, with `resume`, continue) the training run `cfg` (a reproduce.config.RunConfig).
 
     `model` may be given to train another network with the same loop (tests use a tiny one);
-    otherwise it is built from `ckpt` (or cfg["weights"]). Every input is checked before anything
-    is written. Returns the path of final.pth (None on ranks > 0).
+    otherwise it is built from `ckpt` (or cfg.model.weights). Every input is checked before
+    anything is written. Returns the path of final.pth (None on ranks > 0).
     """
-    device = pick_device(cfg["device"])
+    device = pick_device(cfg.device)
     ddp = Distributed(device)
-    run_dir, is_main = cfg["out"], ddp.rank == 0
-    start, snapshot_path = prepare_run_dir(cfg)
-    image_list = read_list(cfg["train_list"], num_labels=cfg["num_labels"])
-    mean = read_mean(cfg["mean_file"]) if cfg["mean_file"] else np.asarray(cfg["mean"], dtype=np.float32)
-    if model is None:
-        ckpt = ckpt or load_checkpoint(cfg["weights"])
-        model = model_from_checkpoint(ckpt, cfg["weights"], bits=cfg["bits"], arch=cfg["arch"],
-                                      dropout=cfg["dropout"],
-                                      generator=torch.Generator().manual_seed(cfg["seed"]))
+    run_dir, is_main, data = cfg.out, ddp.rank == 0, cfg.data
+    start, snapshot_path = prepare_run_dir(cfg, resume)
+    image_list = read_list(data.train_list, num_labels=data.num_labels)
+    mean = read_mean(data.mean_file) if data.mean_file else np.asarray(data.mean, dtype=np.float32)
+    model = model if model is not None else _build_model(cfg, ckpt)
     snap = load_checkpoint(snapshot_path) if snapshot_path else None
-    cache = None if cfg["cache"] == "none" else cfg["cache"]
-    if cache is not None and os.path.exists(cache):
-        open_cache(cache, image_list).close()         # built from this very list?
-    else:
-        check_images_exist(image_list, cfg["root"])   # before any training starts
-
-    # Inputs are good: from here on the run folder is written.
-    if cache is not None:
-        if is_main and not os.path.exists(cache):
-            build_cache(image_list, cfg["root"], cache, workers=cfg["workers"], progress=progress)
-        if ddp.enabled:
-            dist.barrier()
+    _prepare_images(data, image_list, ddp, progress)
     model.to(device)
-    solver = _solver(model, cfg)
-    torch.manual_seed(cfg["seed"] + ddp.rank)   # dropout masks
-    records = []
-    if snap is not None:
-        model.load_state_dict(snap["state_dict"])
-        solver.load_state_dict(snap["solver"])
-        torch.set_rng_state(snap["rng"][ddp.rank])
-        log_path = os.path.join(run_dir, "log.jsonl")
-        if os.path.exists(log_path):
-            with open(log_path) as f:
-                records = [r for r in map(json.loads, f) if r["iteration"] <= start]
+    solver = cfg.solver.make_optimizer(caffe_param_groups(model))
+    torch.manual_seed(cfg.seed + ddp.rank)   # dropout masks
+    log_path = os.path.join(run_dir, "log.jsonl")
+    records = _restore(snap, model, solver, ddp, log_path, start)
     if is_main:
         os.makedirs(run_dir, exist_ok=True)
-        write_text_atomic(os.path.join(run_dir, "config.json"), json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        _write_log(os.path.join(run_dir, "log.jsonl"), records)
+        write_text_atomic(os.path.join(run_dir, "config.json"),
+                          json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+        _write_log(log_path, records)
 
     net = model
     if ddp.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     net.train()
-    criterion = DHNLoss(quant_weight=cfg["quant_weight"], pair_loss=cfg["pair_loss"], threshold=cfg["threshold"])
-    order = BatchOrder(len(image_list), cfg["batch_size"], cfg["seed"], mirror=cfg["mirror"])
-    batches = TrainBatches(image_list, order, mean, start, cfg["max_iter"], cache_path=cache, root=cfg["root"],
-                           rank=ddp.rank, world_size=ddp.world_size)
-    loader = make_loader(batches, workers=cfg["workers"], pin_memory=device.type == "cuda")
-    log_path = os.path.join(run_dir, "log.jsonl")
+    order = BatchOrder(len(image_list), cfg.solver.batch_size, cfg.seed, mirror=data.mirror)
+    batches = TrainBatches(image_list, order, mean, start, cfg.solver.max_iter, cache_path=data.cache,
+                           root=data.root, rank=ddp.rank, world_size=ddp.world_size)
+    loader = make_loader(batches, workers=data.workers, pin_memory=device.type == "cuda")
 
     def log(rec):
         records.append(rec)
         _write_log(log_path, records)
 
     try:
-        fit(net, loader, criterion, solver, start, cfg["max_iter"], batch_size=cfg["batch_size"],
-            display=cfg["display"], device=device, gather=ddp.gather, world_size=ddp.world_size,
-            log=log if is_main else None, snapshot_every=cfg["snapshot"],
+        fit(net, loader, cfg.loss.make_loss(), solver, start, cfg.solver.max_iter,
+            batch_size=cfg.solver.batch_size, display=cfg.solver.display, device=device,
+            gather=ddp.gather, world_size=ddp.world_size, log=log if is_main else None,
+            snapshot_every=cfg.solver.snapshot,
             snapshot=lambda done: _snapshot(model, solver, cfg, done, ddp, is_main),
             progress=progress and is_main)
     except NonFiniteLoss as e:
@@ -189,8 +159,36 @@ def train(cfg, model=None, ckpt=None, progress=True):
         return None
     final = os.path.join(run_dir, "final.pth")
     save_checkpoint(final, model.state_dict(), model.arch, model.bits,
-                    meta={"kind": "dhn", "iteration": cfg["max_iter"], "args": cfg}, overwrite=True)
+                    meta={"kind": "dhn", "iteration": cfg.solver.max_iter, "config": cfg.to_dict()},
+                    overwrite=True)
     return final
+
+
+def _prepare_images(data, image_list, ddp, progress):
+    """Check that every image is there (or that the cache was built from this very list) before
+    anything is written; then build the cache if there is none yet."""
+    if data.cache is not None and os.path.exists(data.cache):
+        open_cache(data.cache, image_list).close()
+    else:
+        check_images_exist(image_list, data.root)
+    if data.cache is not None:
+        if ddp.rank == 0 and not os.path.exists(data.cache):
+            build_cache(image_list, data.root, data.cache, workers=data.workers, progress=progress)
+        if ddp.enabled:      # every process waits for the cache (same branch on every rank)
+            dist.barrier()
+
+
+def _restore(snap, model, solver, ddp, log_path, start):
+    """Load a snapshot's weights, solver history and RNG state; the log records up to `start`."""
+    if snap is None:
+        return []
+    model.load_state_dict(snap["state_dict"])
+    solver.load_state_dict(snap["solver"])
+    torch.set_rng_state(snap["rng"][ddp.rank])
+    if not os.path.exists(log_path):
+        return []
+    with open(log_path) as f:
+        return [r for r in map(json.loads, f) if r["iteration"] <= start]
 
 
 class NonFiniteLoss(UserError):
@@ -246,12 +244,12 @@ def _snapshot(model, solver, cfg, done, ddp, is_main):
         dist.all_gather(rngs, rng)
     if not is_main:
         return
-    run_dir = cfg["out"]
+    run_dir = cfg.out
     path = os.path.join(run_dir, f"snapshot_iter_{done}.pth")
     save_checkpoint(path, model.state_dict(), model.arch, model.bits,
-                    meta={"kind": "dhn-snapshot", "iteration": done, "args": cfg}, overwrite=True,
-                    extra={"solver": solver.state_dict(), "rng": rngs})
-    keep = cfg.get("keep_snapshots", 0)
+                    meta={"kind": "dhn-snapshot", "iteration": done, "config": cfg.to_dict()},
+                    overwrite=True, extra={"solver": solver.state_dict(), "rng": rngs})
+    keep = cfg.keep_snapshots
     if keep:
         for it in sorted(snapshots(run_dir))[:-keep]:
             os.remove(os.path.join(run_dir, f"snapshot_iter_{it}.pth"))

@@ -9,291 +9,16 @@ Writes DIR/metrics.json ({method, dataset, bits, seed, conventions, metrics, inp
 recall; Hamming ranking only) and DIR/precision_at_n.csv (n, precision, recall). An existing
 output with different content is refused unless --force (re-running the same evaluation is fine).
 The metrics and their conventions (AP normalisation, ties, zero-hit queries): reproduce.metrics.
-
-Accepted code files (query and database may differ in format):
-
-  file                      codes (first name found)       labels (first name found)
-  .h5 of reproduce.encode   codes: float32 N x K tanh       labels: uint8 N x C
-  other .h5 / .hdf5, and    codes, B, hash_codes,           labels, L, label, gnd, Y, y,
-  MATLAB v7.3 .mat          binary_codes, hashcodes, H      classes, class
-  .mat (v5 to v7.2, scipy)  same names                      same names
-  .npz                      same names                      same names
-  .npy                      the array itself                --query-labels/--database-labels
-
---query-codes-key etc. name other variables (e.g. B_tst / B_trn of one .mat file); --query-labels
-/ --database-labels read labels from a list file (`path l1 .. lC` or `path c`) or a .npy array.
-Labels are 0/1 matrices (N x C or C x N) or class-index vectors (one-hot: relevance is then "same
-class", whatever the first index). Foreign codes may be stored N x K or K x N (MATLAB toolboxes
-differ): the orientation whose sample count matches the labels' is taken (both match: the larger
-dimension is N) and recorded in metrics.json. Values may be ±1, 0/1 (0 -> -1), logical, or packed
-uint8 (MATLAB compactbit: bit k in byte k // 8, least significant bit first; --bits K when K is not
-a multiple of 8). Real-valued codes (reproduce.encode's tanh outputs, or foreign ones with --sign)
-are binarised by sign with code >= 0 -> +1, code < 0 -> -1 (an exact 0 goes to +1). With
---continuous (DHN-B) nothing is binarised: the ranking is by the inner product of the values.
+The accepted code files (this package's .h5, MATLAB .mat, .h5, .npz, .npy; codes N x K or K x N,
+±1, 0/1 or packed; labels as matrices or class indices) are described in reproduce.codes.
 """
 import argparse
-import json
-import os
-import zipfile
-from dataclasses import dataclass, field
 
-import h5py
-import numpy as np
-import scipy.io
-
-from . import __version__
+from .codes import LABEL_KEYS, read_codes, read_external_labels
 from .errors import ArgumentParser, UserError, run_cli
-from .fileio import sha1_file, write_text_atomic
-from .lists import read_list
-from .metrics import DEFAULT_NS, TIES, ZERO_HIT, evaluate_codes
-
-ENCODE_FORMAT = "reproduce-dhn-codes/1"     # reproduce.encode.CODES_FORMAT (not imported: torch)
-CODE_KEYS = ("codes", "B", "hash_codes", "binary_codes", "hashcodes", "H")
-LABEL_KEYS = ("labels", "L", "label", "gnd", "Y", "y", "classes", "class")
-SIGN_RULE = "code >= 0 -> +1, code < 0 -> -1; 0/1 codes: 1 -> +1, 0 -> -1"
-READ_ERRORS = (OSError, ValueError, TypeError, EOFError, KeyError, IndexError,
-               zipfile.BadZipFile, scipy.io.matlab.MatReadError)
-
-
-@dataclass
-class CodeFile:
-    """One code file, oriented as samples x bits. codes: (N, K) float32 as stored (0/1 already
-    mapped to ±1); real: the values are not binary; labels: (N, C) uint8 or (N,) class indices
-    or None; info: how it was read (recorded in metrics.json); attrs: HDF5 root attributes."""
-    path: str
-    codes: np.ndarray
-    real: bool
-    labels: np.ndarray
-    info: dict
-    attrs: dict = field(default_factory=dict)
-
-    def binary_codes(self, sign=False):
-        """(N, K) int8 ±1. Real-valued codes need the sign rule: reproduce.encode's or `sign`."""
-        if self.real and not (sign or self.info["format"] == "reproduce.encode"):
-            i, k = np.argwhere((self.codes != 1) & (self.codes != -1))[0]
-            raise UserError(f"{self.path}: codes are not ±1 or 0/1 (value {self.codes[i, k]:g} at "
-                            f"row {i}, bit {k}); pass --sign to binarise real-valued codes")
-        return np.where(self.codes >= 0, 1, -1).astype(np.int8)
-
-    def label_matrix(self, width=None):
-        """(N, C) uint8 multi-hot; class-index vectors become one-hot of `width` (max + 1)."""
-        if self.labels.ndim == 2:
-            return self.labels
-        onehot = np.zeros((self.labels.shape[0], width or int(self.labels.max()) + 1), np.uint8)
-        onehot[np.arange(self.labels.shape[0]), self.labels] = 1
-        return onehot
-
-
-def _text(value):
-    value = value.decode() if isinstance(value, bytes) else value
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _open(path):
-    """(format, {name: shape}, load(name) -> ndarray, attrs) for any accepted file."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext == ".npy":
-            array = np.load(path, allow_pickle=False)
-            return "npy", {None: array.shape}, lambda name: array, {}
-        if ext == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            return "npz", {k: a.shape for k, a in arrays.items()}, arrays.__getitem__, {}
-        if ext == ".mat" and not h5py.is_hdf5(path):
-            shapes = {name: shape for name, shape, _ in scipy.io.whosmat(path)}
-            return ("mat", shapes,
-                    lambda name: scipy.io.loadmat(path, variable_names=[name])[name], {})
-        with h5py.File(path, "r") as f:
-            shapes = {k: v.shape for k, v in f.items() if isinstance(v, h5py.Dataset)}
-            attrs = {k: _text(v) for k, v in f.attrs.items()}
-            fmt = ("reproduce.encode" if attrs.get("format") == ENCODE_FORMAT
-                   or {"codes", "labels", "paths"} <= set(shapes) else "hdf5")
-
-        def load(name):
-            with h5py.File(path, "r") as f:
-                return f[name][()]
-        return fmt, shapes, load, attrs
-    except READ_ERRORS as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{path}: cannot read as a {ext or 'HDF5'} code file (truncated or not "
-                        f"this format): {first}") from None
-
-
-def _pick(shapes, key, candidates, path, what, option):
-    if key is not None:
-        if key not in shapes:
-            raise UserError(f"{path}: no variable {key!r} (it has: {', '.join(map(str, shapes))})")
-        return key
-    found = next((k for k in candidates if k in shapes), None)
-    if found is None and what == "codes":
-        have = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items()) or "nothing"
-        raise UserError(f"{path}: no codes (looked for {', '.join(candidates)}; it has: {have}); "
-                        f"name them with {option}")
-    return found
-
-
-def _sample_count(codes_shape, labels, path):
-    """N: the labels' sample count (a vector's length; of a matrix, the dimension shared with the
-    codes, the larger one if both are)."""
-    if labels.ndim == 1:
-        return labels.shape[0]
-    shared = {labels.shape[0], labels.shape[1]} & set(codes_shape)
-    if not shared:
-        raise UserError(f"{path}: codes are {codes_shape[0]} x {codes_shape[1]} and labels "
-                        f"{labels.shape[0]} x {labels.shape[1]}: no common sample count")
-    return max(shared)
-
-
-def _orient(matrix, n, path, what):
-    """(matrix as N x D, orientation text); n None: the larger dimension is N."""
-    a, b = matrix.shape
-    if n is None:
-        return (matrix, "N x K (assumed: more rows than columns)") if a >= b else \
-            (matrix.T, "K x N, transposed (assumed: more columns than rows)")
-    if a == n:
-        return matrix, "N x K" + (" (square: rows assumed)" if b == n else "")
-    if b == n:
-        return matrix.T, "K x N, transposed"
-    raise UserError(f"{path}: {what} are {a} x {b}, but there are {n} samples (labels)")
-
-
-def _check_labels(labels, path):
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim == 1:
-        if labels.dtype.kind not in "biuf" or (labels < 0).any() or (labels != np.round(labels)).any():
-            raise UserError(f"{path}: class labels must be non-negative integers")
-        return labels.astype(np.int64)
-    bad = np.argwhere((labels != 0) & (labels != 1))
-    if bad.size:
-        i, j = bad[0]
-        raise UserError(f"{path}: labels must be 0/1; found {labels[i, j]!r} at row {i}, column {j}")
-    return labels.astype(np.uint8)
-
-
-def read_external_labels(path):
-    """Labels from a list file (reproduce.lists format) or a .npy array."""
-    if str(path).lower().endswith(".npy"):
-        try:
-            labels = np.load(path, allow_pickle=False)
-        except READ_ERRORS as e:
-            raise UserError(f"{path}: cannot read labels ({e})") from None
-    else:
-        labels = read_list(path).labels
-    if labels.ndim not in (1, 2):
-        raise UserError(f"{path}: labels must be a vector or a matrix, got shape {labels.shape}")
-    return labels
-
-
-def read_codes(path, codes_key=None, labels_key=None, labels=None, bits=None):
-    """Read and orient one code file (see the module docstring). labels: an external (N, C) or
-    (N,) array that replaces the file's; bits: K of packed uint8 codes (default 8 x bytes)."""
-    path = os.fspath(path)
-    fmt, shapes, load, attrs = _open(path)
-    ckey = None if fmt == "npy" else _pick(shapes, codes_key, CODE_KEYS, path, "codes",
-                                          "--query-codes-key / --database-codes-key")
-    lkey = None if labels is not None or fmt == "npy" else \
-        _pick(shapes, labels_key, LABEL_KEYS, path, "labels", None)
-    try:
-        codes = np.asarray(load(ckey))
-        if labels is None and lkey is not None:
-            labels = np.asarray(load(lkey))
-    except READ_ERRORS as e:
-        raise UserError(f"{path}: cannot read its arrays (truncated?): {e}") from None
-    if codes.ndim != 2 or codes.dtype.kind not in "biuf":
-        raise UserError(f"{path}: codes must be a numeric matrix, got {codes.dtype} {codes.shape}")
-    if codes.size == 0:
-        raise UserError(f"{path}: the code set is empty ({codes.shape[0]} x {codes.shape[1]})")
-    n = None
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.ndim == 2 and 1 in labels.shape and 1 not in codes.shape:
-            labels = labels.reshape(-1)   # MATLAB class vectors are 1 x N or N x 1 (N > 1 codes)
-        n = _sample_count(codes.shape, labels, path)
-        if labels.ndim == 2:
-            labels = _orient(labels, n, path, "labels")[0]
-        labels = _check_labels(labels, path)
-    if fmt == "reproduce.encode":
-        orientation = "N x K"
-        if labels is not None and labels.shape[0] != codes.shape[0]:
-            raise UserError(f"{path}: {codes.shape[0]} codes but {labels.shape[0]} label rows")
-    else:
-        codes, orientation = _orient(codes, n, path, "codes")
-    nbytes = codes.shape[1]
-    packed = (codes.dtype == np.uint8 and fmt != "reproduce.encode"
-              and (bool((codes > 1).any()) or (bits is not None and bits != nbytes)))
-    if packed:
-        k = bits or nbytes * 8
-        if not nbytes * 8 - 8 < k <= nbytes * 8:
-            raise UserError(f"{path}: {k} bits do not fit {nbytes} packed bytes per code (--bits)")
-        codes = np.unpackbits(codes, axis=1, bitorder="little")[:, :k]
-    if bits is not None and codes.shape[1] != bits:
-        raise UserError(f"{path}: codes have {codes.shape[1]} bits, but --bits says {bits}")
-    codes = codes.astype(np.float32)
-    if not np.isfinite(codes).all():
-        i = np.flatnonzero(~np.isfinite(codes).all(axis=1))[0]
-        raise UserError(f"{path}: codes contain NaN or infinity (row {i})")
-    encoded = fmt == "reproduce.encode"     # tanh outputs: always the sign rule, 0 -> +1
-    binary01 = not encoded and bool(((codes == 0) | (codes == 1)).all())
-    real = encoded or not (binary01 or bool(((codes == 1) | (codes == -1)).all()))
-    values = ("packed uint8 (compactbit, LSB first)" if packed else "0/1" if binary01
-              else "tanh outputs (real-valued)" if encoded else "real-valued" if real else "±1")
-    if binary01:
-        codes = codes * 2 - 1
-    info = {"path": path, "format": fmt, "codes_key": ckey, "labels_key": lkey,
-            "orientation": orientation, "values": values, "n": int(codes.shape[0]),
-            "bits": int(codes.shape[1])}
-    return CodeFile(path, codes, real, labels, info, attrs)
-
-
-def load_codes(path, codes_key=None, labels_key=None, bits=None, sign=False):
-    """(codes (N, K) int8 ±1, labels (N, C) uint8 or None) of a code file; real-valued codes
-    other than reproduce.encode's need sign=True. Class-index labels become one-hot (max + 1)."""
-    f = read_codes(path, codes_key, labels_key, bits=bits)
-    return f.binary_codes(sign), (None if f.labels is None else f.label_matrix())
-
-
-def _csv(header, *columns):
-    rows = [",".join(header)] + [",".join(repr(v) for v in row) for row in zip(*columns)]
-    return "\n".join(rows) + "\n"
-
-
-def output_texts(doc):
-    """{file name: text} of an evaluation document: metrics.json and the curves as CSV."""
-    m = doc["metrics"]
-    texts = {"metrics.json": json.dumps(doc, indent=1, sort_keys=True) + "\n"}
-    if m.get("pr_curve"):
-        c = m["pr_curve"]
-        texts["pr_curve.csv"] = _csv(("radius", "precision", "recall"), c["radius"],
-                                     c["precision"], c["recall"])
-    c = m["precision_at_n"]
-    texts["precision_at_n.csv"] = _csv(("n", "precision", "recall"), c["n"], c["precision"],
-                                       c["recall"])
-    return texts
-
-
-def write_outputs(out_dir, doc, force=False):
-    """Write output_texts(doc) into out_dir, each atomically. Nothing is written when an existing
-    file has different content and not force; with force a stale pr_curve.csv is removed."""
-    out_dir = os.fspath(out_dir)
-    texts = output_texts(doc)
-    for name, text in texts.items():
-        target = os.path.join(out_dir, name)
-        if os.path.exists(target) and not force:
-            with open(target, encoding="utf-8", errors="replace") as f:
-                if f.read() != text:
-                    raise UserError(f"{target}: exists with different content; refusing to "
-                                    "overwrite it (use --force, or another --out)")
-    written = [os.path.join(out_dir, name) for name in texts]
-    for target, text in zip(written, texts.values()):
-        write_text_atomic(target, text, overwrite=True)
-    stale = os.path.join(out_dir, "pr_curve.csv")
-    if force and "pr_curve.csv" not in texts and os.path.exists(stale):
-        os.remove(stale)
-    return written
+from .fileio import sha1_file
+from .metrics import DEFAULT_NS, TIES, ZERO_HIT
+from .records import evaluate_record, protocol, write_record
 
 
 def get_args_parser():
@@ -366,26 +91,18 @@ def main(argv=None):
         qc, dc = q.codes, d.codes
     else:
         qc, dc = q.binary_codes(args.sign), d.binary_codes(args.sign)
-    try:
-        metrics = evaluate_codes(qc, dc, ql, dl, topk=args.topk, ties=args.ties,
-                                 zero_hit=args.zero_hit, radius=args.radius, ns=args.ns,
-                                 binary=not args.continuous)
-    except ValueError as e:
-        raise UserError(f"{q.path}, {d.path}: {e}") from None
-    conventions = {"topk": args.topk, "ties": args.ties, "zero_hit": args.zero_hit,
-                   "radius": args.radius, "ns": list(args.ns),
-                   "ranking": "inner_product" if args.continuous else "hamming",
-                   "sign_rule": "none (codes as stored)" if args.continuous else SIGN_RULE}
     seed = args.seed if args.seed is not None else _attr(files, "seed")
     if seed is not None and not str(seed).lstrip("-").isdigit():
         raise UserError(f"{q.path}: attribute seed={seed!r} is not an integer; give --seed")
-    doc = {"method": args.method or _attr(files, "method", "variant"),
-           "dataset": args.dataset or _attr(files, "dataset"),
-           "bits": int(metrics["bits"]), "seed": None if seed is None else int(seed),
-           "conventions": conventions, "metrics": metrics, "version": __version__,
-           "inputs": {"query": dict(q.info, sha1=sha1_file(q.path)),
-                      "database": dict(d.info, sha1=sha1_file(d.path))}}
-    written = write_outputs(args.out, doc, force=args.force)
+    doc = evaluate_record(args.method or _attr(files, "method", "variant"),
+                          args.dataset or _attr(files, "dataset"), qc, dc, ql, dl,
+                          protocol(args.topk, args.ties, args.zero_hit, args.radius, args.ns),
+                          seed=None if seed is None else int(seed), binary=not args.continuous,
+                          inputs={"query": dict(q.info, sha1=sha1_file(q.path)),
+                                  "database": dict(d.info, sha1=sha1_file(d.path))},
+                          where=f"{q.path}, {d.path}")
+    metrics = doc["metrics"]
+    written = write_record(args.out, doc, force=args.force)
     at = f"@{args.topk}" if args.topk else ""
     print(f"MAP{at} {metrics['map']:.4f} ({metrics['map_queries_counted']} of "
           f"{metrics['num_queries']} queries counted; {metrics['num_database']} database items, "

@@ -4,7 +4,7 @@
     (b) fig_b_pr_curve_<K>bits         precision-recall curve of Hamming ranking at K bits (48)
     (c) fig_c_precision_at_n_<K>bits   precision vs number of top returned images at K bits (48)
 
-each as PNG and PDF, drawn from the records `reproduce.reports.collect_metrics` reads (the
+each as PNG and PDF, drawn from the records `reproduce.records.collect_records` reads (the
 "metrics" of a metrics.json as reproduce.metrics.evaluate_codes returns them:
 precision_within_radius, pr_curve {radius, precision, recall}, precision_at_n {n, precision,
 recall}; None where a ranking has no such number, e.g. DHN-B's inner-product ranking has no
@@ -22,11 +22,11 @@ from matplotlib.figure import Figure
 
 from .errors import UserError
 from .fileio import atomic_output
-from .reports import DATASET_TITLES, MISSING, TABLE1_METHODS, TABLE2_METHODS, check_records
+from .paper import CURVE_BITS, DATASET_TITLES, RADIUS, TABLE1_METHODS, TABLE2_METHODS
+from .records import check_records
+from .reports import MISSING
 
 RADIUS_KEY = "precision_within_radius"  # reproduce.metrics.evaluate_codes' name
-PAPER_BITS = 48  # the paper's panels (b) and (c) are drawn at 48 bits
-RADIUS = 2       # panel (a): precision within Hamming radius 2, as in the paper
 COLUMN_WIDTH_IN = 3.3  # one column of the AAAI two-column format
 PANEL_HEIGHT_IN = 2.3
 FONT = {"font.size": 7, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
@@ -59,7 +59,7 @@ def method_style(name):
     return FALLBACK_COLORS[h % len(FALLBACK_COLORS)], FALLBACK_MARKERS[(h // 16) % len(FALLBACK_MARKERS)], "--"
 
 
-def figure_names(bits=PAPER_BITS):
+def figure_names(bits=CURVE_BITS):
     """Base names (no extension) of panels (a), (b), (c) for curves drawn at `bits`."""
     return (f"fig_a_precision_radius{RADIUS}", f"fig_b_pr_curve_{bits}bits",
             f"fig_c_precision_at_n_{bits}bits")
@@ -95,7 +95,7 @@ def _curve(records, key, x_key, y_key, grid_key):
     return np.mean(xs, axis=0), np.mean(ys, axis=0)
 
 
-def panel_data(records, bits=PAPER_BITS):
+def panel_data(records, bits=CURVE_BITS):
     """What the three panels draw, per method (in legend order):
     a: {method: (bits (M,), precision within radius 2 (M,))}; b: {method: (recall, precision)};
     c: {method: (n, precision)}. Means over seeds."""
@@ -148,7 +148,7 @@ def _draw(series, xlabel, ylabel, title, xticks=None, markevery=None):
     return fig
 
 
-def make_figures(records, dataset_title, bits=PAPER_BITS):
+def make_figures(records, dataset_title, bits=CURVE_BITS):
     """The three panels as {base name: Figure} (unsaved)."""
     a, b, c = panel_data(records, bits)
     all_bits = sorted({int(k) for x, _ in a.values() for k in x})
@@ -166,7 +166,7 @@ def make_figures(records, dataset_title, bits=PAPER_BITS):
 def default_curve_bits(records):
     """48 bits (the paper's) when some record has it, else the largest bit length present."""
     present = {r["bits"] for r in records}
-    return PAPER_BITS if PAPER_BITS in present or not present else max(present)
+    return CURVE_BITS if CURVE_BITS in present or not present else max(present)
 
 
 def write_figures(records, dataset, out_dir, bits=None, overwrite=False, dataset_title=None):

@@ -19,6 +19,7 @@ cross-entropy is written as logaddexp(0, theta) - s*theta, whose derivative is s
 for every theta, and the linear piece above the threshold is added as a *detached* correction to
 the value, so it changes what is reported but not the gradient, exactly as in the Caffe layer.
 """
+import dataclasses
 import math
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 
 PAIR_LOSSES = ("cross_entropy", "squared")
 DEFAULT_QUANT_WEIGHT = 0.3   # dhn-caffe PairwiseLoss q_gamma (hash-caffe: loss_weight 0.2)
+HASH_CAFFE_QUANT_WEIGHT = 0.2  # thuml/hash-caffe QuantizationLoss loss_weight 0.2
 DEFAULT_THRESHOLD = 15.0     # dhn-caffe PairwiseLoss l_threshold (and q_threshold)
 LOG2 = math.log(2.0)
 
@@ -192,3 +194,28 @@ class DHNLoss(nn.Module):
             self._last = torch.stack([t.detach().to(torch.float64) for t in (
                 pair, quant, quant_caffe, total, total_caffe, zero_rows, pairs, similar)])
         return total
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """The loss of one training run; defaults: the authors' dhn-caffe PairwiseLoss layer.
+
+    quant_weight: lambda (q_gamma), 0.3 in dhn-caffe; pair_loss: "cross_entropy" (DHN) or
+    "squared" (DHN-E); threshold: l_threshold, 15 (None: no linear piece).
+    """
+    quant_weight: float = DEFAULT_QUANT_WEIGHT
+    pair_loss: str = "cross_entropy"
+    threshold: float | None = DEFAULT_THRESHOLD
+
+    def __post_init__(self):
+        self.make_loss()          # the loss's own checks (names, ranges, finiteness)
+
+    def make_loss(self):
+        """The DHNLoss these settings describe."""
+        return DHNLoss(quant_weight=self.quant_weight, pair_loss=self.pair_loss,
+                       threshold=self.threshold)
+
+
+# The loss part of the named presets (the solver part: reproduce.solver.PRESETS).
+LOSS_PRESETS = {"dhn-caffe": LossSettings(),
+                "hash-caffe": LossSettings(quant_weight=HASH_CAFFE_QUANT_WEIGHT)}

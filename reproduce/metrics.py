@@ -4,22 +4,26 @@ Hamming ranking, precision and recall at top-N, and the DHN-B inner-product rank
 Inputs are arrays: codes (Q, K) / (N, K) and multi-hot labels (Q, C) / (N, C). A database item is
 relevant to a query when they share at least one label (the authors' similarity, as in their
 PairwiseLoss layer and evaluation script). Binary codes are ±1 (or 0/1, 0 read as -1); the
-ranking is by Hamming distance, i.e. by -<b_q, b_db>, which is what the authors' script sorts.
+ranking is by Hamming distance, i.e. by -<b_q, b_db> of the sign codes, which is what
+thuml/hash-caffe's predict_parallel.py sorts (dhn-caffe's generate.py saves the unsigned 10-crop
+codes and signs nothing; ranking those is binary=False below; official_settings.md).
 
 Conventions (official_settings.md, "Evaluation in the authors' code"):
   * AP@R = sum_{k<=R} P@k * rel_k / (number of relevant items within the top R); R = topk, or the
     whole database when topk is None (CIFAR-10: all; NUS-WIDE: 5000).
   * zero_hit="skip" (authors'): queries with no relevant item in the top R are left out of the
-    mean; "zero" (swuxyj's port) counts them as 0. If every query is left out, MAP is 0.0.
+    mean; "zero" (swuxyj's port) counts them as 0. If every query is left out, the authors' code
+    gives NaN (np.mean of nothing); this package reports 0.0 (its choice).
   * ties="index": equal distances keep database order (a stable sort), so results are
     deterministic; the authors' np.argsort has an arbitrary tie order. ties="expected": the
     expectation over all orders inside each tie group (McFee & Lanckriet 2012), computed exactly,
     also when the top-R cut falls inside a tie group (see hamming.expected_ap_from_groups; with
     "skip" it is the expectation given at least one hit in the top R).
-  * Within radius r (thulab's port): precision = relevant / retrieved with distance <= r, 0 when
-    nothing is retrieved; recall = relevant retrieved / relevant in the database, 0 when the
-    database holds nothing relevant. Both are means over all queries. The PR curve is the same
-    at every radius 0..K (cuts at whole distances, so independent of tie order).
+  * Within radius r (as thulab's port): precision = relevant / retrieved with distance <= r, 0 when
+    nothing is retrieved (thulab's too); recall = relevant retrieved / relevant in the database,
+    and 0 when the database holds nothing relevant to the query (this package's choice: thulab's
+    port gives 0/0 = NaN there). Both are means over all queries. The PR curve is the same at
+    every radius 0..K (cuts at whole distances, so independent of tie order).
   * Precision@N = relevant in the top N / N and recall@N = that / relevant in the database, with
     N capped at the database size; under ties="expected" the expected count of relevant items.
   * binary=False (DHN-B, paper Table 2): rank by -<z_q, z_db> of the continuous codes in float64,

@@ -1,17 +1,10 @@
 """Table 1 and Table 2 of the paper for any set of runs, beside the paper's own numbers.
 
-A run is summarised by the `metrics.json` that `reproduce.evaluate` writes:
-
-    {"method": "DHN", "dataset": "cifar10", "bits": 48, "seed": 0,
-     "conventions": {"topk": null, "ties": "index", "zero_hit": "skip", "radius": 2, ...},
-     "metrics": {"map": 0.61, "precision_within_radius": ..., "pr_curve": {...}, ...},
-     "inputs": {...}}
-
-`collect_metrics` reads such files (or walks folders for them) into records; `build_table` lays
-out one table (methods as rows, bit lengths as columns; per cell this run's MAP, the paper's, and
-the difference ours - paper); `write_tables` writes `table1.{md,csv,tex}` and `table2.{md,csv,tex}`.
-The paper's numbers are package data (`data/paper_tables.csv`, copied from the paper's Tables 1-2).
-The figures are in `reproduce.figures`.
+The runs are metrics records (reproduce.records: `collect_records` reads every metrics.json of
+some folders). `build_table` lays out one table (methods as rows, bit lengths as columns; per cell
+this run's MAP, the paper's, and the difference ours - paper); `write_tables` writes
+`table1.{md,csv,tex}` and `table2.{md,csv,tex}`. The paper's numbers: reproduce.paper. The figures
+are in reproduce.figures.
 """
 import csv
 import io
@@ -19,131 +12,16 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 
 import numpy as np
 
 from .errors import UserError
 from .fileio import write_text_atomic
+from .paper import DATASET_TITLES, TABLE1_METHODS, TABLE2_METHODS, VARIANTS_ONLY, load_paper_tables
+from .records import check_records
 
-# Rows of the paper's tables, in the paper's order (Zhu et al. 2016, Tables 1 and 2).
-TABLE1_METHODS = ("DHN", "DNNH", "CNNH*", "CNNH", "KSH", "ITQ-CCA", "MLH", "BRE", "SH", "ITQ", "LSH")
-TABLE2_METHODS = ("DHN-B", "DHN", "DHN-Q", "DHN-E")
-# The DHN variants of Table 2 other than DHN itself are ablations, not competitors: Table 1 omits them.
-VARIANTS_ONLY = tuple(m for m in TABLE2_METHODS if m not in TABLE1_METHODS)
-PAPER_DATASETS = ("nus_wide", "cifar10", "flickr")
-DATASET_TITLES = {"nus_wide": "NUS-WIDE", "cifar10": "CIFAR-10", "flickr": "Flickr"}
 TABLE_TITLES = {1: "MAP of Hamming ranking", 2: "MAP of the DHN variants"}
-METRICS_FILE = "metrics.json"
 MISSING = "\u2014"  # the em dash a cell shows where a number does not exist
-
-
-def load_paper_tables():
-    """The paper's numbers: {(table, method, dataset, bits): map} from data/paper_tables.csv.
-
-    Both tables are kept: the paper prints DHN CIFAR-10 48 bits as 0.621 in Table 1 and 0.620 in
-    Table 2, and each table is compared with its own number.
-    """
-    text = resources.files("reproduce").joinpath("data", "paper_tables.csv").read_text()
-    return {(int(r["table"]), r["method"], r["dataset"], int(r["bits"])): float(r["map"])
-            for r in csv.DictReader(io.StringIO(text))}
-
-
-def canonical_method(name):
-    """The paper's spelling of a method name given in any case (`itq-cca` -> `ITQ-CCA`); others as is."""
-    for known in TABLE1_METHODS + TABLE2_METHODS:
-        if str(name).lower() == known.lower():
-            return known
-    return str(name)
-
-
-# ----------------------------------------------------------------------------- reading metrics.json
-
-def read_metrics_record(path):
-    """One metrics.json as a record dict: method (paper spelling), dataset, bits, seed, map,
-    conventions, metrics (the file's whole "metrics" mapping) and path. UserError on a malformed file."""
-    path = os.fspath(path)
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
-        raise UserError(f"{path}: not a valid metrics.json ({where})") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{path}: not a metrics.json (top level is {type(doc).__name__}, not an object)")
-    for key in ("method", "bits", "metrics"):
-        if key not in doc:
-            raise UserError(f"{path}: metrics.json has no '{key}' key")
-    if not isinstance(doc["method"], str) or not doc["method"].strip():
-        raise UserError(f"{path}: 'method' must be a non-empty string, got {doc['method']!r} "
-                        "(name it with `python -m reproduce.evaluate --method`)")
-    bits = doc["bits"]
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0:
-        raise UserError(f"{path}: 'bits' must be a positive integer, got {bits!r}")
-    seed = doc.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise UserError(f"{path}: 'seed' must be an integer or null, got {seed!r}")
-    metrics = doc["metrics"]
-    if not isinstance(metrics, dict) or "map" not in metrics:
-        raise UserError(f"{path}: 'metrics' must be an object with a 'map' entry")
-    value = metrics["map"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise UserError(f"{path}: metrics.map must be a number in [0, 1], got {value!r}")
-    conventions = doc.get("conventions") or {}
-    if not isinstance(conventions, dict):
-        raise UserError(f"{path}: 'conventions' must be an object")
-    return {"method": canonical_method(doc["method"].strip()), "dataset": doc.get("dataset"),
-            "bits": bits, "seed": seed, "map": float(value), "conventions": conventions,
-            "metrics": metrics, "path": path}
-
-
-def collect_metrics(paths):
-    """Records of every metrics.json named in `paths` (files) or found under them (folders, walked
-    in sorted order). A folder without any metrics.json, or a missing path, is a UserError.
-    The same file reached twice is read once."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    files = []
-    for p in paths:
-        p = os.fspath(p)
-        if os.path.isfile(p):
-            files.append(p)
-        elif os.path.isdir(p):
-            found = []
-            for root, dirs, names in os.walk(p):
-                dirs.sort()
-                if METRICS_FILE in names:
-                    found.append(os.path.join(root, METRICS_FILE))
-            if not found:
-                raise UserError(f"{p}: no {METRICS_FILE} in this folder or below it")
-            files.extend(found)
-        else:
-            raise UserError(f"{p}: no such file or folder")
-    seen, records = set(), []
-    for f in files:
-        real = os.path.realpath(f)
-        if real not in seen:
-            seen.add(real)
-            records.append(read_metrics_record(f))
-    return records
-
-
-def check_records(records, dataset):
-    """The records of `dataset`, checked: every one names this dataset (or none), and no
-    (method, bits, seed) comes from two files. Returns the records sorted by method, bits, seed."""
-    out, owner = [], {}
-    for r in records:
-        if r.get("dataset") not in (None, dataset):
-            raise UserError(f"{r['path']}: a run of dataset {r['dataset']!r}, not {dataset!r}")
-        key = (r["method"], r["bits"], r["seed"])
-        if key in owner:
-            raise UserError(f"{r['path']}: a second result for {r['method']} {r['bits']} bits "
-                            f"seed {r['seed']} (the first is {owner[key]})")
-        owner[key] = r["path"]
-        out.append(r)
-    return sorted(out, key=lambda r: (r["method"], r["bits"], -1 if r["seed"] is None else r["seed"]))
 
 
 # ----------------------------------------------------------------------------- table layout

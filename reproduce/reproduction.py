@@ -6,46 +6,38 @@ folder holds final.pth, resumed when it holds snapshots), encode query and datab
 when metrics.json exists). DHN-B is the DHN run ranked by its continuous codes. The shallow
 baselines are fitted on the fc7 features of the ImageNet network (no fine-tuning), as in the
 paper's Table 1. Then Table 1, Table 2 and Figures (a)-(c) are written next to the paper's
-numbers (reproduce.compare.build_comparison), and run.json records the whole configuration.
+numbers (reproduce.comparison.build_comparison), and run.json records the whole configuration.
 
-The per-dataset modules (reproduce.cifar10, nus_wide, flickr) are presets: how to get the lists,
-and nothing else.
+The dataset modules (reproduce.datasets.cifar10, nus_wide, flickr) are presets over this engine:
+how to get the lists, and nothing else; `python -m reproduce.<dataset>` runs their `main`.
 """
 import dataclasses
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
 import h5py
 import numpy as np
 
-from . import __version__
+from .baselines import BASELINES
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .compare import build_comparison, dataset_protocol, evaluate_baselines, evaluate_method
+from .comparison import build_comparison, dataset_protocol, evaluate_baselines, evaluate_method
+from .config import VARIANTS, DataSettings, ModelSettings, RunConfig
 from .datasets.common import build_report, format_report, require_images, write_split
-from .encode import encode_list
+from .encoding import encode_list
 from .engine import train
 from .errors import ArgumentParser, UserError
-from .evaluate import write_outputs
 from .fileio import sha1_file, write_text_atomic
 from .lists import ImageList
-from .reports import collect_metrics
-from .train import get_args_parser as train_args_parser
-from .train import resolve_config
-from .weights import ensure_pretrained
+from .losses import LOSS_PRESETS
+from .nets import ARCHS
+from .paper import PAPER_BITS
+from .provenance import git_revision, versions
+from .records import collect_records, write_record
+from .solver import PRESETS
+from .pretrained import ensure_pretrained
 
-PAPER_BITS = (12, 24, 32, 48)
-# Table 2 of the paper: variant -> (method name in the tables, training options).
-VARIANTS = {
-    "dhn": ("DHN", []),
-    "dhn-q": ("DHN-Q", ["--quant-weight", "0"]),          # no quantization loss
-    "dhn-e": ("DHN-E", ["--pair-loss", "squared"]),       # squared instead of cross-entropy pair loss
-    "dhn-b": ("DHN-B", None),                             # the DHN run, ranked without sign
-}
-BASELINES = ("lsh", "sh", "itq", "itq-cca", "ksh")
 # The paper's cross-validation grid: lr 1e-5 ... 1e-2 and lambda 1e-5 ... 100, in x10 steps.
 SWEEP_LRS = (1e-5, 1e-4, 1e-3, 1e-2)
 SWEEP_QUANT_WEIGHTS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -74,12 +66,12 @@ def get_args_parser(preset):
                                 description=f"Reproduce DHN's {preset.title} results (Tables 1-2, Figures a-c).")
     p.add_argument("--root", required=True, help="dataset root: the image paths of the lists are relative to it")
     p.add_argument("--bits", type=int, nargs="+", default=list(PAPER_BITS), help="code lengths (paper: 12 24 32 48)")
-    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["dhn", "dhn-q", "dhn-e", "dhn-b"],
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="Table 2 variants (default: all four)")
-    p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
-                   help="shallow baselines on fc7 features (default: all five)")
+    p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES),
+                   help="shallow baselines on fc7 features (default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per seed (default 0)")
-    p.add_argument("--arch", choices=("caffenet", "alexnet"), default="caffenet",
+    p.add_argument("--arch", choices=ARCHS, default="caffenet",
                    help="default caffenet: the network the authors fine-tuned")
     p.add_argument("--weights", default=None,
                    help="converted ImageNet checkpoint (default: weights/<arch>.pth, fetched if absent)")
@@ -87,11 +79,16 @@ def get_args_parser(preset):
     p.add_argument("--out", default=None, help="results folder (default results/<dataset>)")
     p.add_argument("--work", default=None,
                    help="caches, lists, features and training runs (default runs/<dataset>)")
-    p.add_argument("--preset", default="dhn-caffe", help="solver preset (default: the authors' dhn-caffe)")
-    p.add_argument("--max-iter", type=int, default=None, help="override the preset's max_iter")
-    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch (64)")
-    p.add_argument("--base-lr", type=float, default=None, help="override the preset's base_lr (2e-5)")
-    p.add_argument("--quant-weight", type=float, default=None, help="override the preset's λ (0.3)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="dhn-caffe",
+                   help="solver and loss preset (default: the authors' dhn-caffe)")
+    p.add_argument("--max-iter", type=int, default=None,
+                   help=f"override the preset's max_iter ({PRESETS['dhn-caffe'].max_iter})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"override the preset's batch ({PRESETS['dhn-caffe'].batch_size})")
+    p.add_argument("--base-lr", type=float, default=None,
+                   help=f"override the preset's base_lr ({PRESETS['dhn-caffe'].base_lr:g})")
+    p.add_argument("--quant-weight", type=float, default=None,
+                   help=f"override the preset's λ ({LOSS_PRESETS['dhn-caffe'].quant_weight:g})")
     p.add_argument("--oversample", action="store_true", help="encode with pycaffe's 10 crops (default: centre crop)")
     p.add_argument("--workers", type=int, default=2, help="loader processes")
     p.add_argument("--device", default="auto")
@@ -113,25 +110,6 @@ def get_args_parser(preset):
 def subset(image_list, n):
     """The first n entries (smoke runs)."""
     return image_list.subset(np.arange(min(n, len(image_list))))
-
-
-def git_revision():
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        rev = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else None
-
-
-def versions():
-    import scipy
-    import torch
-    import torchvision
-    return {"python": platform.python_version(), "reproduce": __version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-            "h5py": h5py.__version__}
 
 
 class Reproduction:
@@ -186,30 +164,37 @@ class Reproduction:
                             "use another --out (nothing was changed)")
 
     # ------------------------------------------------------------------------------ pieces
-    def train_cfg(self, run_dir, list_path, bits, seed, extra=()):
+    def settings(self):
+        """(SolverSettings, LossSettings) of every run: the preset with the command's overrides."""
         a = self.args
-        argv = ["--train-list", list_path, "--root", a.root, "--weights", self.weights, "--arch", a.arch,
-                "--bits", str(bits), "--out", run_dir, "--seed", str(seed), "--preset", a.preset,
-                "--num-labels", str(self.preset.num_labels), "--workers", str(a.workers), "--device", a.device,
-                # one cache per list content: the sweep's training list is another list
-                "--cache", os.path.join(self.work, "cache", f"train-{sha1_file(list_path)[:16]}.h5"),
-                "--keep-snapshots", "1", "--resume"]
-        overrides = {"--max-iter": a.max_iter, "--batch-size": a.batch_size, "--base-lr": a.base_lr,
-                     "--quant-weight": a.quant_weight}
+        given = {"max_iter": a.max_iter, "batch_size": a.batch_size, "base_lr": a.base_lr}
         if a.smoke:
-            overrides.update({"--max-iter": SMOKE["max_iter"], "--batch-size": SMOKE["batch_size"],
-                              "--snapshot": SMOKE["max_iter"], "--display": 1})
-        for k, v in overrides.items():
-            if v is not None:
-                argv += [k, str(v)]
-        return resolve_config(train_args_parser().parse_args(argv + list(extra)))
+            given.update(max_iter=SMOKE["max_iter"], batch_size=SMOKE["batch_size"],
+                         snapshot=SMOKE["max_iter"], display=1)
+        solver = dataclasses.replace(PRESETS[a.preset], **{k: v for k, v in given.items() if v is not None})
+        loss = LOSS_PRESETS[a.preset]
+        if a.quant_weight is not None:
+            loss = dataclasses.replace(loss, quant_weight=a.quant_weight)
+        return solver, loss
+
+    def run_config(self, run_dir, list_path, bits, seed, solver, loss):
+        """The RunConfig of one training run of this reproduction."""
+        a = self.args
+        # one cache per list content: the sweep's training list is another list
+        cache = os.path.join(self.work, "cache", f"train-{sha1_file(list_path)[:16]}.h5")
+        try:
+            return RunConfig(DataSettings(list_path, a.root, self.preset.num_labels, cache, workers=a.workers),
+                             ModelSettings(self.weights, a.arch, bits), out=run_dir, solver=solver,
+                             loss=loss, seed=seed, device=a.device, keep_snapshots=1)
+        except ValueError as e:
+            raise UserError(f"settings: {e}") from None
 
     def run_training(self, cfg):
-        final = os.path.join(cfg["out"], "final.pth")
+        final = os.path.join(cfg.out, "final.pth")
         if os.path.exists(final):
             self.log(f"{final}: done, skipped")
         else:
-            train(cfg)
+            train(cfg, resume=True)
         return final
 
     def encode(self, checkpoint, split, out_path, features=False, image_list=None):
@@ -238,7 +223,7 @@ class Reproduction:
         doc = evaluate_method(method, self.preset.name, arrays[0][0], arrays[1][0], arrays[0][1],
                               arrays[1][1], seed=seed, binary=binary,
                               inputs={k: {"path": p, "sha1": sha1_file(p)} for k, p in zip(("query", "database"), codes)})
-        write_outputs(out_dir, doc, force=True)
+        write_record(out_dir, doc, force=True)
         self.log(f"{method} {bits} bits seed {seed}: MAP {doc['metrics']['map']:.4f}")
         return doc
 
@@ -257,14 +242,16 @@ class Reproduction:
         split["database"] = split["train"]
         sweep_dir = os.path.join(self.work, "sweep")
         write_split(split, os.path.join(sweep_dir, "lists"), overwrite=True)
+        solver, loss = self.settings()
+        if a.sweep_max_iter:
+            solver = dataclasses.replace(solver, max_iter=a.sweep_max_iter)
         rows = []
         for lr in a.sweep_lrs:
             for qw in a.sweep_quant_weights:
                 run_dir = os.path.join(sweep_dir, f"lr{lr:g}_lambda{qw:g}")
-                extra = ["--base-lr", str(lr), "--quant-weight", str(qw)]
-                if a.sweep_max_iter:
-                    extra += ["--max-iter", str(a.sweep_max_iter)]
-                cfg = self.train_cfg(run_dir, os.path.join(sweep_dir, "lists", "train.txt"), a.sweep_bits, 0, extra)
+                cfg = self.run_config(run_dir, os.path.join(sweep_dir, "lists", "train.txt"), a.sweep_bits, 0,
+                                      dataclasses.replace(solver, base_lr=lr),
+                                      dataclasses.replace(loss, quant_weight=qw))
                 final = self.run_training(cfg)
                 codes = [self.encode(final, s, os.path.join(run_dir, f"codes_{s}.h5"), image_list=split[s])
                          for s in ("query", "database")]
@@ -286,39 +273,48 @@ class Reproduction:
         os.makedirs(self.out, exist_ok=True)
         self._write_run_json(started, finished=None)
         chosen = self.sweep() if a.sweep else None
-        train_path = os.path.join(self.work, "lists_smoke" if a.smoke else "lists", "train.txt")
-        codes_dir = os.path.join(self.out, "codes")
-        trained = dict.fromkeys("dhn" if v == "dhn-b" else v for v in a.variants)   # DHN-B needs the DHN run
-        for seed in a.seeds:
-            for bits in a.bits:
-                for variant in trained:
-                    method, options = VARIANTS[variant]
-                    extra = list(options)
-                    if chosen:
-                        extra += ["--base-lr", str(chosen["base_lr"])]
-                        if variant != "dhn-q":
-                            extra += ["--quant-weight", str(chosen["quant_weight"])]
-                    run_dir = os.path.join(self.work, "train", f"{variant}_{bits}bits_seed{seed}")
-                    final = self.run_training(self.train_cfg(run_dir, train_path, bits, seed, extra))
-                    codes = [self.encode(final, s, os.path.join(codes_dir, f"{variant}_{bits}bits_seed{seed}_{s}.h5"))
-                             for s in ("query", "database")]
-                    if variant in a.variants:
-                        self.evaluate(method, bits, seed, codes)
-                    if variant == "dhn" and "dhn-b" in a.variants:
-                        self.evaluate("DHN-B", bits, seed, codes, binary=False)
+        self.run_variants(chosen)
         if a.baselines:
-            features = [self.encode(self.weights, s, os.path.join(self.work, "features", f"{s}.h5"), features=True)
-                        for s in ("train", "query", "database")]
-            for seed in a.seeds:
-                todo = [(n, b) for n in a.baselines for b in a.bits if not os.path.exists(
-                    os.path.join(self.out, "metrics", f"{n.upper()}_{b}bits_seed{seed}", "metrics.json"))]
-                for name, bits in todo:
-                    doc = evaluate_baselines(self.preset.name, [name], [bits], features, seed=seed, log=self.log)[0]
-                    write_outputs(os.path.join(self.out, "metrics", f"{name.upper()}_{bits}bits_seed{seed}"), doc, force=True)
-        records = collect_metrics([os.path.join(self.out, "metrics")])
+            self.run_baselines()
+        records = collect_records([os.path.join(self.out, "metrics")])
         written = build_comparison(self.preset.name, records, self.out, overwrite=True, dataset_title=self.preset.title)
         self._write_run_json(started, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), chosen=chosen)
         self.log("wrote " + ", ".join(os.path.relpath(p, self.out) for p in written) + f" in {self.out}")
+
+    def run_variants(self, chosen):
+        """Train every variant the requested ones need, encode, evaluate (Table 2's DHN-B ranks
+        the DHN run's codes without sign)."""
+        a = self.args
+        solver, loss = self.settings()
+        if chosen:
+            solver = dataclasses.replace(solver, base_lr=chosen["base_lr"])
+            loss = dataclasses.replace(loss, quant_weight=chosen["quant_weight"])
+        train_path = os.path.join(self.work, "lists_smoke" if a.smoke else "lists", "train.txt")
+        codes_dir = os.path.join(self.out, "codes")
+        trained = dict.fromkeys(VARIANTS[v].trained_as or v for v in a.variants)
+        for seed in a.seeds:
+            for bits in a.bits:
+                for name in trained:
+                    run_dir = os.path.join(self.work, "train", f"{name}_{bits}bits_seed{seed}")
+                    cfg = self.run_config(run_dir, train_path, bits, seed, solver, VARIANTS[name].loss(loss))
+                    final = self.run_training(cfg)
+                    codes = [self.encode(final, s, os.path.join(codes_dir, f"{name}_{bits}bits_seed{seed}_{s}.h5"))
+                             for s in ("query", "database")]
+                    for v in a.variants:
+                        if (VARIANTS[v].trained_as or v) == name:
+                            self.evaluate(VARIANTS[v].method, bits, seed, codes, binary=VARIANTS[v].binary)
+
+    def run_baselines(self):
+        """The shallow baselines, fitted on the fc7 features of the ImageNet network."""
+        a = self.args
+        features = [self.encode(self.weights, s, os.path.join(self.work, "features", f"{s}.h5"), features=True)
+                    for s in ("train", "query", "database")]
+        for seed in a.seeds:
+            todo = [(n, b) for n in a.baselines for b in a.bits if not os.path.exists(
+                os.path.join(self.out, "metrics", f"{n.upper()}_{b}bits_seed{seed}", "metrics.json"))]
+            for name, bits in todo:
+                doc = evaluate_baselines(self.preset.name, [name], [bits], features, seed=seed, log=self.log)[0]
+                write_record(os.path.join(self.out, "metrics", f"{name.upper()}_{bits}bits_seed{seed}"), doc, force=True)
 
     def _write_run_json(self, started, finished, chosen=None):
         a = self.args
@@ -332,6 +328,7 @@ class Reproduction:
         write_text_atomic(os.path.join(self.out, "run.json"), json.dumps(doc, indent=2, default=str) + "\n")
 
 
-def main(preset, argv=None):
+def run_preset(preset, argv=None):
+    """Parse a per-dataset command line and run its reproduction (reproduce.datasets.<name>.main)."""
     args = get_args_parser(preset).parse_args(argv)
     Reproduction(preset, args).run()

@@ -224,10 +224,10 @@ class CaffeSGD(torch.optim.Optimizer):
 
 @dataclasses.dataclass(frozen=True)
 class SolverSettings:
-    """Everything that shapes a DHN training trajectory besides data and seed.
+    """Caffe's SolverParameter fields of a DHN run, and the batch size.
 
     Defaults: the authors' dhn-caffe solver.prototxt for NUS-WIDE (official_settings.md, Solver),
-    their train_val.prototxt (batch_size, quant_weight = PairwiseLoss q_gamma).
+    their train_val.prototxt (batch_size). The loss settings are reproduce.losses.LossSettings.
     """
     base_lr: float = 2e-5             # dhn-caffe base_lr: 0.00002
     lr_policy: str = "step"           # dhn-caffe lr_policy: "step"
@@ -241,13 +241,12 @@ class SolverSettings:
     snapshot: int = 1000              # dhn-caffe snapshot: 1000
     display: int = 100                # our choice: not recorded in official_settings.md; log only
     batch_size: int = 64              # train_val.prototxt ImageData batch_size: 64
-    quant_weight: float = 0.3         # dhn-caffe PairwiseLoss q_gamma: 0.3 (hash-caffe 0.2)
 
     def __post_init__(self):
         object.__setattr__(self, "stepvalue", tuple(int(v) for v in self.stepvalue))
         check_lr_policy(self.lr_policy, self.gamma, self.stepsize, self.power, self.stepvalue,
                         self.max_iter)
-        for key in ("base_lr", "momentum", "weight_decay", "quant_weight"):
+        for key in ("base_lr", "momentum", "weight_decay"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{key} must be a finite number >= 0, got {value}")
@@ -275,8 +274,9 @@ class SolverSettings:
 
 PRESETS = {
     "dhn-caffe": SolverSettings(),
-    # thuml/hash-caffe (the later release): gamma 0.5, max_iter 3000, QuantizationLoss weight 0.2
-    "hash-caffe": SolverSettings(gamma=0.5, max_iter=3000, quant_weight=0.2),
+    # thuml/hash-caffe (the later release): gamma 0.5, max_iter 3000 (its QuantizationLoss weight
+    # 0.2 is reproduce.losses.LOSS_PRESETS["hash-caffe"])
+    "hash-caffe": SolverSettings(gamma=0.5, max_iter=3000),
 }
 
 # solver.prototxt keys (caffe.proto SolverParameter) and how each is read.
@@ -321,7 +321,7 @@ def read_solver_prototxt(path, defaults=None):
     `key: value` fields (several per line allowed), quoted or bare strings, `#` comments,
     repeated `stepvalue`. Solver keys absent from the file take Caffe's proto defaults
     (momentum 0, weight_decay 0, ...); base_lr, lr_policy and max_iter are required. batch_size
-    and quant_weight are not solver keys: they come from `defaults` (the dhn-caffe preset).
+    is not a solver key: it comes from `defaults` (the dhn-caffe preset).
     Unknown keys, nested messages, repeated singular keys, bad values -> UserError "<path>:<line>".
     """
     defaults = PRESETS["dhn-caffe"] if defaults is None else defaults
@@ -377,8 +377,7 @@ def read_solver_prototxt(path, defaults=None):
         raise UserError(f"{path}: missing required key(s) {', '.join(missing)}")
     values = dict(_CAFFE_DEFAULTS, **found)
     try:
-        return SolverSettings(stepvalue=tuple(stepvalue), batch_size=defaults.batch_size,
-                              quant_weight=defaults.quant_weight, **values)
+        return SolverSettings(stepvalue=tuple(stepvalue), batch_size=defaults.batch_size, **values)
     except ValueError as e:
         line = line_of.get("lr_policy") if "lr_policy" in str(e) else None
         raise UserError(f"{path}:{line}: {e}" if line else f"{path}: {e}") from None

@@ -6,19 +6,20 @@ Multi-GPU / multi-node: `torchrun --nproc_per_node G -m reproduce.train ...` —
 the global batch (64, as in Caffe) and is split across the processes.
 """
 import argparse
+import dataclasses
 import os
 
 from .checkpoint import load_checkpoint
+from .config import DataSettings, ModelSettings, RunConfig
 from .engine import train
 from .errors import ArgumentParser, UserError, run_cli
 from .lists import read_list
+from .losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
 from .nets import ARCHS
-from .solver import PRESETS, SolverSettings, read_solver_prototxt
-from .transforms import parse_mean_value
+from .solver import LR_POLICIES, PRESETS, SolverSettings, read_solver_prototxt
+from .transforms import MEAN_VALUE, format_mean, parse_mean_value
 
-# Solver / loss settings that come from the preset or solver.prototxt unless given explicitly.
-SOLVER_KEYS = ("base_lr", "lr_policy", "gamma", "stepsize", "power", "stepvalue", "max_iter", "momentum",
-               "weight_decay", "batch_size", "snapshot", "display", "quant_weight")
+DEFAULTS = PRESETS["dhn-caffe"], LOSS_PRESETS["dhn-caffe"]   # quoted in the help texts
 
 
 def get_args_parser():
@@ -32,8 +33,8 @@ def get_args_parser():
                    help="HDF5 cache of the list's images resized to 256x256 (built if absent; default "
                         "<out>/train_cache.h5); 'none' decodes every batch from the image files")
     g.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
-    g.add_argument("--mean", default="104,117,123",
-                   help="per-channel B,G,R mean (default 104,117,123: the authors' mean_value)")
+    g.add_argument("--mean", default=None,
+                   help=f"per-channel B,G,R mean (default {format_mean(MEAN_VALUE)}: the authors' mean_value)")
     g.add_argument("--mean-file", default=None, help="imagenet_mean.binaryproto or ilsvrc_2012_mean.npy instead")
     g.add_argument("--no-mirror", dest="mirror", action="store_false",
                    help="disable the random mirror (the authors' TRAIN transform mirrors)")
@@ -45,17 +46,18 @@ def get_args_parser():
     g.add_argument("--dropout", type=float, default=0.5, help="fc6/fc7 dropout ratio (default 0.5, as the zoo nets)")
     g = p.add_argument_group("loss")
     g.add_argument("--quant-weight", type=float, default=None,
-                   help="λ of the quantization loss (preset: 0.3, the dhn-caffe q_gamma); 0 = DHN-Q")
-    g.add_argument("--pair-loss", choices=("cross_entropy", "squared"), default="cross_entropy",
+                   help=f"λ of the quantization loss (preset: {DEFAULTS[1].quant_weight:g}, the dhn-caffe "
+                        "q_gamma); 0 = DHN-Q")
+    g.add_argument("--pair-loss", choices=PAIR_LOSSES, default=DEFAULTS[1].pair_loss,
                    help="cross_entropy (DHN, default) or squared (DHN-E)")
-    g.add_argument("--threshold", type=float, default=15.0,
-                   help="θ above which the pair loss is linear (default 15, the authors' layer)")
+    g.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"θ above which the pair loss is linear (default {DEFAULT_THRESHOLD:g}, the authors' layer)")
     g = p.add_argument_group("solver")
     g.add_argument("--preset", choices=sorted(PRESETS), default="dhn-caffe",
                    help="named solver settings (default dhn-caffe: the authors' solver.prototxt)")
     g.add_argument("--solver-prototxt", default=None, help="read the settings from a Caffe solver.prototxt")
     g.add_argument("--base-lr", type=float)
-    g.add_argument("--lr-policy", choices=("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid"))
+    g.add_argument("--lr-policy", choices=LR_POLICIES)
     g.add_argument("--gamma", type=float)
     g.add_argument("--stepsize", type=int)
     g.add_argument("--power", type=float)
@@ -63,8 +65,10 @@ def get_args_parser():
     g.add_argument("--max-iter", type=int)
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
-    g.add_argument("--batch-size", type=int, help="global batch, over all processes (preset: 64)")
-    g.add_argument("--snapshot", type=int, help="snapshot interval in iterations (preset: 1000)")
+    g.add_argument("--batch-size", type=int,
+                   help=f"global batch, over all processes (preset: {DEFAULTS[0].batch_size})")
+    g.add_argument("--snapshot", type=int,
+                   help=f"snapshot interval in iterations (preset: {DEFAULTS[0].snapshot})")
     g.add_argument("--display", type=int, help="log interval in iterations")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run folder")
@@ -77,36 +81,37 @@ def get_args_parser():
     return p
 
 
-def resolve_config(args, ckpt=None):
-    """The full run configuration (a JSON-able dict) from parsed args."""
-    settings = read_solver_prototxt(args.solver_prototxt) if args.solver_prototxt else PRESETS[args.preset]
-    cfg = dict(vars(args))
-    for key in SOLVER_KEYS:
-        if cfg.get(key) is None:
-            cfg[key] = getattr(settings, key)
-    cfg["stepvalue"] = list(cfg["stepvalue"] or ())
-    cfg["mean"] = parse_mean_value(args.mean)
-    if cfg["cache"] is None:
-        cfg["cache"] = os.path.join(args.out, "train_cache.h5")
-    if cfg["num_labels"] is None:
-        cfg["num_labels"] = read_list(args.train_list).labels.shape[1]
-    if cfg["arch"] is None:
-        cfg["arch"] = (ckpt or load_checkpoint(args.weights))["arch"]
-    try:   # the same checks as a solver.prototxt gets (policy parameters present, ranges)
-        SolverSettings(**{k: cfg[k] for k in SOLVER_KEYS})
+def config_from_args(args, ckpt=None):
+    """The RunConfig of parsed arguments: an explicit option, else --solver-prototxt, else the
+    --preset. UserError on settings Caffe would refuse or that cannot train."""
+    solver = read_solver_prototxt(args.solver_prototxt) if args.solver_prototxt else PRESETS[args.preset]
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SolverSettings)
+             if getattr(args, f.name, None) is not None}
+    loss = LOSS_PRESETS[args.preset]
+    if args.quant_weight is not None:
+        loss = dataclasses.replace(loss, quant_weight=args.quant_weight)
+    num_labels = args.num_labels or read_list(args.train_list).labels.shape[1]
+    cache = os.path.join(args.out, "train_cache.h5") if args.cache is None else (
+        None if args.cache == "none" else args.cache)
+    try:
+        return RunConfig(
+            data=DataSettings(args.train_list, args.root, num_labels, cache,
+                              parse_mean_value(args.mean) if args.mean else MEAN_VALUE,
+                              args.mean_file, args.mirror, args.workers),
+            model=ModelSettings(args.weights, args.arch or (ckpt or load_checkpoint(args.weights))["arch"],
+                                args.bits, args.dropout),
+            solver=dataclasses.replace(solver, **given),
+            loss=dataclasses.replace(loss, pair_loss=args.pair_loss, threshold=args.threshold),
+            out=args.out, seed=args.seed, device=args.device, keep_snapshots=args.keep_snapshots)
     except ValueError as e:
         raise UserError(f"solver settings: {e}") from None
-    for key in ("max_iter", "batch_size", "snapshot", "display", "bits"):
-        if cfg[key] <= 0:
-            raise UserError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
-    return cfg
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     ckpt = load_checkpoint(args.weights)
-    cfg = resolve_config(args, ckpt)
-    final = train(cfg, ckpt=ckpt, progress=cfg["progress"])
+    cfg = config_from_args(args, ckpt)
+    final = train(cfg, ckpt=ckpt, resume=args.resume, progress=args.progress)
     if final:
         print(f"wrote {final}")
 

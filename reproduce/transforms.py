@@ -177,6 +177,11 @@ def resize_linear(img, height=NEW_SIZE, width=NEW_SIZE):
 
 # ------------------------------------------------------------------------- crop, mirror, mean
 
+def format_mean(mean):
+    """(104.0, 117.0, 123.0) -> "104,117,123", as --mean takes it."""
+    return ",".join(f"{v:.10g}" for v in mean)
+
+
 def parse_mean_value(text):
     """`--mean 104,117,123` -> [104.0, 117.0, 123.0] (B, G, R); UserError otherwise."""
     try:
@@ -184,7 +189,8 @@ def parse_mean_value(text):
     except ValueError:
         values = []
     if len(values) != 3:
-        raise UserError(f"--mean {text!r}: expected three comma-separated numbers B,G,R (e.g. 104,117,123)")
+        raise UserError(f"--mean {text!r}: expected three comma-separated numbers B,G,R "
+                        f"(e.g. {format_mean(MEAN_VALUE)})")
     return values
 
 

@@ -17,7 +17,7 @@ import torch
 
 from caffe_oracle import run
 from reproduce.caffe_format import read_caffemodel, write_caffemodel
-from reproduce.caffe_net import caffe_to_state_dict, deploy_prototxt, state_dict_to_caffe, train_val_prototxt
+from reproduce.caffe_net import caffe_to_state_dict, deploy_prototxt, train_val_prototxt
 from reproduce.losses import DHNLoss
 from reproduce.nets import DHNNet, expected_shapes
 from reproduce.transforms import MEAN_VALUE
@@ -153,7 +153,7 @@ def test_files_caffe_writes_and_reads(weights, tmp_path, arch):
     converts from it; Caffe's own Net.save (V2 binary) and solver HDF5 snapshot convert back to
     exactly the weights Caffe held."""
     from reproduce.checkpoint import load_checkpoint
-    from reproduce.convert_weights import convert
+    from reproduce.pretrained import convert
     prototxt = tmp_path / "deploy.prototxt"
     prototxt.write_text(deploy_prototxt(arch, BITS))
     saved, prefix = tmp_path / "saved_v2.caffemodel", tmp_path / "snap"

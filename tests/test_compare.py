@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from reproduce import compare
+from reproduce import compare, comparison, records
 from reproduce.baselines import make_baseline
 from reproduce.errors import UserError
 
@@ -59,12 +59,12 @@ def table_rows(path):
 
 
 def test_protocol_comes_from_the_dataset_modules():
-    assert compare.dataset_protocol("cifar10")["topk"] is None
-    assert compare.dataset_protocol("nus_wide")["topk"] == 5000
-    assert compare.dataset_protocol("flickr")["topk"] == 5000
-    assert compare.dataset_protocol("demo")["topk"] is None
-    assert compare.method_dir("o", "CNNH*", 48) == os.path.join("o", "methods", "CNNH__48")
-    assert compare.parse_baseline_options(["ksh:n_anchors=30", "ksh:tol=0.5"]) == {
+    assert comparison.dataset_protocol("cifar10")["topk"] is None
+    assert comparison.dataset_protocol("nus_wide")["topk"] == 5000
+    assert comparison.dataset_protocol("flickr")["topk"] == 5000
+    assert comparison.dataset_protocol("demo")["topk"] is None
+    assert comparison.method_dir("o", "CNNH*", 48) == os.path.join("o", "methods", "CNNH__48")
+    assert comparison.parse_baseline_options(["ksh:n_anchors=30", "ksh:tol=0.5"]) == {
         "ksh": {"n_anchors": 30, "tol": 0.5}}
 
 
@@ -125,14 +125,14 @@ def test_end_to_end_runs_imports_and_baselines(tmp_path, rng, features):
 def test_build_comparison_from_a_folder_of_runs(tmp_path):
     for bits in (12, 32):
         write_metrics(tmp_path / "runs" / f"dhn_{bits}", metrics_doc("DHN", "nus_wide", bits, 0, 0.7))
-    recs = compare.collect_metrics([tmp_path / "runs"])
-    paths = compare.build_comparison("nus_wide", recs, tmp_path / "out")
+    recs = records.collect_records([tmp_path / "runs"])
+    paths = comparison.build_comparison("nus_wide", recs, tmp_path / "out")
     assert sorted(os.path.basename(p) for p in paths) == sorted(
-        os.path.basename(p) for p in compare.comparison_outputs(tmp_path / "out", 32))
+        os.path.basename(p) for p in comparison.comparison_outputs(tmp_path / "out", 32))
     assert table_rows(tmp_path / "out" / "table1.csv")["DHN"]["paper_32"] == "0.748"
     before = (tmp_path / "out" / "table1.csv").read_text()
     with pytest.raises(UserError, match="table1.md: already exists"):
-        compare.build_comparison("nus_wide", recs[:1], tmp_path / "out")
+        comparison.build_comparison("nus_wide", recs[:1], tmp_path / "out")
     assert (tmp_path / "out" / "table1.csv").read_text() == before
 
 

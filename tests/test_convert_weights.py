@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce import weights
+from reproduce import pretrained, weights
 from reproduce.caffe_format import write_caffemodel, write_caffemodel_h5
 from reproduce.checkpoint import load_checkpoint, model_from_checkpoint
 from reproduce.convert_weights import main as convert_main
@@ -137,14 +137,14 @@ def test_fetch_sha1_mismatch_is_refused_and_leaves_nothing(tmp_path, rng):
     fake.write_bytes(rng.integers(0, 256, 10000, dtype=np.uint8).tobytes())
     folder = tmp_path / "weights"
     result = run_module("reproduce.weights", "fetch", "caffenet", "--dir", str(folder), "--url", fake.as_uri())
-    assert_one_line_error(result, fake.as_uri(), "sha1", weights.PRETRAINED["caffenet"].sha1)
+    assert_one_line_error(result, fake.as_uri(), "sha1", pretrained.PRETRAINED["caffenet"].sha1)
     assert not folder.exists() or os.listdir(folder) == []
 
 
 def test_fetch_downloads_verifies_converts_and_caches(model, tmp_path, monkeypatch, capsys):
     blobs, src = model
-    entry = weights.Pretrained("caffenet", "bvlc_reference_caffenet.caffemodel", src.as_uri(), sha1_file(src))
-    monkeypatch.setitem(weights.PRETRAINED, "caffenet", entry)
+    entry = pretrained.Pretrained("caffenet", "bvlc_reference_caffenet.caffemodel", src.as_uri(), sha1_file(src))
+    monkeypatch.setitem(pretrained.PRETRAINED, "caffenet", entry)
     folder = tmp_path / "weights"
     weights.main(["fetch", "caffenet", "--dir", str(folder)])
     out = folder / "caffenet.pth"
@@ -154,13 +154,13 @@ def test_fetch_downloads_verifies_converts_and_caches(model, tmp_path, monkeypat
 
     def no_download(*args, **kwargs):
         raise AssertionError("downloaded although the file was there")
-    monkeypatch.setattr(weights, "download", no_download)
-    assert weights.ensure_pretrained("caffenet", str(folder)) == str(out)
+    monkeypatch.setattr(pretrained, "download", no_download)
+    assert pretrained.ensure_pretrained("caffenet", str(folder)) == str(out)
     capsys.readouterr()
     weights.main(["fetch", "caffenet", "--dir", str(folder)])
     assert "already exists" in capsys.readouterr().out
     out.unlink()        # the verified caffemodel is used again, not downloaded
-    assert weights.ensure_pretrained("caffenet", str(folder)) == str(out)
+    assert pretrained.ensure_pretrained("caffenet", str(folder)) == str(out)
     assert_converted(out, blobs, "caffenet")
 
 
@@ -170,7 +170,7 @@ def test_fetch_existing_file_with_wrong_sha1(model, tmp_path, capsys):
     folder.mkdir()
     os.link(src, folder / "bvlc_reference_caffenet.caffemodel")   # not the published bytes
     with pytest.raises(UserError, match="sha1 .* --no-verify"):
-        weights.fetch("caffenet", str(folder))
+        pretrained.fetch("caffenet", str(folder))
     assert sorted(os.listdir(folder)) == ["bvlc_reference_caffenet.caffemodel"]
     weights.main(["fetch", "caffenet", "--dir", str(folder), "--no-verify"])
     assert "NOT the published one" in capsys.readouterr().out
@@ -180,11 +180,11 @@ def test_fetch_existing_file_with_wrong_sha1(model, tmp_path, capsys):
 def test_fetch_without_network_prints_manual_steps(tmp_path, monkeypatch):
     def unreachable(*args, **kwargs):
         raise urllib.error.URLError(OSError(101, "Network is unreachable"))
-    monkeypatch.setattr(weights.urllib.request, "urlopen", unreachable)
+    monkeypatch.setattr(pretrained.urllib.request, "urlopen", unreachable)
     folder = tmp_path / "weights"
     with pytest.raises(UserError) as e:
-        weights.fetch("alexnet", str(folder))
+        pretrained.fetch("alexnet", str(folder))
     message = str(e.value)
-    assert "\n" not in message and "network unreachable" in message and weights.PRETRAINED["alexnet"].url in message
+    assert "\n" not in message and "network unreachable" in message and pretrained.PRETRAINED["alexnet"].url in message
     assert str(folder / "bvlc_alexnet.caffemodel") in message and "reproduce.convert_weights" in message
     assert not folder.exists()          # nothing created, not even the folder

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from reproduce.checkpoint import save_checkpoint
-from reproduce.encode import encode_list, main
+from reproduce.encode import main
+from reproduce.encoding import encode_list
 from reproduce.errors import UserError, run_cli
 from reproduce.lists import read_list
 from reproduce.nets import DHNNet

@@ -1,4 +1,5 @@
 """The training loop: batch order, cache, resume after SIGKILL, DDP = single process, the CLI."""
+import dataclasses
 import json
 import os
 import signal
@@ -52,7 +53,7 @@ def config(root, list_path, out, **over):
     for k, v in over.items():
         argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
     args = train.get_args_parser().parse_args(argv)
-    return train.resolve_config(args, ckpt={"arch": "caffenet"})
+    return train.config_from_args(args, ckpt={"arch": "caffenet"})
 
 
 # ------------------------------------------------------------------------------- batch order
@@ -130,7 +131,7 @@ def test_missing_image_names_list_line_and_path(dataset, tmp_path):
 
 def run_worker(cfg, path, **popen):
     with open(path, "w") as f:
-        json.dump(cfg, f)
+        json.dump(cfg.to_dict(), f)
     return subprocess.Popen([sys.executable, os.path.join(HERE, "train_worker.py"), str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
@@ -144,19 +145,19 @@ def test_resume_after_sigkill_is_bit_identical(dataset, tmp_path):
     cache = str(tmp_path / "cache.h5")
     ref = config(root, list_path, str(tmp_path / "ref"), dropout=0.5, max_iter=40, cache=cache)
     engine.train(ref, model=tiny_model(8, 0.5), progress=False)
-    cfg = dict(ref, out=str(tmp_path / "killed"))
+    cfg = dataclasses.replace(ref, out=str(tmp_path / "killed"))
     proc = run_worker(cfg, tmp_path / "cfg.json")
     deadline = time.time() + 120
-    while not os.path.exists(os.path.join(cfg["out"], "snapshot_iter_8.pth")) and time.time() < deadline:
+    while not os.path.exists(os.path.join(cfg.out, "snapshot_iter_8.pth")) and time.time() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not os.path.exists(os.path.join(cfg["out"], "final.pth")), "the run ended before it was killed"
-    engine.train(dict(cfg, resume=True), model=tiny_model(8, 0.5, seed=99), progress=False)
-    a, b = final_weights(ref["out"]), final_weights(cfg["out"])
+    assert not os.path.exists(os.path.join(cfg.out, "final.pth")), "the run ended before it was killed"
+    engine.train(cfg, model=tiny_model(8, 0.5, seed=99), resume=True, progress=False)
+    a, b = final_weights(ref.out), final_weights(cfg.out)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    logs = [json.loads(line) for line in open(os.path.join(cfg["out"], "log.jsonl"))]
+    logs = [json.loads(line) for line in open(os.path.join(cfg.out, "log.jsonl"))]
     assert [r["iteration"] for r in logs] == list(range(1, 41))
 
 
@@ -165,15 +166,15 @@ def test_two_processes_equal_one(dataset, tmp_path):
     cache = str(tmp_path / "cache.h5")
     one = config(root, list_path, str(tmp_path / "one"), dropout=0.0, batch_size=8, max_iter=5, cache=cache)
     engine.train(one, model=tiny_model(8, 0.0), progress=False)
-    two = dict(one, out=str(tmp_path / "two"))
+    two = dataclasses.replace(one, out=str(tmp_path / "two"))
     with open(tmp_path / "two.json", "w") as f:
-        json.dump(two, f)
+        json.dump(two.to_dict(), f)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", "29517", os.path.join(HERE, "train_worker.py"),
                           str(tmp_path / "two.json")], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    a, b = final_weights(one["out"]), final_weights(two["out"])
+    a, b = final_weights(one.out), final_weights(two.out)
     for k in a:
         rel = (a[k] - b[k]).norm() / a[k].norm()
         assert rel <= 1e-5, (k, float(rel))
@@ -215,7 +216,7 @@ def test_train_command_decreases_the_loss(random_caffenet, tmp_path):
     assert np.mean([r["total"] for r in log[-3:]]) < 0.75 * log[0]["total"]
     ckpt = load_checkpoint(os.path.join(out, "final.pth"))
     model = model_from_checkpoint(ckpt, "final.pth")
-    assert model.bits == 12 and ckpt["meta"]["args"]["base_lr"] == 0.0002
+    assert model.bits == 12 and ckpt["meta"]["config"]["solver"]["base_lr"] == 0.0002
     # An existing run is never clobbered.
     res = cli("--train-list", list_path, "--root", root, "--weights", random_caffenet, "--out", out, "--workers", "0")
     assert res.returncode == 2 and "already holds a training run" in res.stderr and "Traceback" not in res.stderr

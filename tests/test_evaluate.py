@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from reproduce import evaluate
+from reproduce import codes as code_files
+from reproduce import evaluate, records
 from reproduce.errors import UserError, run_cli
 from reproduce.lists import write_list
 from reproduce.metrics import evaluate_codes
@@ -68,7 +69,7 @@ def test_encode_files_give_metrics_json_and_curves(encoded, tmp_path):
     assert (doc["method"], doc["dataset"], doc["seed"], doc["bits"]) == ("DHN", "cifar10", 3, 12)
     assert doc["conventions"] == {"topk": 50, "ties": "index", "zero_hit": "skip", "radius": 2,
                                   "ns": list(range(100, 1001, 100)), "ranking": "hamming",
-                                  "sign_rule": evaluate.SIGN_RULE}
+                                  "sign_rule": records.SIGN_RULE}
     qi = doc["inputs"]["query"]
     assert qi["sha1"] == hashlib.sha1(open(q, "rb").read()).hexdigest()
     assert (qi["format"], qi["orientation"], qi["n"], qi["bits"]) == ("reproduce.encode", "N x K", 30, 12)
@@ -188,9 +189,9 @@ def test_hdf5_foreign_names_v73_mat_npz_npy_and_list_labels(tmp_path, rng):
                    "--database-labels", str(tmp_path / "d.txt"), "--out", str(out)])
     assert json.loads((out / "metrics.json").read_text())["metrics"] == want
     np.save(tmp_path / "dl.npy", dl)
-    codes, labels = evaluate.load_codes(tmp_path / "q.npz")
+    codes, labels = code_files.load_codes(tmp_path / "q.npz")
     assert codes.dtype == np.int8 and (codes == sign(qc)).all() and (labels == ql).all()
-    f = evaluate.read_codes(tmp_path / "d.npy", labels=evaluate.read_external_labels(tmp_path / "dl.npy"))
+    f = code_files.read_codes(tmp_path / "d.npy", labels=code_files.read_external_labels(tmp_path / "dl.npy"))
     assert (f.binary_codes() == sign(dc)).all() and f.info["values"] == "0/1"
 
 

@@ -13,7 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from reproduce import figures, reports
+from reproduce import figures, records, reports
+from reproduce import paper as paper_facts
 from reproduce.errors import UserError
 
 DATASETS = ("nus_wide", "cifar10", "flickr")
@@ -66,8 +67,8 @@ def parse_csv(text):
 # ----------------------------------------------------------------------------- paper numbers
 
 def test_paper_tables_have_every_method_dataset_and_bits():
-    paper = reports.load_paper_tables()
-    for table, methods in ((1, reports.TABLE1_METHODS), (2, reports.TABLE2_METHODS)):
+    paper = paper_facts.load_paper_tables()
+    for table, methods in ((1, paper_facts.TABLE1_METHODS), (2, paper_facts.TABLE2_METHODS)):
         for m in methods:
             for d in DATASETS:
                 for b in (12, 24, 32, 48):
@@ -81,7 +82,7 @@ def test_paper_tables_equal_the_shared_reference(shared_reference):
     with open(shared_reference / "paper_tables.csv") as f:
         ref = {(int(r["table"]), r["method"], r["dataset"], int(r["bits"])): float(r["map"])
                for r in csv.DictReader(f)}
-    assert reports.load_paper_tables() == ref
+    assert paper_facts.load_paper_tables() == ref
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -93,8 +94,8 @@ def test_paper_column_of_every_table_matches_the_paper_csv(dataset):
         got = tables[int(r["table"])][r["method"]]
         assert got[f"paper_{r['bits']}"] == r["map"]
         assert got[f"ours_{r['bits']}"] == "" and got[f"diff_{r['bits']}"] == ""
-    assert list(tables[1]) == list(reports.TABLE1_METHODS)
-    assert list(tables[2]) == list(reports.TABLE2_METHODS)
+    assert list(tables[1]) == list(paper_facts.TABLE1_METHODS)
+    assert list(tables[2]) == list(paper_facts.TABLE2_METHODS)
 
 
 # ----------------------------------------------------------------------------- table numbers
@@ -110,17 +111,17 @@ def seeded_records(rng):
     recs.append(record("MyHash", 16, 0, 0.4))
     recs.append(record("DHN-B", 48, 0, 0.6, conventions=dict(CONV, ranking="inner_product")))
     for r in recs:
-        r["method"] = reports.canonical_method(r["method"])
-    return reports.check_records(recs, "cifar10")
+        r["method"] = paper_facts.canonical_method(r["method"])
+    return records.check_records(recs, "cifar10")
 
 
 def test_table1_means_std_differences_and_raw_values(rng):
     recs = seeded_records(rng)
-    paper = reports.load_paper_tables()
+    paper = paper_facts.load_paper_tables()
     table = reports.build_table(recs, "cifar10", 1)
     assert table.bits == [12, 16, 24, 32, 48]
     methods = [m for m, _ in table.rows]
-    assert methods == list(reports.TABLE1_METHODS) + ["MyHash"]  # DHN-B is Table 2 only
+    assert methods == list(paper_facts.TABLE1_METHODS) + ["MyHash"]  # DHN-B is Table 2 only
     rows = parse_csv(reports.format_csv(table))
     for bits in (12, 48):
         vals = [r["map"] for r in recs if r["method"] == "DHN" and r["bits"] == bits]
@@ -143,7 +144,7 @@ def test_table2_uses_its_own_paper_numbers_and_variants(rng):
     recs = seeded_records(rng)
     table = reports.build_table(recs, "cifar10", 2)
     rows = parse_csv(reports.format_csv(table))
-    assert list(rows) == list(reports.TABLE2_METHODS)
+    assert list(rows) == list(paper_facts.TABLE2_METHODS)
     assert rows["DHN"]["paper_48"] == "0.620"
     assert float(rows["DHN-B"]["diff_48"]) == pytest.approx(0.6 - 0.592)
     assert [users for _, users in table.conventions] == [["DHN"], ["DHN-B"]]
@@ -157,7 +158,7 @@ def test_markdown_columns_rows_and_seed_table(rng):
     ncol = head.count("|")
     main = lines[:2 + 12]
     assert all(l.count("|") == ncol for l in main)
-    assert [l.split("|")[1].strip() for l in main[2:]] == list(reports.TABLE1_METHODS) + ["MyHash"]
+    assert [l.split("|")[1].strip() for l in main[2:]] == list(paper_facts.TABLE1_METHODS) + ["MyHash"]
     dhn = main[2].split("|")[1:-1]
     assert dhn[0].strip() == "DHN" and "\u00b1" in dhn[1]
     assert dhn[2].strip() == "0.555" and re.fullmatch(r"[+-]\d\.\d{3}", dhn[3].strip())
@@ -170,7 +171,7 @@ def test_markdown_columns_rows_and_seed_table(rng):
 def test_latex_has_one_row_per_method_and_booktabs_structure(rng):
     recs = seeded_records(rng)
     recs.append(record("Z_B&C%", 48, 0, 0.3))
-    table = reports.build_table(reports.check_records(recs, "cifar10"), "cifar10", 1)
+    table = reports.build_table(records.check_records(recs, "cifar10"), "cifar10", 1)
     tex = reports.format_latex(table)
     body = tex.split("\\midrule\n")[1].split("\\bottomrule")[0].strip().splitlines()
     assert len(body) == len(table.rows)
@@ -192,9 +193,9 @@ def test_latex_has_one_row_per_method_and_booktabs_structure(rng):
 
 
 def test_dataset_without_paper_numbers_lists_only_runs():
-    recs = reports.check_records([record("DHN", 16, 0, 0.5, dataset="demo"),
+    recs = records.check_records([record("DHN", 16, 0, 0.5, dataset="demo"),
                                   record("itq", 16, 0, 0.3, dataset="demo")], "demo")
-    recs = [dict(r, method=reports.canonical_method(r["method"])) for r in recs]
+    recs = [dict(r, method=paper_facts.canonical_method(r["method"])) for r in recs]
     t1 = reports.build_table(recs, "demo", 1)
     assert [m for m, _ in t1.rows] == ["DHN", "ITQ"] and t1.bits == [16]
     assert [m for m, _ in reports.build_table(recs, "demo", 2).rows] == ["DHN"]
@@ -206,7 +207,7 @@ def test_collect_walks_folders_and_writes_all_formats(tmp_path, rng):
     for seed in range(2):
         write_metrics(tmp_path / "runs" / f"dhn_48_seed{seed}", metrics_doc("DHN", "flickr", 48, seed, 0.8 + seed / 100))
     write_metrics(tmp_path / "runs" / "deep" / "itq_12", metrics_doc("itq", "flickr", 12, 0, 0.5))
-    recs = reports.collect_metrics([tmp_path / "runs", tmp_path / "runs" / "deep"])  # ITQ reached twice
+    recs = records.collect_records([tmp_path / "runs", tmp_path / "runs" / "deep"])  # ITQ reached twice
     assert sorted((r["method"], r["bits"], r["seed"]) for r in recs) == [("DHN", 48, 0), ("DHN", 48, 1), ("ITQ", 12, 0)]
     out = tmp_path / "out"
     paths = reports.write_tables(recs, "flickr", out)
@@ -236,25 +237,25 @@ def test_malformed_metrics_json_names_the_file(tmp_path, content, message):
     path.parent.mkdir()
     path.write_text(content)
     with pytest.raises(UserError, match=re.escape(str(path)) + ": (.*[ (])?" + message):
-        reports.collect_metrics([tmp_path])
+        records.collect_records([tmp_path])
 
 
 def test_collect_refuses_missing_paths_empty_folders_duplicates_and_other_datasets(tmp_path):
     with pytest.raises(UserError, match="no such file or folder"):
-        reports.collect_metrics([tmp_path / "nope"])
+        records.collect_records([tmp_path / "nope"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no metrics.json in this folder"):
-        reports.collect_metrics([tmp_path / "empty"])
+        records.collect_records([tmp_path / "empty"])
     a = write_metrics(tmp_path / "a", metrics_doc("DHN", "cifar10", 48, 0, 0.6))
     b = write_metrics(tmp_path / "b", metrics_doc("DHN", "cifar10", 48, 0, 0.61))
     with pytest.raises(UserError, match=f"{re.escape(b)}: a second result for DHN 48 bits seed 0 "
                                         f"\\(the first is {re.escape(a)}\\)"):
-        reports.check_records(reports.collect_metrics([a, b]), "cifar10")
+        records.check_records(records.collect_records([a, b]), "cifar10")
     with pytest.raises(UserError, match=f"{re.escape(a)}: a run of dataset 'cifar10', not 'flickr'"):
-        reports.check_records(reports.collect_metrics([a]), "flickr")
+        records.check_records(records.collect_records([a]), "flickr")
     c = write_metrics(tmp_path / "c", metrics_doc("DHN", "cifar10", 48, 1, 0.6, conventions=dict(CONV, topk=5000)))
     with pytest.raises(UserError, match=f"{re.escape(c)}: evaluated with other conventions"):
-        reports.write_tables(reports.collect_metrics([a, c]), "cifar10", tmp_path / "out")
+        reports.write_tables(records.collect_records([a, c]), "cifar10", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -268,7 +269,7 @@ def figure_records(rng, dataset="cifar10", bits_list=(12, 24, 32, 48)):
                 doc = metrics_doc(m, dataset, bits, seed, 0.5, rng=rng)
                 if m == "DHN-B":  # inner-product ranking: no radius metrics (evaluate_codes gives None)
                     doc["metrics"].update(precision_within_radius=None, recall_within_radius=None, pr_curve=None)
-                recs.append({"method": reports.canonical_method(m), "dataset": dataset, "bits": bits,
+                recs.append({"method": paper_facts.canonical_method(m), "dataset": dataset, "bits": bits,
                              "seed": seed, "map": 0.5, "conventions": {}, "metrics": doc["metrics"],
                              "path": f"<{m}{bits}{seed}>"})
     return recs
@@ -321,7 +322,7 @@ def test_figure_size_fonts_and_legend_below_the_data(rng):
 
 def test_method_styles_are_stable_and_distinct():
     paper = list(figures.METHOD_STYLES)
-    assert set(paper) == set(reports.TABLE1_METHODS) | set(reports.TABLE2_METHODS)
+    assert set(paper) == set(paper_facts.TABLE1_METHODS) | set(paper_facts.TABLE2_METHODS)
     assert len({figures.method_style(m)[0] for m in paper}) == len(paper)
     assert len({figures.method_style(m)[1] for m in paper}) == len(paper)
     others = ["MyHash", "DPSH", "HashNet", "dhn-pytorch"]

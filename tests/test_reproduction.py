@@ -8,8 +8,7 @@ import sys
 import pytest
 
 import fake_datasets
-from reproduce import cifar10, flickr, nus_wide
-from reproduce.datasets import cifar10 as cifar10_ds
+from reproduce.datasets import cifar10, flickr, nus_wide
 from reproduce.errors import UserError
 
 FAST = ["--bits", "12", "--variants", "dhn", "dhn-b", "--baselines", "lsh", "itq", "--workers", "0",
@@ -23,11 +22,11 @@ def outputs(out):
 def test_cifar10_smoke_and_rerun(tmp_path, random_caffenet, monkeypatch):
     fake_datasets.make_fake_cifar10(str(tmp_path / "data"), per_class=5, test_per_class=2)
     # The fake batches' md5s are not the real ones.
-    monkeypatch.setattr(cifar10_ds, "prepare_images",
-                        functools.partial(cifar10_ds.prepare_images, check_integrity=False))
+    monkeypatch.setattr(cifar10, "prepare_images",
+                        functools.partial(cifar10.prepare_images, check_integrity=False))
     argv = ["--root", str(tmp_path / "data"), "--no-download", "--weights", random_caffenet, "--out", str(tmp_path / "res"),
             "--work", str(tmp_path / "work")] + FAST
-    cifar10.main(cifar10.PRESET, argv)
+    cifar10.main(argv)
     out = outputs(tmp_path / "res")
     for name in ("table1.md", "table1.csv", "table1.tex", "table2.md", "fig_a_precision_radius2.png",
                  "fig_b_pr_curve_12bits.pdf", "fig_c_precision_at_n_12bits.png", "run.json", "codes", "metrics"):
@@ -42,16 +41,16 @@ def test_cifar10_smoke_and_rerun(tmp_path, random_caffenet, monkeypatch):
     # A re-run skips what is finished: the trained model is not touched.
     final = tmp_path / "work" / "train" / "dhn_12bits_seed0" / "final.pth"
     stamp = os.stat(final).st_mtime_ns
-    cifar10.main(cifar10.PRESET, argv)
+    cifar10.main(argv)
     assert os.stat(final).st_mtime_ns == stamp
     # Another configuration into the same results folder is refused before anything runs.
     with pytest.raises(UserError, match="written with another configuration .*base_lr"):
-        cifar10.main(cifar10.PRESET, argv + ["--base-lr", "0.1"])
+        cifar10.main(argv + ["--base-lr", "0.1"])
 
 
 def test_nus_wide_smoke_from_authors_lists(tmp_path, random_caffenet):
     fake = fake_datasets.make_fake_nus_wide(str(tmp_path / "data"))
-    nus_wide.main(nus_wide.PRESET, ["--root", fake["authors_images_root"], "--authors-lists", fake["authors_dir"],
+    nus_wide.main(["--root", fake["authors_images_root"], "--authors-lists", fake["authors_dir"],
                                     "--weights", random_caffenet, "--out", str(tmp_path / "res"),
                                     "--work", str(tmp_path / "work")] + FAST)
     doc = json.load(open(tmp_path / "res" / "metrics" / "DHN_12bits_seed0" / "metrics.json"))
@@ -60,14 +59,15 @@ def test_nus_wide_smoke_from_authors_lists(tmp_path, random_caffenet):
 
 def test_flickr_smoke_with_sweep(tmp_path, random_caffenet):
     fake = fake_datasets.make_fake_flickr(str(tmp_path / "data"))
-    flickr.main(flickr.PRESET, ["--root", fake["images_root"], "--annotations", fake["annotation_dir"],
+    flickr.main(["--root", fake["images_root"], "--annotations", fake["annotation_dir"],
                                 "--num-images", "60", "--weights", random_caffenet, "--out", str(tmp_path / "res"),
                                 "--work", str(tmp_path / "work"), "--sweep", "--sweep-bits", "12",
                                 "--sweep-lrs", "1e-3", "--sweep-quant-weights", "0.1", "10"] + FAST)
     sweep = json.load(open(tmp_path / "res" / "sweep.json"))
     assert [(r["base_lr"], r["quant_weight"]) for r in sweep["rows"]] == [(1e-3, 0.1), (1e-3, 10.0)]
     cfg = json.load(open(tmp_path / "work" / "train" / "dhn_12bits_seed0" / "config.json"))
-    assert (cfg["base_lr"], cfg["quant_weight"]) == (sweep["best"]["base_lr"], sweep["best"]["quant_weight"])
+    assert (cfg["solver"]["base_lr"], cfg["loss"]["quant_weight"]) == (sweep["best"]["base_lr"],
+                                                                      sweep["best"]["quant_weight"])
     # the validation split is carved out of the training list: no query image is in it
     query = set(open(tmp_path / "work" / "lists_smoke" / "query.txt").read().split("\n"))
     held_out = open(tmp_path / "work" / "sweep" / "lists" / "query.txt").read().split("\n")

@@ -260,11 +260,13 @@ def test_param_groups_carry_the_authors_multipliers():
 
 
 def test_presets_are_the_authors_settings():
+    from reproduce.losses import LOSS_PRESETS, LossSettings
     dhn, hashc = PRESETS["dhn-caffe"], PRESETS["hash-caffe"]
     assert (dhn.base_lr, dhn.lr_policy, dhn.gamma, dhn.stepsize, dhn.max_iter, dhn.momentum,
-            dhn.weight_decay, dhn.snapshot, dhn.batch_size, dhn.quant_weight) == \
+            dhn.weight_decay, dhn.snapshot, dhn.batch_size, LOSS_PRESETS["dhn-caffe"].quant_weight) == \
         (2e-5, "step", 0.3, 500, 10000, 0.9, 5e-4, 1000, 64, 0.3)
-    assert dataclasses.replace(dhn, gamma=0.5, max_iter=3000, quant_weight=0.2) == hashc
+    assert dataclasses.replace(dhn, gamma=0.5, max_iter=3000) == hashc
+    assert LOSS_PRESETS["hash-caffe"] == dataclasses.replace(LossSettings(), quant_weight=0.2)
     assert SolverSettings() == dhn
     assert SolverSettings(**dhn.to_dict()) == dhn
     with pytest.raises(ValueError, match="stepsize"):
@@ -316,7 +318,7 @@ def test_read_other_policies_and_caffe_defaults(tmp_path):
         ("multistep", (100, 200), 1e-3, 0.1, 300)
     # keys the file leaves out take Caffe's proto defaults, not the authors' values
     assert (s.momentum, s.weight_decay, s.snapshot, s.display) == (0.0, 0.0, 0, 0)
-    assert (s.batch_size, s.quant_weight) == (64, 0.3)
+    assert s.batch_size == 64
 
 
 @pytest.mark.parametrize("text, where, message", [

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from reproduce.config import RunConfig
 from reproduce.engine import train
 
 
@@ -36,5 +37,5 @@ def tiny_model(bits, dropout, seed=0):
 
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:
-        cfg = json.load(f)
-    train(cfg, model=tiny_model(cfg["bits"], cfg["dropout"]), progress=False)
+        cfg = RunConfig.from_dict(json.load(f), sys.argv[1])
+    train(cfg, model=tiny_model(cfg.model.bits, cfg.model.dropout), progress=False)

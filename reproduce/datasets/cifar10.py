@@ -12,6 +12,8 @@ Split (DNNH, Lai et al. 2015, followed by DHN; official_settings.md "Data protoc
 images (5,000); database = the 59,000 non-query images, which contains the training set. The
 common alternative database without the training images (54,000) is `database_excludes_train`.
 MAP is taken over the whole database.
+
+The command (`python -m reproduce.cifar10`, see `main`): DHN on CIFAR-10, from nothing to results/cifar10/.
 """
 import os
 import re
@@ -21,7 +23,8 @@ import numpy as np
 from ..errors import UserError
 from ..fileio import atomic_output
 from ..lists import ImageList
-from .common import exclude, sample_per_label, write_split
+from ..reproduction import Preset, run_preset
+from .common import DATA_LISTS, exclude, read_split, sample_per_label, write_split
 
 NAME = "cifar10"
 NUM_LABELS = 10
@@ -177,3 +180,44 @@ def images_from_lists(*lists):
     paths = [image_path(("train", "test")[s], i) for s, i in order]
     labels = np.stack([keyed[k] for k in order]).astype(np.uint8)
     return ImageList(paths, labels, lists[0].source)
+
+
+# -------------------------------------------------------------------------------- the command
+SMOKE_PER_CLASS = dict(query_per_class=1, train_per_class=3)   # --smoke: a few dozen images
+
+
+def add_arguments(p):
+    g = p.add_argument_group("CIFAR-10")
+    g.add_argument("--no-download", dest="download", action="store_false",
+                   help="do not download: the python batches must already be in DIR/cifar-10-batches-py")
+    g.add_argument("--database-excludes-train", action="store_true",
+                   help="database = the 54,000 non-query, non-training images (common alternative)")
+
+
+def make_lists(args, lists_dir):
+    images = prepare_images(args.root, download=args.download, progress=True)
+    committed = DATA_LISTS / NAME
+    if not args.smoke and (committed / "train.txt").exists():
+        lists = read_split(committed, NUM_LABELS)
+        truth = dict(zip(images.paths, map(bytes, images.labels)))
+        for name, il in lists.items():
+            for i, (path, row) in enumerate(zip(il.paths, il.labels)):
+                if truth.get(path) != bytes(row):
+                    raise UserError(f"{il.where(i)}: {path} is labelled {np.flatnonzero(row).tolist()} here but "
+                                    f"not in the downloaded data; regenerate the split with "
+                                    f"reproduce.datasets.cifar10.build_lists")
+    else:
+        sizes = SMOKE_PER_CLASS if args.smoke else {}
+        lists = lists_from_split(images, make_split(images.labels, SPLIT_SEED, **sizes))
+    if args.database_excludes_train:
+        lists["database"] = database_excludes_train(lists["train"], lists["database"])
+    write_split(lists, lists_dir, overwrite=True)
+    return lists
+
+
+PRESET = Preset(NAME, "CIFAR-10", NUM_LABELS, make_lists, add_arguments)
+
+
+def main(argv=None):
+    """`python -m reproduce.cifar10`: the whole reproduction on this dataset."""
+    run_preset(PRESET, argv)

@@ -11,13 +11,17 @@ are drawn uniformly from the images that carry at least one label (an image with
 never relevant to anything, so as a query it would be left out of MAP and as a training image it
 is only ever a dissimilar pair); database = all 24,000 non-query images, including the training
 images and the unlabeled ones, by analogy with the DNNH/DHN CIFAR-10 protocol the paper follows.
+
+The command (`python -m reproduce.flickr`, see `main`): DHN on MIRFlickr-25k, from nothing to results/flickr/.
 """
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 from ..lists import ImageList
+from ..reproduction import Preset, run_preset
 from .common import rank_candidates, split_bit_generator, write_split
 
 NAME = "flickr"
@@ -120,3 +124,28 @@ def build_lists(annotation_dir, out_dir, seed=SPLIT_SEED, overwrite=False,
     lists = {name: images.subset(split[name]) for name in ("train", "query", "database")}
     write_split(lists, out_dir, overwrite=overwrite)
     return lists
+
+
+# -------------------------------------------------------------------------------- the command
+SMOKE_SIZES = dict(query_size=10, train_size=32)
+
+
+def add_arguments(p):
+    g = p.add_argument_group("MIRFlickr-25k")
+    g.add_argument("--annotations", default=None,
+                   help="annotation folder (default DIR/mirflickr25k_annotations_v080)")
+    g.add_argument("--num-images", type=int, default=NUM_IMAGES, help="images in the collection (25,000)")
+
+
+def make_lists(args, lists_dir):
+    annotations = args.annotations or os.path.join(args.root, "mirflickr25k_annotations_v080")
+    sizes = SMOKE_SIZES if args.smoke else {}
+    return build_lists(annotations, lists_dir, overwrite=True, num_images=args.num_images, **sizes)
+
+
+PRESET = Preset(NAME, "Flickr", NUM_LABELS, make_lists, add_arguments)
+
+
+def main(argv=None):
+    """`python -m reproduce.flickr`: the whole reproduction on this dataset."""
+    run_preset(PRESET, argv)

@@ -17,6 +17,8 @@ The images must be obtained by the user. Two ways to train/query/database lists:
 Label columns are in decreasing concept frequency: the authors' lists are (their database's column
 sums fall from 56,424 to 3,171, with two near-ties inverted by the sampling), and
 `build_from_metadata` orders its columns the same way.
+
+The command (`python -m reproduce.nus_wide`, see `main`): DHN on NUS-WIDE-21.
 """
 import posixpath
 from pathlib import Path
@@ -26,6 +28,7 @@ import numpy as np
 from ..errors import UserError
 from ..fileio import write_text_atomic
 from ..lists import ImageList, read_list
+from ..reproduction import Preset, run_preset
 from .common import check_paths, sample_per_label, write_split
 
 NAME = "nus_wide"
@@ -217,3 +220,33 @@ def build_lists(src_dir, out_dir, seed=SPLIT_SEED, overwrite=False, strip_prefix
         return import_authors_lists(src, out_dir, strip_prefix=strip_prefix, overwrite=overwrite)
     raise UserError(f"{src}: neither the NUS-WIDE metadata (Concepts81.txt, ImageList/, "
                     "Groundtruth/) nor the authors' lists (train.txt, test.txt, database.txt)")
+
+
+# -------------------------------------------------------------------------------- the command
+SMOKE_PER_LABEL = dict(query_per_label=1, train_per_label=2)
+
+
+def add_arguments(p):
+    g = p.add_argument_group("NUS-WIDE (one of the two)")
+    g.add_argument("--authors-lists", default=None, help="folder with the authors' train.txt, test.txt, database.txt")
+    g.add_argument("--strip-prefix", default=None,
+                   help="path prefix of the authors' lists to replace by --root (default: their common folder)")
+    g.add_argument("--metadata", default=None,
+                   help="official NUS-WIDE metadata folder (ImageList/, Groundtruth/AllLabels/, Concepts81.txt)")
+
+
+def make_lists(args, lists_dir):
+    if bool(args.authors_lists) == bool(args.metadata):
+        raise UserError("NUS-WIDE: give exactly one of --authors-lists DIR and --metadata DIR")
+    if args.authors_lists:
+        return import_authors_lists(args.authors_lists, lists_dir, strip_prefix=args.strip_prefix, overwrite=True)
+    sizes = SMOKE_PER_LABEL if args.smoke else {}
+    return build_from_metadata(args.metadata, lists_dir, overwrite=True, **sizes)
+
+
+PRESET = Preset(NAME, "NUS-WIDE", NUM_LABELS, make_lists, add_arguments)
+
+
+def main(argv=None):
+    """`python -m reproduce.nus_wide`: the whole reproduction on this dataset."""
+    run_preset(PRESET, argv)
