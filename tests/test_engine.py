@@ -249,3 +249,18 @@ def test_bad_input_stops_before_training(dataset, random_caffenet, tmp_path, cas
     assert res.returncode == 2, res.stderr
     assert expect in res.stderr and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_resume_of_a_run_from_an_older_version_is_refused(dataset, tmp_path):
+    """A run folder whose config.json predates the RunConfig format (a flat dict of options) is
+    refused with one line naming the file, before anything is written."""
+    root, list_path = dataset
+    run = tmp_path / "old"
+    run.mkdir()
+    old = {"train_list": list_path, "root": root, "base_lr": 0.01, "quant_weight": 0.3, "out": str(run)}
+    (run / "config.json").write_text(json.dumps(old))
+    (run / "snapshot_iter_4.pth").write_bytes(b"old")
+    cfg = config(root, list_path, str(run), cache="none")
+    with pytest.raises(UserError, match=r"config.json: not a run configuration of this version .*cannot be resumed"):
+        engine.train(cfg, model=tiny_model(8, 0.0), resume=True, progress=False)
+    assert sorted(os.listdir(run)) == ["config.json", "snapshot_iter_4.pth"]
