@@ -26,6 +26,7 @@ setup(
     extras_require={
         # OpenCV 4.x is the independent reference for Caffe's forward pass and image pipeline in
         # the tests; OpenCV 5 removed cv2.dnn.readNetFromCaffe.
-        "test": ["pytest>=7", "opencv-python-headless>=4.5,<5"],
+        # hypothesis: property-based fuzzing of every parser of user files (tests/test_fuzz_parsers.py).
+        "test": ["pytest>=7", "opencv-python-headless>=4.5,<5", "hypothesis>=6.100"],
     },
 )

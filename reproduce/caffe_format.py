@@ -13,6 +13,11 @@ length-delimited fields) over an `mmap` of the file instead of using a protobuf 
      BlobShape) and mixed files are all just field numbers.
 Every length is checked against the enclosing message, so a truncated file, or bytes that are not
 a NetParameter, is a one-line UserError naming the file. Field numbers are caffe.proto's.
+Blob shapes are checked as Caffe's Blob::Reshape does (at most 32 axes, every dim and the count
+<= INT_MAX) and against the values actually present before any array is shaped; weights and means
+holding NaN or infinity are refused with the layer and blob named (`allow_nonfinite=True` reads them
+as they are). HDF5 snapshots and .npy means are size-checked against the bytes the file holds before
+they are read (reproduce.codes.read_h5_dataset / load_npy).
 The mmap is copy-on-write (ACCESS_COPY): arrays are writable views and the file is never changed.
 """
 import math
@@ -22,6 +27,7 @@ import os
 import h5py
 import numpy as np
 
+from .codes import H5_ERRORS, load_npy, one_line, read_h5_dataset
 from .errors import UserError
 from .fileio import atomic_output
 from .nets import HASH_LAYER
@@ -48,6 +54,7 @@ V1_TYPE_IDS = {v: k for k, v in V1_LAYER_TYPES.items()}
 V0_TYPES = {"conv": "Convolution", "innerproduct": "InnerProduct"}   # upgrade_proto.cpp, V0 names
 # Layers whose blobs are (weight, bias) with a 1-D bias; legacy 4-D dims are re-read in this shape.
 WEIGHT_NDIM = {"Convolution": 4, "Deconvolution": 4, "InnerProduct": 2}
+MAX_BLOB_AXES, INT_MAX = 32, 2**31 - 1               # blob.hpp kMaxBlobAxes; Blob::Reshape's limits
 
 
 # ----------------------------------------------------------------------------- wire format reading
@@ -139,7 +146,7 @@ def _parse_blob(buf, pos, end, source, where):
         field, wire, value, nxt = _next_field(buf, pos, end, source)
         if field in BLOB_LEGACY_DIMS:
             _expect(wire, VARINT, field, "BlobProto", source)
-            legacy[field] = value
+            legacy[field] = _dim(value, source, where)
         elif field == BLOB_SHAPE:
             _expect(wire, LEN, field, "BlobProto", source)
             shape = []
@@ -148,9 +155,11 @@ def _parse_blob(buf, pos, end, source, where):
                     q = v
                     while q < p:
                         d, q = _varint(buf, q, p, source)
-                        shape.append(d)
+                        shape.append(_dim(d, source, where))
+                        _axes(shape, source, where)
                 elif f == 1 and w == VARINT:
-                    shape.append(v)
+                    shape.append(_dim(v, source, where))
+                    _axes(shape, source, where)
         elif field in (BLOB_DATA, BLOB_DOUBLE_DATA):
             dtype, width, wire_unpacked = ("<f4", 4, FIXED32) if field == BLOB_DATA else ("<f8", 8, FIXED64)
             out = floats if field == BLOB_DATA else doubles
@@ -163,6 +172,9 @@ def _parse_blob(buf, pos, end, source, where):
                     values = values.astype(np.float32)   # an aligned float32 copy ...
                     _release(buf, value, nxt)            # ... so the file's pages can go
                 out.append(values)
+            elif value - pos != 1:               # unpacked, a key of several bytes: one value
+                _expect(wire, wire_unpacked, field, "BlobProto", source)
+                out.append(np.frombuffer(buf, dtype, 1, value).astype(np.float32))
             else:                                # unpacked: key byte + value, repeated
                 _expect(wire, wire_unpacked, field, "BlobProto", source)
                 n = _run_length(buf, pos, end, buf[pos], width + 1)
@@ -177,9 +189,37 @@ def _parse_blob(buf, pos, end, source, where):
     if legacy:
         shape = tuple(legacy.get(f, 0) for f in BLOB_LEGACY_DIMS)
     shape = tuple(shape or ())
+    if math.prod(d for d in shape if d) > INT_MAX:
+        raise UserError(f"{source}: {where} has shape {shape}, more than INT_MAX values")
     if math.prod(shape) != data.size:
         raise UserError(f"{source}: {where} has shape {shape} but {data.size} values")
     return data.reshape(shape), bool(legacy)
+
+
+def _dim(d, source, where):
+    if d > INT_MAX:      # also a negative int64 dim, which the varint holds as d >= 2**63
+        raise UserError(f"{source}: {where} has a dimension of {d if d < 2**63 else d - 2**64}, "
+                        f"outside 0..{INT_MAX}")
+    return d
+
+
+def _axes(shape, source, where):
+    if len(shape) > MAX_BLOB_AXES:
+        raise UserError(f"{source}: {where} has more than {MAX_BLOB_AXES} axes")
+
+
+def check_finite(array, source, where):
+    """UserError naming `where` if `array` holds NaN or infinity (checked in chunks: no big
+    temporary); the package never converts or trains from such weights silently."""
+    flat = array.reshape(-1)
+    step = 1 << 20
+    for start in range(0, flat.size, step):
+        ok = np.isfinite(flat[start:start + step])
+        if not ok.all():
+            i = start + int(np.flatnonzero(~ok)[0])
+            raise UserError(f"{source}: {where} holds a non-finite value ({flat[i]} at flat index {i} "
+                            f"of shape {tuple(array.shape)}); NaN or infinite weights are refused")
+    return array
 
 
 def _logical_shape(blob, legacy, layer_type, index):
@@ -216,9 +256,10 @@ def _parse_layer(buf, pos, end, source, ids, layers):
     return name, type_, blobs
 
 
-def read_caffe_layers(path):
+def read_caffe_layers(path, allow_nonfinite=False):
     """[(layer name, type string, [float32 array in Caffe's logical shape])] of a .caffemodel, in
-    file order, layers without blobs (relu, pool, norm) included. Arrays are views of the file."""
+    file order, layers without blobs (relu, pool, norm) included. Arrays are views of the file.
+    A blob with NaN or infinity is a UserError naming the layer, unless allow_nonfinite."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -227,40 +268,47 @@ def read_caffe_layers(path):
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    layers = []
+    layers, base = [], np.frombuffer(buf, np.uint8).ctypes.data
     for field, wire, value, nxt in _fields(buf, 0, len(buf), path):
         if field in (NET_LAYERS_V1, NET_LAYER):
             _expect(wire, LEN, field, "NetParameter", path)
             ids = V1 if field == NET_LAYERS_V1 else V2
             name, type_, blobs = _parse_layer(buf, value, nxt, path, ids, layers)
-            layers.append((name, type_, [_logical_shape(b, legacy, type_, i)
-                                         for i, (b, legacy) in enumerate(blobs)]))
+            arrays = [_logical_shape(b, legacy, type_, i) for i, (b, legacy) in enumerate(blobs)]
+            if not allow_nonfinite:
+                for i, array in enumerate(arrays):
+                    check_finite(array, path, f"layer {len(layers) + 1} ({name!r}) blob {i}")
+                    offset = array.ctypes.data - base
+                    if 0 <= offset < len(buf):       # a view of the file: the pages the check
+                        _release(buf, offset, offset + array.nbytes)   # read need not stay
+            layers.append((name, type_, arrays))
     if not layers:
         raise UserError(f"{path}: not a caffemodel (no layers in it)")
     return layers
 
 
-def read_caffemodel(path):
+def read_caffemodel(path, allow_nonfinite=False):
     """{layer name: [float32 ndarray, ...]} of a .caffemodel (V1, V2, mixed) or .caffemodel.h5.
 
     Binary files keep the file's layer order and list blob-less layers with []; HDF5 snapshots
     record no order (h5py lists groups by name) and only layers with blobs are returned.
     Shapes: conv weight (out, in/group, kh, kw), fc weight (out, in), biases (out,).
+    Weights with NaN or infinity are a UserError naming the layer and blob, unless allow_nonfinite.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
     if h5py.is_hdf5(path):
-        return _read_caffemodel_h5(path)
+        return _read_caffemodel_h5(path, allow_nonfinite)
     blobs = {}
-    for name, _, arrays in read_caffe_layers(path):
+    for name, _, arrays in read_caffe_layers(path, allow_nonfinite):
         if name in blobs and (arrays or blobs[name]):
             raise UserError(f"{path}: layer name '{name}' appears twice")
         blobs[name] = arrays
     return blobs
 
 
-def _read_caffemodel_h5(path):
+def _read_caffemodel_h5(path, allow_nonfinite=False):
     # Caffe's Net::ToHDF5 (net.cpp): group data/<layer name>/<blob index> of N-D datasets.
     try:
         with h5py.File(path, "r") as f:
@@ -270,11 +318,19 @@ def _read_caffemodel_h5(path):
             for name, group in f["data"].items():
                 if not isinstance(group, h5py.Group) or not all(k.isdigit() for k in group):
                     raise UserError(f"{path}: data/{name} is not a group of numbered blobs")
-                arrays = [np.asarray(group[str(i)], dtype=np.float32) for i in range(len(group))]
+                arrays = []
+                for i in range(len(group)):
+                    dset = group[str(i)]
+                    if not isinstance(dset, h5py.Dataset) or dset.dtype.kind not in "biuf":
+                        raise UserError(f"{path}: data/{name}/{i} is not a numeric dataset")
+                    array = read_h5_dataset(dset, path, f"data/{name}/{i}").astype(np.float32)
+                    if not allow_nonfinite:
+                        check_finite(array, path, f"data/{name}/{i}")
+                    arrays.append(array)
                 if arrays:
                     blobs[name] = arrays
-    except (OSError, KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path}: unreadable Caffe HDF5 snapshot ({e})") from None
+    except H5_ERRORS as e:
+        raise UserError(f"{path}: unreadable Caffe HDF5 snapshot ({one_line(e)})") from None
     if not blobs:
         raise UserError(f"{path}: no layers with blobs under data/")
     return blobs
@@ -289,10 +345,9 @@ def read_mean(path):
     with open(path, "rb") as f:
         is_npy = f.read(6) == b"\x93NUMPY"
     if is_npy:
-        try:
-            mean = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise UserError(f"{path}: unreadable .npy mean file ({e})") from None
+        mean = load_npy(path, "mean file")
+        if mean.dtype.kind not in "biuf":
+            raise UserError(f"{path}: the .npy mean holds {mean.dtype}, not numbers")
     else:
         with open(path, "rb") as f:
             data = f.read()
@@ -303,7 +358,7 @@ def read_mean(path):
         mean = mean[0]
     if mean.shape != (3, 256, 256):
         raise UserError(f"{path}: mean has shape {mean.shape}, expected (3, 256, 256) (or 1x3x256x256)")
-    return np.array(mean, dtype=np.float32, order="C")
+    return check_finite(np.array(mean, dtype=np.float32, order="C"), path, "the mean image")
 
 
 # --------------------------------------------------------------------------------------- writing

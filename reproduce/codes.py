@@ -20,9 +20,20 @@ uint8 (MATLAB compactbit: bit k in byte k // 8, least significant bit first; --b
 a multiple of 8). Real-valued codes (reproduce.encode's tanh outputs, or foreign ones with --sign)
 are binarised by sign with code >= 0 -> +1, code < 0 -> -1 (an exact 0 goes to +1). With
 --continuous (DHN-B) nothing is binarised: the ranking is by the inner product of the values.
+
+Any file, however damaged, is read or refused with a one-line UserError naming it: sizes declared in
+a file (.npy headers, .npz members, HDF5 datasets, MATLAB variables) are checked against the bytes
+it holds before anything is allocated (compressed data may expand at most MAX_EXPANSION times), only
+numeric/logical MATLAB variables are loaded, and class indices are at most MAX_CLASSES - 1 (a
+one-hot matrix at most MAX_LABEL_BYTES) so that a label of 1e11 is refused, not allocated.
 """
+import math
+import mmap
 import os
+import struct
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 import h5py
@@ -30,13 +41,170 @@ import numpy as np
 import scipy.io
 
 from .errors import UserError
-from .lists import read_list
+from .lists import MAX_CLASSES, MAX_LABEL_BYTES, read_list
 
 ENCODE_FORMAT = "reproduce-dhn-codes/1"     # reproduce.encode.CODES_FORMAT (not imported: torch)
 CODE_KEYS = ("codes", "B", "hash_codes", "binary_codes", "hashcodes", "H")
 LABEL_KEYS = ("labels", "L", "label", "gnd", "Y", "y", "classes", "class")
-READ_ERRORS = (OSError, ValueError, TypeError, EOFError, KeyError, IndexError,
-               zipfile.BadZipFile, scipy.io.matlab.MatReadError)
+# What numpy, zipfile, scipy.io and h5py raise on damaged files (UnicodeDecodeError is a ValueError;
+# numpy parses a .npy header with tokenize, which raises TokenError).
+READ_ERRORS = (OSError, ValueError, TypeError, EOFError, KeyError, IndexError, OverflowError,
+               RuntimeError, NotImplementedError, AttributeError, struct.error, zlib.error,
+               tokenize.TokenError, zipfile.BadZipFile, scipy.io.matlab.MatReadError)
+H5_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError)
+MAX_EXPANSION = 1100      # deflate expands at most ~1032x: a bigger declared size is a lie
+H5_SLACK = 1 << 20        # an HDF5 dataset may declare this much more than it stores (fill values)
+MAT_NUMERIC = {"double", "single", "logical", "int8", "uint8", "int16", "uint16", "int32", "uint32",
+               "int64", "uint64"}
+MAT_ITEMSIZE = {"double": 8, "int64": 8, "uint64": 8, "single": 4, "int32": 4, "uint32": 4,
+                "int16": 2, "uint16": 2}
+
+
+def one_line(e):
+    """An exception's message as one line (library messages may span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _check_declared(path, what, shape, itemsize, available, expansion=1, slack=0):
+    """UserError unless `shape` x `itemsize` bytes fit in `available` bytes x expansion + slack."""
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > available * expansion + slack:
+        raise UserError(f"{path}: {what} declares shape {tuple(shape)} ({nbytes} bytes), but the "
+                        f"file holds {available} bytes of it (truncated or corrupt)")
+
+
+def _npy_header(f, path, what):
+    """(shape, dtype) of the .npy stream `f` (positioned at its start)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise UserError(f"{path}: {what} is a .npy file of format version {version}, not 1.0 or 2.0")
+    if dtype.hasobject:
+        raise UserError(f"{path}: {what} holds Python objects ({dtype}), not numbers")
+    return shape, dtype
+
+
+def load_npy(path, what="array"):
+    """np.load of a .npy file whose header is checked first: its shape must fit the bytes present
+    (numpy would allocate the declared size before reading). Any problem is a UserError."""
+    try:
+        with open(path, "rb") as f:
+            shape, dtype = _npy_header(f, path, what)
+            _check_declared(path, what, shape, dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell())
+        return np.load(path, allow_pickle=False)
+    except READ_ERRORS as e:
+        raise UserError(f"{path}: cannot read the .npy {what} (truncated or not this format): "
+                        f"{one_line(e)}") from None
+
+
+def _load_npz(path):
+    """{name: array} of a .npz, every member's header checked against its (declared) size first."""
+    with np.load(path, allow_pickle=False) as z:
+        members = set(z.zip.namelist())
+        arrays = {}
+        for k in z.files:
+            member = k + ".npy" if k + ".npy" in members else k
+            info = z.zip.getinfo(member)
+            expansion = 1 if info.compress_type == zipfile.ZIP_STORED else MAX_EXPANSION
+            _check_declared(path, f"member {member}", (info.file_size,), 1, info.compress_size,
+                            expansion, slack=4096)
+            with z.zip.open(member) as m:
+                shape, dtype = _npy_header(m, path, f"member {member}")
+                _check_declared(path, f"member {member}", shape, dtype.itemsize,
+                                info.file_size - m.tell())
+            arrays[k] = z[k]
+    return arrays
+
+
+def read_h5_dataset(dset, path, name):
+    """dset[()] as an ndarray, once its declared size is known to be stored in the file (an HDF5
+    header can declare terabytes that are not there: a fill value, an external or virtual file)."""
+    if dset.shape is None:
+        raise UserError(f"{path}: {name} has an empty (null) dataspace, no values")
+    stored = min(dset.id.get_storage_size(), os.path.getsize(path))
+    filtered = dset.id.get_create_plist().get_nfilters() > 0
+    _check_declared(path, name, dset.shape, dset.dtype.itemsize, stored,
+                    MAX_EXPANSION if filtered else 1, slack=H5_SLACK)
+    return np.asarray(dset[()])
+
+
+MAT4_ITEMSIZE = {0: 8, 1: 4, 2: 4, 3: 2, 4: 2, 5: 1}     # mio4: double, single, int32, int16, ...
+MI_MATRIX, MI_COMPRESSED = 14, 15
+MI_DATA = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 16, 17, 18}  # miINT8 .. miUTF32 (8, 10, 11 do not exist)
+
+
+def _check_mat_file(path):
+    """Walk a MATLAB v4 or v5/v7 file's data elements and refuse any whose declared byte count runs
+    past its enclosing element or the file (scipy.io allocates a declared count before reading it),
+    whose type code is not one of MATLAB's (scipy.io indexes a table with it: a segmentation fault)
+    or whose compressed data would expand more than MAX_EXPANSION times."""
+    size = os.path.getsize(path)
+    if size < 20:
+        return                                   # scipy refuses it as truncated
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if 0 in buf[:4]:                         # v4: a zero in the first mopt (scipy's test)
+            _walk_mat4(buf, size, path)
+        elif size >= 128:                        # v5/v7: 128-byte header, then data elements
+            _walk_mat5(buf, 128, size, "<" if buf[126:128] == b"IM" else ">", path, 0)
+
+
+def _walk_mat4(buf, size, path):
+    first = struct.unpack_from("<i", buf, 0)[0]
+    order = "<" if 0 <= first <= 5000 else ">"
+    pos = 0
+    while size - pos >= 20:
+        mopt, rows, cols, imagf, namlen = struct.unpack_from(order + "5i", buf, pos)
+        if not 0 <= mopt <= 5000 or min(rows, cols, namlen) < 0:
+            raise UserError(f"{path}: not a MATLAB v4 file (variable header at byte {pos} is corrupt)")
+        itemsize = MAT4_ITEMSIZE.get(mopt % 100 // 10, 8)
+        nbytes = 20 + namlen + rows * cols * itemsize * (2 if imagf == 1 else 1)
+        if nbytes > size - pos:
+            raise UserError(f"{path}: MATLAB v4 variable at byte {pos} declares {nbytes} bytes, but "
+                            f"only {size - pos} follow (truncated or corrupt)")
+        pos += nbytes
+
+
+def _walk_mat5(buf, pos, end, order, path, depth):
+    """Data elements in buf[pos:end]; depth 0 is the file's top level (no padding between
+    variables, compressed ones allowed), deeper levels the contents of a miMATRIX."""
+    if depth > 64:
+        raise UserError(f"{path}: MATLAB data nested more than 64 levels deep")
+    while end - pos >= 8:
+        mdtype, count = struct.unpack_from(order + "II", buf, pos)
+        small = mdtype >> 16                     # small data element: tag and data in 8 bytes
+        kind = mdtype & 0xFFFF if small else mdtype
+        allowed = (MI_MATRIX, MI_COMPRESSED) if depth == 0 else \
+            (MI_MATRIX,) if depth == 1 and pos == 0 else MI_DATA | {MI_MATRIX}
+        if kind not in allowed or (small and (small > 4 or kind == MI_MATRIX)):
+            raise UserError(f"{path}: not a MATLAB file (data element of type {kind} at byte {pos})")
+        if small:
+            pos += 8
+            continue
+        if count > end - pos - 8:
+            raise UserError(f"{path}: MATLAB data element at byte {pos} declares {count} bytes, but "
+                            f"only {end - pos - 8} follow (truncated or corrupt)")
+        if mdtype == MI_MATRIX:
+            _walk_mat5(buf, pos + 8, pos + 8 + count, order, path, depth + 1)
+        elif mdtype == MI_COMPRESSED and depth == 0:
+            inflate = zlib.decompressobj()
+            data = inflate.decompress(buf[pos + 8:pos + 8 + count], count * MAX_EXPANSION + 4096)
+            if inflate.unconsumed_tail:
+                raise UserError(f"{path}: compressed MATLAB variable at byte {pos} expands more than "
+                                f"{MAX_EXPANSION} times (corrupt)")
+            _walk_mat5(data, 0, len(data), order, path, 1)
+        pos += 8 + count + (-count % 8 if depth else 0)
+
+
+def _load_mat(path, name, classes):
+    """One variable of a MATLAB v4-v7.2 file; only numeric and logical matrices are loaded (a cell
+    or struct header could make scipy allocate its declared size before reading)."""
+    kind = classes[name]
+    if kind not in MAT_NUMERIC:
+        raise UserError(f"{path}: variable {name!r} is a MATLAB {kind}, not a numeric matrix")
+    return scipy.io.loadmat(path, variable_names=[name])[name]
 
 
 @dataclass
@@ -60,10 +228,17 @@ class CodeFile:
         return np.where(self.codes >= 0, 1, -1).astype(np.int8)
 
     def label_matrix(self, width=None):
-        """(N, C) uint8 multi-hot; class-index vectors become one-hot of `width` (max + 1)."""
+        """(N, C) uint8 multi-hot; class-index vectors become one-hot of `width` (max + 1).
+        Sizes are checked first: at most MAX_CLASSES classes and MAX_LABEL_BYTES of one-hot."""
         if self.labels.ndim == 2:
             return self.labels
-        onehot = np.zeros((self.labels.shape[0], width or int(self.labels.max()) + 1), np.uint8)
+        top = int(self.labels.max()) if self.labels.size else -1
+        width = width or top + 1
+        if top >= width or width > MAX_CLASSES or self.labels.shape[0] * width > MAX_LABEL_BYTES:
+            raise UserError(f"{self.path}: {self.labels.shape[0]} class labels up to {top} cannot be "
+                            f"one-hot in {width} classes (at most {MAX_CLASSES} classes and "
+                            f"{MAX_LABEL_BYTES >> 30} GiB)")
+        onehot = np.zeros((self.labels.shape[0], width), np.uint8)
         onehot[np.arange(self.labels.shape[0]), self.labels] = 1
         return onehot
 
@@ -80,30 +255,38 @@ def _open(path):
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npy":
-            array = np.load(path, allow_pickle=False)
+            array = load_npy(path, "code file")
             return "npy", {None: array.shape}, lambda name: array, {}
         if ext == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+            arrays = _load_npz(path)
             return "npz", {k: a.shape for k, a in arrays.items()}, arrays.__getitem__, {}
         if ext == ".mat" and not h5py.is_hdf5(path):
-            shapes = {name: shape for name, shape, _ in scipy.io.whosmat(path)}
-            return ("mat", shapes,
-                    lambda name: scipy.io.loadmat(path, variable_names=[name])[name], {})
+            _check_mat_file(path)
+            info = scipy.io.whosmat(path)
+            shapes, classes = {}, {}
+            for name, shape, kind in info:     # loadmat reads the first of a repeated name
+                shapes.setdefault(name, shape)
+                classes.setdefault(name, kind)
+            size = os.path.getsize(path)
+            for name, shape, kind in info:     # compressed (v7) variables may expand
+                if kind in MAT_NUMERIC:
+                    _check_declared(path, f"variable {name!r}", shape, MAT_ITEMSIZE.get(kind, 1),
+                                    size, MAX_EXPANSION)
+            return "mat", shapes, lambda name: _load_mat(path, name, classes), {}
         with h5py.File(path, "r") as f:
             shapes = {k: v.shape for k, v in f.items() if isinstance(v, h5py.Dataset)}
             attrs = {k: _text(v) for k, v in f.attrs.items()}
-            fmt = ("reproduce.encode" if attrs.get("format") == ENCODE_FORMAT
+            fmt = ("reproduce.encode" if isinstance(attrs.get("format"), str)
+                   and attrs["format"] == ENCODE_FORMAT
                    or {"codes", "labels", "paths"} <= set(shapes) else "hdf5")
 
         def load(name):
             with h5py.File(path, "r") as f:
-                return f[name][()]
+                return read_h5_dataset(f[name], path, f"dataset {name!r}")
         return fmt, shapes, load, attrs
     except READ_ERRORS as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{path}: cannot read as a {ext or 'HDF5'} code file (truncated or not "
-                        f"this format): {first}") from None
+                        f"this format): {one_line(e)}") from None
 
 
 def _pick(shapes, key, candidates, path, what, option):
@@ -145,11 +328,16 @@ def _orient(matrix, n, path, what):
 
 
 def _check_labels(labels, path):
+    if labels.dtype.kind not in "biuf":
+        raise UserError(f"{path}: labels must be numbers, got {labels.dtype}")
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim == 1:
-        if labels.dtype.kind not in "biuf" or (labels < 0).any() or (labels != np.round(labels)).any():
+        if ((labels < 0) | ~(labels == np.round(labels))).any():
             raise UserError(f"{path}: class labels must be non-negative integers")
+        if labels.size and labels.max() >= MAX_CLASSES:
+            raise UserError(f"{path}: class label {labels.max()} is above the limit of "
+                            f"{MAX_CLASSES} classes (0..{MAX_CLASSES - 1})")
         return labels.astype(np.int64)
     bad = np.argwhere((labels != 0) & (labels != 1))
     if bad.size:
@@ -161,14 +349,18 @@ def _check_labels(labels, path):
 def read_external_labels(path):
     """Labels from a list file (reproduce.lists format) or a .npy array."""
     if str(path).lower().endswith(".npy"):
-        try:
-            labels = np.load(path, allow_pickle=False)
-        except READ_ERRORS as e:
-            raise UserError(f"{path}: cannot read labels ({e})") from None
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: no such label file")
+        labels = load_npy(path, "label file")
     else:
         labels = read_list(path).labels
     if labels.ndim not in (1, 2):
         raise UserError(f"{path}: labels must be a vector or a matrix, got shape {labels.shape}")
+    if labels.dtype.kind not in "biuf" or labels.size == 0:
+        raise UserError(f"{path}: labels must be a non-empty array of numbers, got {labels.dtype} "
+                        f"{labels.shape}")
+    if ((labels < 0) | ~(labels == np.round(labels)) | (labels >= MAX_CLASSES)).any():
+        raise UserError(f"{path}: labels must be 0/1 or class indices 0..{MAX_CLASSES - 1}")
     return labels
 
 
@@ -186,7 +378,7 @@ def read_codes(path, codes_key=None, labels_key=None, labels=None, bits=None):
         if labels is None and lkey is not None:
             labels = np.asarray(load(lkey))
     except READ_ERRORS as e:
-        raise UserError(f"{path}: cannot read its arrays (truncated?): {e}") from None
+        raise UserError(f"{path}: cannot read its arrays (truncated?): {one_line(e)}") from None
     if codes.ndim != 2 or codes.dtype.kind not in "biuf":
         raise UserError(f"{path}: codes must be a numeric matrix, got {codes.dtype} {codes.shape}")
     if codes.size == 0:
@@ -194,6 +386,9 @@ def read_codes(path, codes_key=None, labels_key=None, labels=None, bits=None):
     n = None
     if labels is not None:
         labels = np.asarray(labels)
+        if labels.ndim not in (1, 2) or labels.dtype.kind not in "biuf" or labels.size == 0:
+            raise UserError(f"{path}: labels must be a non-empty numeric vector or matrix, got "
+                            f"{labels.dtype} {labels.shape}")
         if labels.ndim == 2 and 1 in labels.shape and 1 not in codes.shape:
             labels = labels.reshape(-1)   # MATLAB class vectors are 1 x N or N x 1 (N > 1 codes)
         n = _sample_count(codes.shape, labels, path)
@@ -216,10 +411,14 @@ def read_codes(path, codes_key=None, labels_key=None, labels=None, bits=None):
         codes = np.unpackbits(codes, axis=1, bitorder="little")[:, :k]
     if bits is not None and codes.shape[1] != bits:
         raise UserError(f"{path}: codes have {codes.shape[1]} bits, but --bits says {bits}")
-    codes = codes.astype(np.float32)
-    if not np.isfinite(codes).all():
+    if codes.dtype.kind == "f" and not np.isfinite(codes).all():
         i = np.flatnonzero(~np.isfinite(codes).all(axis=1))[0]
         raise UserError(f"{path}: codes contain NaN or infinity (row {i})")
+    with np.errstate(over="ignore"):
+        codes = codes.astype(np.float32)
+    if not np.isfinite(codes).all():          # finite float64 beyond float32's range
+        i = np.flatnonzero(~np.isfinite(codes).all(axis=1))[0]
+        raise UserError(f"{path}: codes exceed float32's range (row {i})")
     encoded = fmt == "reproduce.encode"     # tanh outputs: always the sign rule, 0 -> +1
     binary01 = not encoded and bool(((codes == 0) | (codes == 1)).all())
     real = encoded or not (binary01 or bool(((codes == 1) | (codes == -1)).all()))

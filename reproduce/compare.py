@@ -1,11 +1,11 @@
 """Build the paper's comparison for one dataset: Tables 1-2 and Figures (a)-(c) from DHN runs,
 imported codes of other methods and shallow baselines on the same fc7 features.
 
-    python -m reproduce.compare --dataset {cifar10,nus_wide,flickr} --runs DIR [DIR ...] --out DIR
+    python -m reproduce.compare --dataset NAME [--topk R|all] --runs DIR [DIR ...] --out DIR
         [--import NAME:BITS:QUERY_CODES:DB_CODES ...] [--labels QUERY DB] [--sign]
         [--baselines lsh sh itq itq-cca ksh --features TRAIN.h5 QUERY.h5 DB.h5]
         [--bits 12 24 32 48] [--baseline-option ksh:n_anchors=300 ...] [--curve-bits 48]
-        [--seed 0] [--force]
+        [--seed 0] [--paper-numbers CSV] [--force]
 
 Runs: every metrics.json under the --runs folders (written by reproduce.evaluate). Imported codes
 (.h5 .mat .npy .npz, read by reproduce.codes) and baselines (fitted on the training
@@ -20,18 +20,27 @@ import os
 import sys
 
 from .baselines import BASELINES
-from .comparison import (build_comparison, comparison_outputs, dataset_protocol, evaluate_baselines,
-                         evaluate_method, load_import, method_dir, parse_baseline_options, read_labels)
-from .errors import ArgumentParser, UserError, run_cli
+from .comparison import (FROM_PRESET, comparison_outputs, dataset_protocol, evaluate_baselines, evaluate_method,
+                         load_import, method_dir, parse_baseline_options, read_labels, write_comparison)
+from .errors import NON_NEGATIVE, ArgumentParser, UserError, run_cli
+from .fileio import staged_outputs
+from .nets import BITS
 from .figures import default_curve_bits
-from .paper import PAPER_BITS, PAPER_DATASETS
-from .records import check_records, collect_records, write_record
+from .paper import PAPER_BITS, PAPER_DATASETS, read_paper_numbers
+from .records import check_records, collect_records, topk_option, write_record
 
 
 def get_args_parser():
     p = ArgumentParser(prog="python -m reproduce.compare", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, choices=PAPER_DATASETS,
-                   help="which of the paper's datasets: its protocol (MAP cut-off) and paper numbers")
+    p.add_argument("--dataset", required=True,
+                   help=f"the dataset's name: {', '.join(PAPER_DATASETS)} (the paper's) and the other "
+                        "presets of reproduce.datasets bring their protocol (MAP cut-off) and the "
+                        "paper's numbers; any other name needs --topk")
+    p.add_argument("--topk", type=topk_option, default=FROM_PRESET, metavar="R|all",
+                   help="MAP over the top R, or over the whole database (default: the dataset's preset)")
+    p.add_argument("--paper-numbers", default=None, metavar="CSV",
+                   help="published numbers to show beside ours (table,method,dataset,bits,map as "
+                        "reproduce/data/paper_tables.csv; default: the paper's)")
     p.add_argument("--runs", nargs="*", default=[], metavar="DIR",
                    help="folders (or files) with the runs' metrics.json, walked recursively")
     p.add_argument("--out", required=True, help="output folder of tables, figures and methods/")
@@ -47,15 +56,15 @@ def get_args_parser():
                    help="shallow baselines to fit on --features (reproduce.baselines)")
     p.add_argument("--features", nargs=3, metavar=("TRAIN", "QUERY", "DB"),
                    help="fc7 features and labels (`reproduce.encode --features`) of the three splits")
-    p.add_argument("--bits", nargs="+", type=int,
+    p.add_argument("--bits", nargs="+", type=BITS,
                    help="bit lengths of the baselines (default: those of the runs, else the "
                         "paper's 12 24 32 48)")
     p.add_argument("--baseline-option", action="append", default=[], metavar="NAME:KEY=VALUE",
                    help="a baseline setting other than its published default (e.g. ksh:n_anchors=300)")
-    p.add_argument("--curve-bits", type=int, default=None,
+    p.add_argument("--curve-bits", type=BITS, default=None,
                    help="bit length of figures (b)/(c) (default: the paper's 48 when present, "
                         "else the largest)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the baselines' randomness (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the baselines' randomness (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     return p
 
@@ -92,8 +101,9 @@ def main(argv=None):
         raise UserError("--baselines needs --features TRAIN.h5 QUERY.h5 DB.h5")
     if not (args.runs or args.imports or args.baselines):
         raise UserError("nothing to compare: give --runs, --import or --baselines")
+    protocol = dataset_protocol(args.dataset, args.topk)
+    paper = read_paper_numbers(args.paper_numbers, args.dataset) if args.paper_numbers else None
     records = check_records(collect_records(args.runs), args.dataset) if args.runs else []
-    protocol = dataset_protocol(args.dataset)
     for r in records:
         if r["conventions"].get("topk", protocol["topk"]) != protocol["topk"]:
             print(f"note: {r['path']}: evaluated with topk={r['conventions']['topk']}, the "
@@ -111,16 +121,23 @@ def main(argv=None):
     docs = []
     for spec in args.imports:
         name, bits, ((qc, ql), (dc, dl)), inputs = load_import(spec, args.sign, labels)
-        docs.append(evaluate_method(name, args.dataset, qc, dc, ql, dl, inputs=inputs))
+        docs.append(evaluate_method(name, args.dataset, qc, dc, ql, dl, inputs=inputs, protocol=protocol))
         print(f"{name} {bits} bits: MAP {docs[-1]['metrics']['map']:.4f}")
     if args.baselines:
         docs += evaluate_baselines(args.dataset, args.baselines, bits_list, args.features, args.seed,
-                                   parse_baseline_options(args.baseline_option))
-    for folder, doc in zip(folders, docs):
-        written = write_record(folder, doc, force=True)  # existence was checked in _plan
-        records += collect_records([written[0]])
-    for p in build_comparison(args.dataset, records, args.out, curve_bits=curve_bits, overwrite=args.force):
-        print(p)
+                                   parse_baseline_options(args.baseline_option), protocol=protocol)
+    # Every output (methods/*, tables, figures) is written into one staging folder and moved
+    # into place together: a failure at any point leaves --out as it was.
+    with staged_outputs(args.out) as stage:
+        for folder, doc in zip(folders, docs):
+            rel = os.path.relpath(folder, args.out)
+            written = write_record(os.path.join(stage, rel), doc, force=True)  # checked in _plan
+            records += [dict(r, path=os.path.join(folder, os.path.basename(r["path"])))
+                        for r in collect_records([written[0]])]
+        paths = write_comparison(check_records(records, args.dataset), args.dataset, stage, curve_bits,
+                                 paper=paper)
+    for p in paths:
+        print(os.path.join(args.out, os.path.relpath(p, stage)))
 
 
 if __name__ == "__main__":

@@ -15,23 +15,40 @@ import numpy as np
 from .baselines import make_baseline
 from .codes import read_codes, read_external_labels
 from .errors import UserError
-from .fileio import sha1_file
+from .fileio import sha1_file, staged_outputs
 from .figures import default_curve_bits, figure_names, write_figures
 from .records import check_records, evaluate_record, protocol
 from .reports import write_tables
 
 METHODS_DIR = "methods"
+FROM_PRESET = object()        # dataset_protocol's topk when the dataset's preset decides
 
 
-def dataset_protocol(dataset):
-    """The evaluation protocol of `dataset` (reproduce.records.protocol): MAP_TOPK of
-    reproduce.datasets.<dataset> (the whole database for a dataset without a module) and the
-    authors' conventions."""
+def preset_protocol(dataset):
+    """The evaluation protocol of a dataset with a module in reproduce.datasets (its MAP_TOPK, and
+    ZERO_HIT where its authors' evaluation differs from DHN's), else None."""
+    if not dataset or not all(c.isalnum() or c == "_" for c in dataset):
+        return None
     try:
-        topk = importlib.import_module(f"reproduce.datasets.{dataset}").MAP_TOPK
+        module = importlib.import_module(f"reproduce.datasets.{dataset}")
     except ModuleNotFoundError:
-        topk = None
-    return protocol(topk)
+        return None
+    if not hasattr(module, "MAP_TOPK"):
+        return None
+    return protocol(module.MAP_TOPK, zero_hit=getattr(module, "ZERO_HIT", "skip"))
+
+
+def dataset_protocol(dataset, topk=FROM_PRESET):
+    """The evaluation protocol of `dataset` (reproduce.records.protocol): the preset's for a
+    dataset with a module in reproduce.datasets, unless `topk` (an int, or None for the whole
+    database) is given; a dataset without a preset needs `topk`."""
+    preset = preset_protocol(dataset)
+    if topk is FROM_PRESET:
+        if preset is None:
+            raise UserError(f"dataset {dataset!r} has no preset protocol: give its MAP cut-off "
+                            "(--topk R, or --topk all)")
+        return preset
+    return dict(preset or protocol(), topk=topk)
 
 
 def method_dir(out_dir, name, bits):
@@ -41,12 +58,13 @@ def method_dir(out_dir, name, bits):
 
 
 def evaluate_method(name, dataset, query_codes, db_codes, query_labels, db_labels, seed=None,
-                    inputs=None, binary=True):
+                    inputs=None, binary=True, protocol=None):
     """The metrics record (reproduce.records) of ±1 codes (Q, K) / (N, K) with multi-hot labels
-    (Q, C) / (N, C), evaluated with the dataset's protocol. binary=False ranks real-valued codes by
-    their inner product (DHN-B: no sign)."""
+    (Q, C) / (N, C), evaluated with `protocol` (default: the dataset's preset). binary=False
+    ranks real-valued codes by their inner product (DHN-B: no sign)."""
     return evaluate_record(name, dataset, query_codes, db_codes, query_labels, db_labels,
-                           dataset_protocol(dataset), seed=seed, inputs=inputs, binary=binary)
+                           protocol or dataset_protocol(dataset), seed=seed, inputs=inputs,
+                           binary=binary)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -155,17 +173,26 @@ def parse_baseline_options(items):
 # ----------------------------------------------------------------------------- the comparison
 
 def build_comparison(dataset, metrics_records, out_dir, curve_bits=None, overwrite=False,
-                     dataset_title=None):
+                     dataset_title=None, paper=None):
     """Tables 1-2 (.md .csv .tex) and Figures (a)-(c) (.png .pdf) of `dataset` from records
-    (reproduce.records.collect_records) into out_dir; curve_bits: bits of figures (b)/(c)
-    (default 48, else the largest present). Nothing is written if an output exists and not
-    overwrite. Returns the written paths."""
+    (reproduce.records.collect_records) into out_dir, as one set (all or, on any failure, none);
+    curve_bits: bits of figures (b)/(c) (default 48, else the largest present). Nothing is
+    written if an output exists and not overwrite. Returns the written paths."""
     records = check_records(metrics_records, dataset)
     curve_bits = default_curve_bits(records) if curve_bits is None else int(curve_bits)
     for p in comparison_outputs(out_dir, curve_bits):
         if os.path.exists(p) and not overwrite:
             raise UserError(f"{p}: already exists; refusing to overwrite it (use --force)")
-    paths = write_tables(records, dataset, out_dir, overwrite=True)
+    with staged_outputs(out_dir) as stage:
+        paths = write_comparison(records, dataset, stage, curve_bits, dataset_title, paper)
+    return [os.path.join(os.fspath(out_dir), os.path.relpath(p, stage)) for p in paths]
+
+
+def write_comparison(records, dataset, out_dir, curve_bits, dataset_title=None, paper=None):
+    """Write the tables and figures of checked records into out_dir (a staging folder: callers
+    commit it as one set); paper: the published numbers beside ours (default: the paper's).
+    Returns the paths."""
+    paths = write_tables(records, dataset, out_dir, overwrite=True, paper=paper)
     return paths + write_figures(records, dataset, out_dir, bits=curve_bits, overwrite=True,
                                  dataset_title=dataset_title)
 
@@ -177,7 +204,8 @@ def comparison_outputs(out_dir, curve_bits):
     return [os.path.join(os.fspath(out_dir), n) for n in names]
 
 
-def evaluate_baselines(dataset, names, bits_list, feature_paths, seed=0, options=None, log=print):
+def evaluate_baselines(dataset, names, bits_list, feature_paths, seed=0, options=None, log=print,
+                       protocol=None):
     """Fit each baseline at each bit length on the training features of `feature_paths`
     (TRAIN, QUERY, DB .h5 of `reproduce.encode --features`), encode query and database and
     evaluate them with the dataset's protocol. Returns the metrics.json documents in order
@@ -198,6 +226,7 @@ def evaluate_baselines(dataset, names, bits_list, feature_paths, seed=0, options
                 qc, dc, settings = run_baseline(name, bits, *parts, seed=seed,
                                                 options=(options or {}).get(name))
                 docs.append(evaluate_method(name, dataset, qc, dc, parts[1][1], parts[2][1], seed=seed,
+                                            protocol=protocol,
                                             inputs={"features": digests, "baseline": settings}))
                 log(f"{name} {bits} bits: MAP {docs[-1]['metrics']['map']:.4f}")
     finally:

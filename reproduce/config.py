@@ -49,6 +49,18 @@ class ModelSettings:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class MethodSettings:
+    """A deep baseline of Table 1 trained instead of DHN (reproduce.methods): its registry name
+    (cnnh, cnnh*, dnnh) and options."""
+    name: str
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def make(self, bits):
+        from .methods import make_method
+        return make_method(self.name, bits, **self.options)
+
+
 # Fields that may change between a run and its --resume without changing its trajectory.
 RESUME_MAY_DIFFER = ("data.workers", "data.cache", "data.root", "device", "keep_snapshots",
                      "solver.max_iter", "solver.snapshot", "solver.display", "out")
@@ -65,6 +77,7 @@ class RunConfig:
     seed: int = 0                                     # batch order, crops, mirrors, dropout, fch filler
     device: str = "auto"
     keep_snapshots: int = 0                           # 0: keep every snapshot, as Caffe
+    method: MethodSettings | None = None              # a deep baseline instead of DHN's head and loss
 
     def __post_init__(self):
         for key, value in (("bits", self.model.bits), ("max_iter", self.solver.max_iter),
@@ -80,7 +93,8 @@ class RunConfig:
         return {"format": CONFIG_FORMAT, "data": dataclasses.asdict(self.data),
                 "model": dataclasses.asdict(self.model), "solver": self.solver.to_dict(),
                 "loss": dataclasses.asdict(self.loss), "out": self.out, "seed": self.seed,
-                "device": self.device, "keep_snapshots": self.keep_snapshots}
+                "device": self.device, "keep_snapshots": self.keep_snapshots,
+                "method": None if self.method is None else dataclasses.asdict(self.method)}
 
     @classmethod
     def from_dict(cls, doc, source):
@@ -94,7 +108,8 @@ class RunConfig:
             parts = {"data": DataSettings(**doc["data"]), "model": ModelSettings(**doc["model"]),
                      "solver": SolverSettings(**doc["solver"]), "loss": LossSettings(**doc["loss"])}
             rest = {k: doc[k] for k in ("out", "seed", "device", "keep_snapshots")}
-            return cls(**parts, **rest)
+            method = doc.get("method")
+            return cls(**parts, **rest, method=None if method is None else MethodSettings(**method))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{source}: not a valid run configuration ({type(e).__name__}: {e})") from None
 
@@ -102,7 +117,7 @@ class RunConfig:
         """{"section.key": value} of every setting (JSON values), for comparisons and messages."""
         out = {}
         for key, value in self.to_dict().items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and key != "method":
                 out.update({f"{key}.{k}": v for k, v in value.items()})
             else:
                 out[key] = value

@@ -14,6 +14,7 @@ Two parts:
 import functools
 import hashlib
 import os
+import sys
 
 import h5py
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import UserError
+from .fileio import make_folder, require_free_space
 from .lists import format_list
 from .transforms import CROP_SIZE, NEW_SIZE, read_image_bgr, resize_linear, train_transform_batch
 
@@ -32,8 +34,24 @@ def list_digest(image_list):
     return hashlib.sha1(format_list(image_list.paths, image_list.labels).encode()).hexdigest()
 
 
+_WARNED = set()
+
+
+def warn_outside_root(image_list, root):
+    """Paths that are absolute or climb out of `root` with `..` are read as they are (they may be
+    a list from another machine): one warning per list and root, with their count."""
+    outside = image_list.outside_root
+    if outside and (image_list.source, os.fspath(root)) not in _WARNED:
+        _WARNED.add((image_list.source, os.fspath(root)))
+        print(f"warning: {outside} of the {len(image_list)} paths of {image_list.source} are "
+              f"absolute or leave the dataset root {root} with '..'; they are read as they are",
+              file=sys.stderr)
+
+
 def check_images_exist(image_list, root):
-    """UserError naming the list file, line and path of the first missing image, and the count."""
+    """UserError naming the list file, line and path of the first missing image, and the count
+    (after warn_outside_root)."""
+    warn_outside_root(image_list, root)
     missing = [i for i, p in enumerate(image_list.paths) if not os.path.isfile(os.path.join(root, p))]
     if missing:
         first = ", ".join(os.path.join(root, image_list.paths[i]) for i in missing[:3])
@@ -86,7 +104,8 @@ def build_cache(image_list, root, cache_path, workers=2, progress=True):
             f.close()
             raise UserError(f"{partial}: partial cache of another list; remove it to start again")
     else:
-        os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+        make_folder(os.path.dirname(os.path.abspath(cache_path)), cache_path)
+        require_free_space(partial, int(n * NEW_SIZE * NEW_SIZE * 3 * 1.02) + (1 << 20))
         f = h5py.File(partial, "w")
         f.attrs.update(format=CACHE_FORMAT, list_sha1=digest, list_source=image_list.source,
                        root=os.path.abspath(root), size=NEW_SIZE)
@@ -165,16 +184,20 @@ class BatchOrder:
 class TrainBatches(torch.utils.data.Dataset):
     """Item i = this process's share of global batch `start + i`, transformed as Caffe's TRAIN phase.
 
-    Returns (float32 b x 3 x 227 x 227 BGR minus mean, uint8 labels b x C) with b = B / world_size:
+    Returns (float32 b x 3 x 227 x 227 BGR minus mean, uint8 labels b x C, error message or "")
+    with b = B / world_size:
     process `rank` takes rows rank*b ... (rank+1)*b - 1 of every global batch. Images come from a
     cache (`cache_path`) or, without one, are decoded and resized from `root` on the fly.
     """
 
-    def __init__(self, image_list, order, mean, start, stop, cache_path=None, root=None, rank=0, world_size=1):
+    def __init__(self, image_list, order, mean, start, stop, cache_path=None, root=None, rank=0, world_size=1,
+                 targets=None):
         if order.batch_size % world_size:
             raise UserError(f"batch size {order.batch_size} is not divisible by {world_size} processes")
         self.image_list, self.order, self.mean = image_list, order, mean
         self.start, self.stop, self.cache_path, self.root = start, stop, cache_path, root
+        # rows yielded with each batch: the labels, or a method's targets (n x T, e.g. CNNH's codes)
+        self.targets = image_list.labels if targets is None else targets
         b = order.batch_size // world_size
         self.share = slice(rank * b, (rank + 1) * b)
         self._file, self._pid = None, None
@@ -195,10 +218,17 @@ class TrainBatches(torch.utils.data.Dataset):
         return out
 
     def __getitem__(self, i):
+        """(x, labels, error): an image that cannot be read comes back as its one-line message
+        (naming list, line and path) instead of an exception, so that it reaches the user from a
+        loader worker as the same line the main process would print (engine.fit raises it)."""
         index, offsets, mirror = self.order.batch(self.start + i)
         index, offsets, mirror = index[self.share], offsets[self.share], mirror[self.share]
-        x = train_transform_batch(self._images(index), offsets, mirror, self.mean)
-        return x, torch.from_numpy(self.image_list.labels[index])
+        labels = torch.from_numpy(self.targets[index])
+        try:
+            x = train_transform_batch(self._images(index), offsets, mirror, self.mean)
+        except UserError as e:
+            return torch.zeros(0), labels, str(e)
+        return x, labels, ""
 
 
 def make_loader(dataset, workers=2, pin_memory=False):

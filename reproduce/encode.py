@@ -28,15 +28,14 @@ import os
 
 import numpy as np
 
-from .caffe_format import read_mean
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import check_images_exist
 from .encoding import PIPELINES, encode_list
 from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR
-from .errors import ArgumentParser, UserError, run_cli
-from .fileio import sha1_file
+from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, run_cli
+from .fileio import check_output_file, sha1_file
 from .lists import read_list
-from .transforms import MEAN_VALUE, format_mean, mean_array, parse_mean_value
+from .transforms import MEAN_VALUE, format_mean, load_mean_file, parse_mean_value
 
 
 def get_args_parser():
@@ -54,10 +53,10 @@ def get_args_parser():
     p.add_argument("--oversample", action="store_true",
                    help="pycaffe's 10 crops averaged (the authors' first evaluation script); "
                         "default: centre crop 227 at offset 14 (Caffe's TEST phase, their later script)")
-    p.add_argument("--batch-size", type=int, default=50,
+    p.add_argument("--batch-size", type=POSITIVE, default=50,
                    help="network inputs (crops) per forward pass (default 50); the codes do not "
                         "depend on it beyond float rounding")
-    p.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2; 0 = in the main process)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="image decoding processes (default 2; 0 = in the main process)")
     p.add_argument("--features", action="store_true", help="also write fc7 (after relu7), N x 4096")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--mean", default=None,
@@ -75,16 +74,12 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     # Cheap checks first: output, options, mean, list, images; then the (large) checkpoint.
-    if os.path.exists(args.out) and not args.force:
-        raise UserError(f"{args.out}: already exists; refusing to overwrite it (use --force)")
+    check_output_file(args.out, args.force, hint="use --force")
     if args.workers < 0:
         raise UserError(f"--workers {args.workers}: must be 0 or more")
     attrs = {"list": os.path.abspath(args.list), "root": os.path.abspath(args.root)}
     if args.mean_file:
-        try:
-            mean = mean_array(read_mean(args.mean_file))
-        except UserError as e:
-            raise UserError(f"{args.mean_file}: {e}") from None
+        mean = load_mean_file(args.mean_file)
         if args.pipeline == "pycaffe":   # predict scripts: np.load(mean_file).mean(1).mean(1)
             mean = mean.astype(np.float64).mean(axis=(1, 2))
         attrs.update(mean_file=os.path.abspath(args.mean_file), mean_file_sha1=sha1_file(args.mean_file))
@@ -99,7 +94,7 @@ def main(argv=None):
                 oversample=args.oversample, features=args.features, mean=mean, workers=args.workers,
                 device=args.device, attrs=attrs, overwrite=args.force, pipeline=args.pipeline)
     print(f"wrote {args.out}: {len(image_list)} images, "
-          + ", ".join(k for k, on in (("codes", model.hash_layer is not None), ("features", args.features)) if on))
+          + ", ".join(k for k, on in (("codes", model.has_codes), ("features", args.features)) if on))
 
 
 if __name__ == "__main__":

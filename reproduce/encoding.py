@@ -13,8 +13,8 @@ import torch
 from tqdm import tqdm
 
 from .data import check_images_exist, load_resized
-from .errors import UserError
-from .fileio import atomic_output
+from .errors import UserError, check_signal
+from .fileio import atomic_output, require_free_space
 from .nets import pick_device
 from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR, predict_inputs
 from .transforms import CROP_SIZE, MEAN_VALUE, center_crop, mean_array, oversample
@@ -78,7 +78,7 @@ def encode_list(model, image_list, root, out_path, batch_size=50, oversample=Fal
     channel). attrs: further HDF5 attributes (checkpoint path and sha1, dataset, split ...); None
     values are skipped. Checks that every image exists before anything is written. Returns out_path.
     """
-    has_hash = getattr(model, "hash_layer", None) is not None
+    has_hash = getattr(model, "has_codes", getattr(model, "hash_layer", None) is not None)
     if not has_hash and not features:
         raise UserError(f"{attrs.get('checkpoint', 'model') if attrs else 'model'}: no hash layer "
                         "(an ImageNet model?); only fc7 features can be encoded: add --features")
@@ -110,12 +110,13 @@ def encode_list(model, image_list, root, out_path, batch_size=50, oversample=Fal
 @torch.no_grad()
 def _encode(model, image_list, root, out_path, batch_size, oversample, features, mean, workers, device,
             attrs, overwrite, progress, pipeline):
-    has_hash = model.hash_layer is not None
+    has_hash = model.has_codes
     images_per_batch = max(1, batch_size // TEN_CROPS) if oversample else batch_size
     loader = torch.utils.data.DataLoader(_TestImages(image_list, root, mean, oversample, pipeline),
                                          batch_size=images_per_batch, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda")
     n, bits = len(image_list), (model.bits if has_hash else 0)
+    _check_free_space(out_path, image_list, bits, features)
     with atomic_output(out_path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(_attributes(model, image_list, root, mean, oversample, has_hash, attrs, pipeline))
         rows = min(n, ROWS_PER_CHUNK)
@@ -128,6 +129,7 @@ def _encode(model, image_list, root, out_path, batch_size, oversample, features,
         done = 0
         with tqdm(total=n, unit="img", desc="encode", disable=not progress) as bar:
             for index, blob, errors in loader:
+                check_signal()
                 bad = next((e for e in errors if e), None)
                 if bad:
                     raise UserError(bad)
@@ -135,12 +137,29 @@ def _encode(model, image_list, root, out_path, batch_size, oversample, features,
                 fc7 = model.features(blob.to(device).flatten(0, blob.dim() - 4))
                 b = len(index)
                 if features:
-                    feats[done:done + b] = _crop_average(fc7, b).cpu().numpy()
+                    feats[done:done + b] = _finite(_crop_average(fc7, b), image_list, done, "fc7 features")
                 if has_hash:
-                    codes[done:done + b] = _crop_average(model.hash(fc7), b).cpu().numpy()
+                    codes[done:done + b] = _finite(_crop_average(model.hash(fc7), b), image_list, done, "codes")
                 done += b
                 bar.update(b)
     return out_path
+
+
+def _finite(values, image_list, first, what):
+    """values (b x D) as numpy, after checking they are finite (UserError naming the image)."""
+    values = values.cpu().numpy()
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if bad.size:
+        raise UserError(f"{image_list.where(first + int(bad[0]))}: the network gives non-finite "
+                        f"{what} for this image ({bad.size} of the batch); nothing was written")
+    return values
+
+
+def _check_free_space(out_path, image_list, bits, features):
+    """Refuse before any work when the output's disk cannot hold it (fileio.require_free_space)."""
+    n = len(image_list)
+    need = n * (4 * bits + image_list.labels.shape[1] + 64) + (n * 4 * FEATURE_DIM if features else 0)
+    require_free_space(out_path, int(need * 1.05) + (1 << 20))   # + chunk and metadata overhead
 
 
 def _crop_average(x, n_images):

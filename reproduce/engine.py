@@ -16,20 +16,19 @@ import os
 import re
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .caffe_format import read_mean
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import read_run_config
 from .data import BatchOrder, TrainBatches, build_cache, check_images_exist, make_loader, open_cache
-from .errors import UserError
-from .fileio import write_text_atomic
+from .errors import UserError, check_signal
+from .fileio import check_output_folder, write_text_atomic
 from .lists import read_list
 from .nets import pick_device
 from .solver import caffe_param_groups
+from .transforms import load_mean_file, mean_array
 
 SNAPSHOT_RE = re.compile(r"^snapshot_iter_(\d+)\.pth$")
 
@@ -77,6 +76,7 @@ def prepare_run_dir(cfg, resume):
     """Refuse to clobber an existing run; with `resume` check its settings and return (iteration,
     snapshot path or None) to continue from."""
     run_dir = cfg.out
+    check_output_folder(run_dir, "--out")
     found = snapshots(run_dir)
     has_run = bool(found) or os.path.exists(os.path.join(run_dir, "final.pth"))
     if has_run and not resume:
@@ -96,11 +96,11 @@ def prepare_run_dir(cfg, resume):
     return 0, None
 
 
-def _build_model(cfg, ckpt):
+def _build_model(cfg, ckpt, method):
     weights = cfg.model.weights
     ckpt = ckpt or load_checkpoint(weights)
     return model_from_checkpoint(ckpt, weights, bits=cfg.model.bits, arch=cfg.model.arch,
-                                 dropout=cfg.model.dropout,
+                                 dropout=cfg.model.dropout, method=method,
                                  generator=torch.Generator().manual_seed(cfg.seed))
 
 
@@ -116,12 +116,17 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
     run_dir, is_main, data = cfg.out, ddp.rank == 0, cfg.data
     start, snapshot_path = prepare_run_dir(cfg, resume)
     image_list = read_list(data.train_list, num_labels=data.num_labels)
-    mean = read_mean(data.mean_file) if data.mean_file else np.asarray(data.mean, dtype=np.float32)
-    model = model if model is not None else _build_model(cfg, ckpt)
+    mean = load_mean_file(data.mean_file) if data.mean_file else mean_array(data.mean)
+    method = cfg.method.make(cfg.model.bits) if cfg.method else None
+    model = model if model is not None else _build_model(cfg, ckpt, method)
     snap = load_checkpoint(snapshot_path) if snapshot_path else None
     _prepare_images(data, image_list, ddp, progress)
     model.to(device)
-    solver = cfg.solver.make_optimizer(caffe_param_groups(model))
+    head = getattr(model, "head", None)
+    solver = cfg.solver.make_optimizer(caffe_param_groups(
+        model, lr_mults=head.lr_mults("head.") if method is not None else None))
+    # a method's rows carry their own targets (CNNH: its stage-1 codes) instead of the labels
+    targets = method.prepare_targets(image_list.labels, cfg.model.bits, cfg.seed) if method else None
     torch.manual_seed(cfg.seed + ddp.rank)   # dropout masks
     log_path = os.path.join(run_dir, "log.jsonl")
     records = _restore(snap, model, solver, ddp, log_path, start)
@@ -137,7 +142,7 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
     net.train()
     order = BatchOrder(len(image_list), cfg.solver.batch_size, cfg.seed, mirror=data.mirror)
     batches = TrainBatches(image_list, order, mean, start, cfg.solver.max_iter, cache_path=data.cache,
-                           root=data.root, rank=ddp.rank, world_size=ddp.world_size)
+                           root=data.root, rank=ddp.rank, world_size=ddp.world_size, targets=targets)
     loader = make_loader(batches, workers=data.workers, pin_memory=device.type == "cuda")
 
     def log(rec):
@@ -145,7 +150,7 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
         _write_log(log_path, records)
 
     try:
-        fit(net, loader, cfg.loss.make_loss(), solver, start, cfg.solver.max_iter,
+        fit(net, loader, method.make_loss() if method else cfg.loss.make_loss(), solver, start, cfg.solver.max_iter,
             batch_size=cfg.solver.batch_size, display=cfg.solver.display, device=device,
             gather=ddp.gather, world_size=ddp.world_size, log=log if is_main else None,
             snapshot_every=cfg.solver.snapshot,
@@ -159,8 +164,7 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
         return None
     final = os.path.join(run_dir, "final.pth")
     save_checkpoint(final, model.state_dict(), model.arch, model.bits,
-                    meta={"kind": "dhn", "iteration": cfg.solver.max_iter, "config": cfg.to_dict()},
-                    overwrite=True)
+                    meta=_meta(cfg, "dhn", cfg.solver.max_iter), overwrite=True)
     return final
 
 
@@ -176,6 +180,14 @@ def _prepare_images(data, image_list, ddp, progress):
             build_cache(image_list, data.root, data.cache, workers=data.workers, progress=progress)
         if ddp.enabled:      # every process waits for the cache (same branch on every rank)
             dist.barrier()
+
+
+def _meta(cfg, kind, iteration):
+    """A checkpoint's meta: the run configuration, and the method it is (encode rebuilds it)."""
+    meta = {"kind": kind, "iteration": iteration, "config": cfg.to_dict()}
+    if cfg.method is not None:
+        meta["method"] = {"name": cfg.method.name, "options": dict(cfg.method.options)}
+    return meta
 
 
 def _restore(snap, model, solver, ddp, log_path, start):
@@ -199,15 +211,18 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
         gather=None, world_size=1, log=None, snapshot=None, snapshot_every=0, progress=True, echo=True):
     """Caffe's Solver::Step from iteration `start` to `max_iter`: forward, loss, backward, update.
 
-    batches: yields (x, labels) for iterations start, start+1, ... (x: b x ... network input,
-    labels: b x C); gather: concatenates the rows of every process (multi-process training);
+    batches: yields (x, labels) or (x, labels, error message) for iterations start, start+1, ...
+    (x: b x ... network input, labels: b x C; a non-empty message stops the run with it); gather: concatenates the rows of every process (multi-process training);
     log(record) at every `display` iterations with Caffe's fields (and, with echo, a line in
     Caffe's style on the console); snapshot(done) every `snapshot_every` iterations and at the end.
     """
     gather = gather or (lambda t: t)
     bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", disable=not progress)
     last_time, last_it = time.perf_counter(), start
-    for it, (x, labels) in zip(range(start, max_iter), batches):
+    for it, (x, labels, *error) in zip(range(start, max_iter), batches):
+        check_signal()
+        if error and error[0]:
+            raise UserError(error[0])
         x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss = criterion(gather(net(x)), gather(labels))
         value = loss.item()
@@ -228,9 +243,9 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
             last_time, last_it = now, done
             log(rec)
             if echo:
-                bar.write(f"Iteration {done}, lr = {lr:.6g}, loss = {rec['total']:.6g} (pair_loss = {rec['pair_loss']:.6g}, "
-                          f"quantization_loss = {rec['quantization_loss']:.6g}; Caffe prints "
-                          f"{rec['quantization_loss_caffe']:.6g}), {rec['images_per_s']:.1f} images/s")
+                parts = ", ".join(f"{k} = {v:.6g}" for k, v in criterion.last.items() if k != "total")
+                bar.write(f"Iteration {done}, lr = {lr:.6g}, loss = {rec['total']:.6g} ({parts}), "
+                          f"{rec['images_per_s']:.1f} images/s")
         if snapshot is not None and (done % snapshot_every == 0 or done == max_iter):
             snapshot(done)
     bar.close()
@@ -247,8 +262,8 @@ def _snapshot(model, solver, cfg, done, ddp, is_main):
     run_dir = cfg.out
     path = os.path.join(run_dir, f"snapshot_iter_{done}.pth")
     save_checkpoint(path, model.state_dict(), model.arch, model.bits,
-                    meta={"kind": "dhn-snapshot", "iteration": done, "config": cfg.to_dict()},
-                    overwrite=True, extra={"solver": solver.state_dict(), "rng": rngs})
+                    meta=_meta(cfg, "dhn-snapshot", done), overwrite=True,
+                    extra={"solver": solver.state_dict(), "rng": rngs})
     keep = cfg.keep_snapshots
     if keep:
         for it in sorted(snapshots(run_dir))[:-keep]:

@@ -15,7 +15,8 @@ The accepted code files (this package's .h5, MATLAB .mat, .h5, .npz, .npy; codes
 import argparse
 
 from .codes import LABEL_KEYS, read_codes, read_external_labels
-from .errors import ArgumentParser, UserError, run_cli
+from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, integer, run_cli
+from .nets import BITS
 from .fileio import sha1_file
 from .metrics import DEFAULT_NS, TIES, ZERO_HIT
 from .records import evaluate_record, protocol, write_record
@@ -27,7 +28,7 @@ def get_args_parser():
     p.add_argument("--query", required=True, help="query codes (.h5 of reproduce.encode, .mat, .h5, .npz, .npy)")
     p.add_argument("--database", required=True, help="database codes (same formats)")
     p.add_argument("--out", required=True, help="output folder for metrics.json and the curves")
-    p.add_argument("--topk", type=int, default=None,
+    p.add_argument("--topk", type=POSITIVE, default=None,
                    help="MAP over the top R (default: the whole database, the CIFAR-10 protocol; "
                         "the authors used 5000 for NUS-WIDE)")
     p.add_argument("--ties", choices=TIES, default="index",
@@ -36,15 +37,15 @@ def get_args_parser():
     p.add_argument("--zero-hit", choices=ZERO_HIT, default="skip",
                    help="queries with no relevant item in the top R: left out of MAP (default, the "
                         "authors' script) or counted as 0")
-    p.add_argument("--radius", type=int, default=2,
+    p.add_argument("--radius", type=NON_NEGATIVE, default=2,
                    help="Hamming radius of precision/recall (default 2, the paper's)")
-    p.add_argument("--ns", type=int, nargs="+", default=list(DEFAULT_NS),
+    p.add_argument("--ns", type=POSITIVE, nargs="+", default=list(DEFAULT_NS),
                    help="top-N cut-offs (default 100 200 ... 1000, the paper's Figs. 3-4 (c))")
     p.add_argument("--continuous", action="store_true",
                    help="DHN-B: rank by the inner product of the codes as stored, no sign")
     p.add_argument("--sign", action="store_true",
                    help="binarise real-valued foreign codes by sign (code >= 0 -> +1)")
-    p.add_argument("--bits", type=int, default=None, help="K of packed uint8 codes (default 8 x bytes)")
+    p.add_argument("--bits", type=BITS, default=None, help="K of packed uint8 codes (default 8 x bytes)")
     for who in ("query", "database"):
         p.add_argument(f"--{who}-labels", default=None,
                        help=f"{who} labels from a list file or .npy (default: from the code file)")
@@ -52,14 +53,20 @@ def get_args_parser():
         p.add_argument(f"--{who}-labels-key", default=None, help=f"variable holding the {who} labels")
     p.add_argument("--method", default=None, help="method name (default: the file's 'method' attribute)")
     p.add_argument("--dataset", default=None, help="dataset name (default: the file's 'dataset' attribute)")
-    p.add_argument("--seed", type=int, default=None, help="run seed (default: the file's 'seed' attribute)")
+    p.add_argument("--seed", type=integer(), default=None, help="run seed (default: the file's 'seed' attribute)")
     p.add_argument("--force", action="store_true", help="replace different existing outputs")
     return p
 
 
 def _attr(files, *names):
-    """The first non-empty HDF5 attribute of those names, query file first."""
-    return next((f.attrs[k] for f in files for k in names if f.attrs.get(k) not in (None, "")), None)
+    """The first non-empty scalar HDF5 attribute of those names, query file first (an array or
+    other non-scalar attribute is not a name or a seed and is passed over)."""
+    for f in files:
+        for k in names:
+            value = f.attrs.get(k)
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != "":
+                return value
+    return None
 
 
 def main(argv=None):

@@ -7,9 +7,11 @@ existing file a user had is never replaced unless the caller says so.
 import contextlib
 import hashlib
 import os
+import shutil
+import signal
 import tempfile
 
-from .errors import UserError
+from .errors import UserError, check_signal
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -22,20 +24,136 @@ def atomic_output(path, overwrite=False):
     With overwrite=False an existing `path` is an error raised before anything is written.
     """
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise UserError(f"{path}: already exists; refusing to overwrite it (remove it or choose another output)")
+    check_output_file(path, overwrite)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; outputs get the usual permissions
+    tmp = make_temporary(folder, ".tmp-" + os.path.basename(path) + "-", path)
     try:
         yield tmp
+        check_signal()
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise UserError(f"{path}: cannot write ({e.strerror or e}); nothing was changed") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def check_output_file(path, overwrite=False, hint="remove it or choose another output"):
+    """UserError unless `path` can be written as a new file (or, with overwrite, replace one):
+    not a folder, not an existing file unless overwrite, its folder creatable and writable."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder; give a file name for the output")
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"{path}: already exists; refusing to overwrite it ({hint})")
+    check_output_folder(os.path.dirname(os.path.abspath(path)), path)
+
+
+def require_free_space(path, need):
+    """UserError unless the disk that `path` will be written on has `need` bytes free. For HDF5
+    outputs, checked before any work: HDF5 does not survive a disk that fills up under it (h5py
+    reports the write error, then may crash on closing the file)."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    while not os.path.isdir(folder):                  # the nearest folder that exists
+        folder = os.path.dirname(folder)
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise UserError(f"{path}: needs about {need / 2**20:.1f} MiB, but its disk has "
+                        f"{free / 2**20:.1f} MiB free; nothing was written")
+
+
+def check_output_folder(folder, what=None):
+    """UserError unless `folder` is, or can be created as, a writable folder: checked before any
+    work, so a bad --out costs nothing and leaves nothing behind."""
+    folder = os.path.abspath(os.fspath(folder))
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"{what or folder}: cannot be a folder: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what or folder}: {probe} is not writable")
+
+
+def make_folder(folder, what=None):
+    """os.makedirs(folder, exist_ok=True) with a one-line UserError naming the folder."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{what or folder}: cannot create the folder {folder} "
+                        f"({e.strerror or e}; a part of the path is a file, or it is read-only)") from None
+
+
+def make_temporary(folder, prefix, what):
+    """An empty temporary file in `folder` (created if needed), with the usual permissions."""
+    make_folder(folder, what)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
+    except OSError as e:
+        raise UserError(f"{what}: cannot write into {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; outputs get the usual permissions
+    return tmp
+
+
+@contextlib.contextmanager
+def staged_outputs(out_dir, remove=()):
+    """Yield a staging folder inside `out_dir`: the files written under it (subfolders included)
+    replace their counterparts in out_dir together when the block succeeds, and the names in
+    `remove` (stale outputs of an earlier run, files or folders) are deleted at that moment. On any failure — an
+    error found late, a full disk, Ctrl-C, SIGTERM — the staging folder is deleted and out_dir is
+    left exactly as it was (a folder this call created is removed again)."""
+    out_dir = os.fspath(out_dir)
+    created = not os.path.exists(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"{out_dir}: is a file, not a folder for the outputs")
+    make_folder(out_dir)
+    try:
+        stage = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
+    except OSError as e:
+        raise UserError(f"{out_dir}: cannot write into it ({e.strerror or e})") from None
+    committed = False
+    try:
+        yield stage
+        check_signal()
+        _commit(stage, out_dir, remove)
+        committed = True
+    except OSError as e:
+        raise UserError(f"{out_dir}: cannot write the outputs ({e.strerror or e}); nothing was "
+                        "changed") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and not committed:
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)
+
+
+def _commit(stage, out_dir, remove):
+    """Move every staged file into place (renames on one filesystem: they cannot run out of
+    space), with Ctrl-C and SIGTERM held back until the set is complete."""
+    moves = []
+    for root, _, names in os.walk(stage):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), stage)
+            moves.append((os.path.join(stage, rel), os.path.join(out_dir, rel)))
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        for name in remove:             # stale outputs (files or folders) go first
+            stale = os.path.join(out_dir, name)
+            if os.path.isdir(stale) and not os.path.islink(stale):
+                shutil.rmtree(stale)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(stale)
+        for _, target in moves:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+        for source, target in moves:
+            os.replace(source, target)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def write_text_atomic(path, text, overwrite=True):

@@ -3,13 +3,57 @@
 One image per line: `relative/path.jpg l1 l2 ... lC` with 0/1 labels (C = 21 for NUS-WIDE), or
 `relative/path.jpg c` with a single integer class (Caffe's stock ImageData format), which becomes a
 one-hot row. Paths are relative to a dataset root given at run time.
+
+Labels are ASCII integers (`[+-]?[0-9]+`). A class index is at most MAX_CLASSES - 1 and the one-hot
+matrix at most MAX_LABEL_BYTES, both checked before anything is allocated, so a typo such as class
+99999999999 is a one-line UserError naming file:line, not a 186 GiB allocation.
+
+Absolute paths and paths that climb out of the root with `..` are accepted (the images may really
+be there) but counted: `ImageList.outside_root` is how many entries have one, so that a caller can
+warn once ("3 paths of list.txt are absolute or leave the dataset root"); `path_outside_root(p)`
+tells for one path.
 """
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import UserError
 from .fileio import write_text_atomic
+
+MAX_CLASSES = 100_000            # class indices 0..99999 (ImageNet-21k has 21,841 classes)
+MAX_LABEL_BYTES = 1 << 32        # 4 GiB of uint8 one-hot labels (ImageNet: 1.28M x 1000 = 1.2 GiB)
+_INTEGER = re.compile(r"[+-]?[0-9]+\Z", re.ASCII)
+_MAX_DIGITS = 18                 # significant digits of a label; more is out of any range
+_BIT = {"0": 0, "1": 1}
+
+
+def _integers(texts, where):
+    """The labels of one line as ints; UserError naming `where` (file:line) for anything but an
+    ASCII integer (not `²`, `--1`, `1_0`) or one of more than _MAX_DIGITS digits."""
+    bad = next((v for v in texts if not _INTEGER.match(v)), None)
+    if bad is not None:
+        raise UserError(f"{where}: label {bad!r} is not an integer")
+    bad = next((v for v in texts if len(v.lstrip("+-").lstrip("0")) > _MAX_DIGITS), None)
+    if bad is not None:     # also keeps int() below its 4300-digit limit
+        raise UserError(f"{where}: label {bad!r} is out of range")
+    return [int(v.lstrip("+-").lstrip("0") or "0") * (-1 if v[0] == "-" else 1) for v in texts]
+
+
+def path_outside_root(path):
+    """True if a list path is absolute (`/x`, `\\x`, `C:\\x`) or climbs out of the dataset root
+    with `..` (`../x`, `a/../../x`); `/` and `\\` both count as separators."""
+    if path[:1] in "/\\" or re.match(r"[A-Za-z]:[/\\]", path):
+        return True
+    depth = 0
+    for part in re.split(r"[/\\]", path):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
 
 
 @dataclass
@@ -23,6 +67,12 @@ class ImageList:
 
     def __len__(self):
         return len(self.paths)
+
+    @property
+    def outside_root(self):
+        """How many entries have an absolute path or one climbing out of the root with `..`
+        (accepted, but worth one warning: see `path_outside_root`)."""
+        return sum(map(path_outside_root, self.paths))
 
     def where(self, i):
         """`list.txt:12` for entry i, for error messages."""
@@ -47,7 +97,7 @@ def read_list(path, num_labels=None):
         raise UserError(f"{path}: cannot read list ({e.strerror})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text list file") from None
-    paths, rows, linenos, width = [], [], [], None
+    paths, rows, linenos, width, binary = [], [], [], None, True
     for lineno, line in enumerate(lines, 1):
         fields = line.split()
         if not fields:
@@ -58,32 +108,45 @@ def read_list(path, num_labels=None):
             width = len(fields) - 1
         elif len(fields) - 1 != width:
             raise UserError(f"{path}:{lineno}: {len(fields) - 1} labels, but earlier lines have {width}")
-        try:
-            rows.append([int(v) for v in fields[1:]])
-        except ValueError:
-            bad = next(v for v in fields[1:] if not v.lstrip("-").isdigit())
-            raise UserError(f"{path}:{lineno}: label {bad!r} is not an integer") from None
+        if width == 1 and fields[1].isdigit() and fields[1].isascii() and len(fields[1]) <= _MAX_DIGITS:
+            row = [int(fields[1])]                          # the common case: a class index
+            binary = binary and row[0] <= 1
+        else:
+            row = [_BIT.get(v) for v in fields[1:]]         # the common case: 0/1 labels
+            if None in row:
+                row, binary = _integers(fields[1:], f"{path}:{lineno}"), False
+        rows.append(row)
         paths.append(fields[0])
         linenos.append(lineno)
     if not paths:
         raise UserError(f"{path}: the list is empty")
-    values = np.asarray(rows, dtype=np.int64)
     if width == 1 and (num_labels is None or num_labels > 1):
-        # Stock Caffe format: one class index per line -> one-hot.
-        classes = num_labels or int(values.max()) + 1
-        bad = np.flatnonzero((values[:, 0] < 0) | (values[:, 0] >= classes))
-        if bad.size:
-            raise UserError(f"{path}:{linenos[bad[0]]}: class {values[bad[0], 0]} is outside 0..{classes - 1}")
+        # Stock Caffe format: one class index per line -> one-hot. Sizes are checked on the
+        # Python ints, before numpy sees them (no OverflowError, no huge allocation).
+        values = [row[0] for row in rows]
+        if num_labels is None:
+            top = max(values)
+            if top >= MAX_CLASSES:
+                i = next(i for i, v in enumerate(values) if v >= MAX_CLASSES)
+                raise UserError(f"{path}:{linenos[i]}: class {values[i]} is outside 0..{MAX_CLASSES - 1} "
+                                f"(at most {MAX_CLASSES} classes)")
+        classes = num_labels or top + 1
+        i = next((i for i, v in enumerate(values) if not 0 <= v < classes), None)
+        if i is not None:
+            raise UserError(f"{path}:{linenos[i]}: class {values[i]} is outside 0..{classes - 1}")
+        if len(paths) * classes > MAX_LABEL_BYTES:
+            raise UserError(f"{path}: {len(paths)} images x {classes} classes of one-hot labels exceed "
+                            f"{MAX_LABEL_BYTES >> 30} GiB")
         labels = np.zeros((len(paths), classes), dtype=np.uint8)
-        labels[np.arange(len(paths)), values[:, 0]] = 1
+        labels[np.arange(len(paths)), np.asarray(values, dtype=np.int64)] = 1
     else:
         if num_labels is not None and width != num_labels:
             raise UserError(f"{path}: lines have {width} labels, but this dataset has {num_labels}")
-        bad = np.argwhere((values != 0) & (values != 1))
-        if bad.size:
-            r = bad[0, 0]
-            raise UserError(f"{path}:{linenos[r]}: label {values[r, bad[0, 1]]} is not 0 or 1")
-        labels = values.astype(np.uint8)
+        for r, row in enumerate([] if binary else rows):
+            bad = next((v for v in row if v not in (0, 1)), None)
+            if bad is not None:
+                raise UserError(f"{path}:{linenos[r]}: label {bad} is not 0 or 1")
+        labels = np.asarray(rows, dtype=np.uint8).reshape(len(rows), width)
     return ImageList(paths, labels, str(path), linenos)
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .errors import UserError
+from .errors import UserError, integer
 
 ARCHS = ("caffenet", "alexnet")
 
@@ -27,6 +27,8 @@ FEATURE_LAYERS = tuple(CONV_LAYERS) + tuple(FC_LAYERS)   # what a pretrained Ima
 HASH_LAYER = "hash_layer"                                  # the authors' fch
 INPUT_SIZE = 227                                           # crop_size in the authors' train_val
 HASH_FILLER_STD = 0.01                                     # authors' fch: gaussian std 0.01, bias 0
+MAX_BITS = 4096                                            # a hash layer wider than fc7 is refused
+BITS = integer(1, MAX_BITS)                                # --bits of every command
 
 
 def expected_shapes(bits=None):
@@ -53,11 +55,11 @@ class DHNNet(nn.Module):
     in-place relu7/drop7 (N x 4096), which the shallow baselines use.
     """
 
-    def __init__(self, arch="caffenet", bits=48, dropout=0.5):
+    def __init__(self, arch="caffenet", bits=48, dropout=0.5, method=None, generator=None):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-        self.arch, self.bits = arch, bits
+        self.arch, self.bits, self.method = arch, bits, method
         for name, c in CONV_LAYERS.items():
             setattr(self, name, nn.Conv2d(**c))
         for name, (fin, fout) in FC_LAYERS.items():
@@ -68,8 +70,16 @@ class DHNNet(nn.Module):
         # LRN ACROSS_CHANNELS local_size 5, alpha 1e-4, beta 0.75, k 1: Caffe divides alpha by the
         # size exactly as torch's LocalResponseNorm does (lrn_layer.cpp, scale = k + alpha/n * sum).
         self.norm = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
-        self.hash_layer = nn.Linear(4096, bits) if bits else None
-        self.reset_hash_layer()
+        # A deep baseline of Table 1 (reproduce.methods) replaces the hash layer and tanh by its
+        # own head on fc7, mounted as `head` (parameters head.<Caffe layer>.weight / .bias).
+        self.hash_layer = nn.Linear(4096, bits) if bits and method is None else None
+        self.head = method.make_head(bits, generator=generator) if method is not None else None
+        self.reset_hash_layer(generator)
+
+    @property
+    def has_codes(self):
+        """True when the network ends in codes (a hash layer or a method head), not at fc7."""
+        return self.hash_layer is not None or self.head is not None
 
     def reset_hash_layer(self, generator=None):
         """Authors' fch filler: weight gaussian std 0.01, bias constant 0."""
@@ -101,12 +111,17 @@ class DHNNet(nn.Module):
         return self.drop7(F.relu(self.fc7(x)))
 
     def hash(self, fc7):
-        """fc7 (N x 4096) -> codes z = tanh(fch(fc7)), N x K in (-1, 1)."""
+        """fc7 (N x 4096) -> real codes, N x K, whose sign is the binary code: DHN's z =
+        tanh(fch(fc7)) in (-1, 1), or a method's codes of its head outputs."""
+        if self.head is not None:
+            return self.method.codes(self.head(fc7))
         return torch.tanh(self.hash_layer(fc7))
 
     def forward(self, x):
-        """N x 3 x 227 x 227 -> tanh codes z, N x K."""
-        return self.hash(self.features(x))
+        """N x 3 x 227 x 227 -> what the loss sees: DHN's tanh codes z (N x K), or the outputs
+        of a method's head."""
+        fc7 = self.features(x)
+        return self.head(fc7) if self.head is not None else self.hash(fc7)
 
 
 def pick_device(name=None):

@@ -4,6 +4,8 @@ import csv
 import io
 from importlib import resources
 
+from .errors import UserError
+
 PAPER_DATASETS = ("nus_wide", "cifar10", "flickr")
 DATASET_TITLES = {"nus_wide": "NUS-WIDE", "cifar10": "CIFAR-10", "flickr": "Flickr"}
 PAPER_BITS = (12, 24, 32, 48)        # the code lengths of Tables 1-2 and Figure (a)
@@ -23,8 +25,50 @@ def load_paper_tables():
     Table 2, and each table is compared with its own number.
     """
     text = resources.files("reproduce").joinpath("data", "paper_tables.csv").read_text()
-    return {(int(r["table"]), r["method"], r["dataset"], int(r["bits"])): float(r["map"])
-            for r in csv.DictReader(io.StringIO(text))}
+    return parse_paper_numbers(text, "reproduce/data/paper_tables.csv")
+
+
+def read_paper_numbers(path, dataset=None):
+    """Published numbers a user gives (`--paper-numbers CSV`, the layout of data/paper_tables.csv:
+    table,method,dataset,bits,map); with `dataset`, only its rows, of which there must be some."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    numbers = parse_paper_numbers(text, path)
+    if dataset is not None:
+        numbers = {k: v for k, v in numbers.items() if k[2] == dataset}
+        if not numbers:
+            raise UserError(f"{path}: no row for dataset {dataset!r} (its 'dataset' column must "
+                            "name the dataset of the run)")
+    return numbers
+
+
+def parse_paper_numbers(text, source):
+    """{(table, method, dataset, bits): map} of a CSV text; UserError naming source:line."""
+    reader = csv.DictReader(io.StringIO(text))
+    want = ["table", "method", "dataset", "bits", "map"]
+    if reader.fieldnames is None or [c.strip() for c in reader.fieldnames] != want:
+        raise UserError(f"{source}:1: expected the header {','.join(want)}, got "
+                        f"{','.join(reader.fieldnames or [])!r}")
+    numbers = {}
+    for row in reader:
+        where = f"{source}:{reader.line_num}"
+        try:
+            table, bits, value = int(row["table"]), int(row["bits"]), float(row["map"])
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: table and bits must be integers and map a number") from None
+        if table not in (1, 2) or not 1 <= bits <= 4096 or not 0.0 <= value <= 1.0:
+            raise UserError(f"{where}: table must be 1 or 2, bits in 1..4096 and map in [0, 1]")
+        method, dataset = (row["method"] or "").strip(), (row["dataset"] or "").strip()
+        if not method or not dataset:
+            raise UserError(f"{where}: method and dataset must not be empty")
+        key = (table, canonical_method(method), dataset, bits)
+        if key in numbers:
+            raise UserError(f"{where}: a second number for table {table}, {method}, {dataset}, {bits} bits")
+        numbers[key] = value
+    return numbers
 
 
 def canonical_method(name):

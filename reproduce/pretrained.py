@@ -2,6 +2,7 @@
 their conversion into this package's checkpoints (`convert`). Commands: `python -m
 reproduce.weights fetch ARCH` and `python -m reproduce.convert_weights FILE`.
 """
+import contextlib
 import hashlib
 import os
 import socket
@@ -16,7 +17,7 @@ from .caffe_format import read_caffemodel
 from .caffe_net import caffe_to_state_dict, detect_arch
 from .checkpoint import save_checkpoint
 from .errors import UserError
-from .fileio import atomic_output, sha1_file
+from .fileio import atomic_output, check_output_file, sha1_file
 from .nets import ARCHS, HASH_LAYER
 
 DEFAULT_WEIGHTS_DIR = "weights"
@@ -86,7 +87,8 @@ def fetch(arch, weights_dir=DEFAULT_WEIGHTS_DIR, verify=True, url=None, force=Fa
         return out
     caffemodel = os.path.join(weights_dir, model.filename)
     url = url or model.url
-    if os.path.exists(caffemodel):
+    downloaded = not os.path.exists(caffemodel)
+    if not downloaded:
         have = sha1_file(caffemodel)
         if have != model.sha1 and verify:
             raise UserError(f"{caffemodel}: sha1 {have}, but the published file has {model.sha1}; "
@@ -105,7 +107,13 @@ def fetch(arch, weights_dir=DEFAULT_WEIGHTS_DIR, verify=True, url=None, force=Fa
                             f"{_manual_steps(model, weights_dir)}") from None
         if have != model.sha1:
             log(f"warning: {caffemodel} has sha1 {have}, not the published {model.sha1} (--no-verify)")
-    convert(caffemodel, out, arch=arch, overwrite=force, log=log)
+    try:
+        convert(caffemodel, out, arch=arch, overwrite=force, log=log)
+    except BaseException:
+        if downloaded:       # a file this call downloaded and that does not convert is not kept
+            with contextlib.suppress(OSError):
+                os.remove(caffemodel)
+        raise
     return out
 
 
@@ -125,8 +133,7 @@ def convert(src, out, arch=None, overwrite=False, log=print):
     layer order is an error, since both nets have the same weight shapes.
     """
     src, out = os.fspath(src), os.fspath(out)
-    if os.path.exists(out) and not overwrite:   # refuse before the (long) conversion, not after
-        raise UserError(f"{out}: already exists; refusing to overwrite it (use --force)")
+    check_output_file(out, overwrite, hint="use --force")   # before the (long) conversion, not after
     start = time.perf_counter()
     blobs = read_caffemodel(src)
     found = detect_arch(blobs)

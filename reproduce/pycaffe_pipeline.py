@@ -22,10 +22,8 @@ This module does the same with numpy (scikit-image is not a dependency of the pa
 ImageData layer's (OpenCV decoding, cv::resize), used for training and by default for encoding.
 """
 import numpy as np
-from PIL import Image
 
-from .errors import UserError
-from .transforms import CROP_SIZE, NEW_SIZE, center_offset, oversample_offsets
+from .transforms import CROP_SIZE, NEW_SIZE, center_offset, decode_image, oversample_offsets
 
 # ilsvrc_2012_mean.npy (python/caffe/imagenet/ of BVLC Caffe) averaged per channel, B, G, R: the
 # `mean=np.load(mean_file).mean(1).mean(1)` of the authors' predict scripts (official_settings.md).
@@ -69,17 +67,7 @@ def load_image(path):
     imageio rotates JPEGs by it, the scikit-image PIL plugin of 2016 did not).
     A missing or undecodable file raises UserError naming the path.
     """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            raw = _pil_frame(im)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such image file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not an image") from None
-    except Exception as e:  # decoders raise many types (OSError, SyntaxError, struct.error, ...)
-        raise UserError(f"{path}: cannot decode image ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())})") from None
+    raw = decode_image(path, _pil_frame)
     img = np.multiply(raw, 1.0 / np.iinfo(raw.dtype).max, dtype=np.float64).astype(np.float32)
     if img.ndim == 2:
         return np.repeat(img[:, :, None], 3, axis=2)

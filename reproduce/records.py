@@ -16,7 +16,7 @@ import os
 
 from . import __version__
 from .errors import UserError
-from .fileio import write_text_atomic
+from .fileio import staged_outputs
 from .metrics import DEFAULT_NS, evaluate_codes
 from .paper import RADIUS, canonical_method
 
@@ -29,6 +29,20 @@ def protocol(topk=None, ties="index", zero_hit="skip", radius=RADIUS, ns=DEFAULT
     """The evaluation conventions (evaluate_codes keywords); defaults: the authors' (ties by
     database order, queries without hits left out) and the paper's radius and top-N grid."""
     return {"topk": topk, "ties": ties, "zero_hit": zero_hit, "radius": radius, "ns": list(ns)}
+
+
+def topk_option(text):
+    """`--topk R|all` -> R (a positive integer) or None (the whole database)."""
+    import argparse
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a positive integer nor 'all'")
+    return value
 
 
 def evaluate_record(method, dataset, query_codes, db_codes, query_labels, db_labels, protocol,
@@ -69,8 +83,9 @@ def output_texts(doc):
 
 
 def write_record(out_dir, doc, force=False):
-    """Write output_texts(doc) into out_dir, each atomically. Nothing is written when an existing
-    file has different content and not force; with force a stale pr_curve.csv is removed."""
+    """Write output_texts(doc) into out_dir as one set (reproduce.fileio.staged_outputs: all files
+    or, on any failure, none). Nothing is written when an existing file has different content and
+    not force; with force a stale pr_curve.csv is removed in the same step. Returns the paths."""
     out_dir = os.fspath(out_dir)
     texts = output_texts(doc)
     for name, text in texts.items():
@@ -80,14 +95,12 @@ def write_record(out_dir, doc, force=False):
                 if f.read() != text:
                     raise UserError(f"{target}: exists with different content; refusing to "
                                     "overwrite it (use --force, or another --out)")
-    written = [os.path.join(out_dir, name) for name in texts]
-    for target, text in zip(written, texts.values()):
-        write_text_atomic(target, text, overwrite=True)
-    stale = os.path.join(out_dir, "pr_curve.csv")
-    if force and "pr_curve.csv" not in texts and os.path.exists(stale):
-        os.remove(stale)
-    return written
-
+    stale = ["pr_curve.csv"] if force and "pr_curve.csv" not in texts else []
+    with staged_outputs(out_dir, remove=stale) as stage:
+        for name, text in texts.items():
+            with open(os.path.join(stage, name), "w") as f:
+                f.write(text)
+    return [os.path.join(out_dir, name) for name in texts]
 
 
 # ----------------------------------------------------------------------------- reading metrics.json
@@ -104,17 +117,22 @@ def read_record(path):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
         raise UserError(f"{path}: not a valid metrics.json ({where})") from None
+    except (ValueError, RecursionError) as e:      # an integer of > 4300 digits, absurd nesting
+        raise UserError(f"{path}: not a valid metrics.json ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
     if not isinstance(doc, dict):
         raise UserError(f"{path}: not a metrics.json (top level is {type(doc).__name__}, not an object)")
     for key in ("method", "bits", "metrics"):
         if key not in doc:
             raise UserError(f"{path}: metrics.json has no '{key}' key")
-    if not isinstance(doc["method"], str) or not doc["method"].strip():
-        raise UserError(f"{path}: 'method' must be a non-empty string, got {doc['method']!r} "
+    if not isinstance(doc["method"], str) or not doc["method"].strip() or not doc["method"].isprintable():
+        raise UserError(f"{path}: 'method' must be a non-empty string on one line, got {doc['method']!r:.80} "
                         "(name it with `python -m reproduce.evaluate --method`)")
+    if doc.get("dataset") is not None and not isinstance(doc["dataset"], str):
+        raise UserError(f"{path}: 'dataset' must be a string or null, got {doc['dataset']!r:.80}")
     bits = doc["bits"]
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0:
-        raise UserError(f"{path}: 'bits' must be a positive integer, got {bits!r}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 0 < bits <= 4096:
+        raise UserError(f"{path}: 'bits' must be a positive integer (at most 4096), got {bits!r:.80}")
     seed = doc.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise UserError(f"{path}: 'seed' must be an integer or null, got {seed!r}")
@@ -124,12 +142,32 @@ def read_record(path):
     value = metrics["map"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise UserError(f"{path}: metrics.map must be a number in [0, 1], got {value!r}")
-    conventions = doc.get("conventions") or {}
+    conventions = doc.get("conventions", {})
+    if conventions is None:
+        conventions = {}
     if not isinstance(conventions, dict):
         raise UserError(f"{path}: 'conventions' must be an object")
+    _check_curves(metrics, path)
     return {"method": canonical_method(doc["method"].strip()), "dataset": doc.get("dataset"),
             "bits": bits, "seed": seed, "map": float(value), "conventions": conventions,
             "metrics": metrics, "path": path}
+
+
+def _check_curves(metrics, path):
+    """The numbers the figures read must be numbers (or null): a record from elsewhere may not."""
+    for key in ("precision_within_radius", "recall_within_radius"):
+        value = metrics.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"{path}: metrics.{key} must be a number or null, got {value!r:.80}")
+    for key in ("pr_curve", "precision_at_n"):
+        curve = metrics.get(key)
+        if curve is None:
+            continue
+        if not isinstance(curve, dict) or not all(isinstance(v, list) for v in curve.values()):
+            raise UserError(f"{path}: metrics.{key} must be an object of lists")
+        for name, values in curve.items():
+            if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in values):
+                raise UserError(f"{path}: metrics.{key}.{name} holds a value that is not a number")
 
 
 def collect_records(paths):

@@ -66,7 +66,8 @@ def build_table(records, dataset, number, paper=None):
     """Lay out Table `number` (1 or 2) for `dataset` from checked records.
 
     Rows: the paper's methods of that table in the paper's order (those with a paper number for
-    this dataset or a run), then, in Table 1 only, every other method run, sorted by name.
+    this dataset or a run), then, in Table 1 only, every other method run or given a published
+    number, sorted by name.
     Columns: every bit length with a paper number or a run, ascending.
     """
     if number not in (1, 2):
@@ -77,8 +78,10 @@ def build_table(records, dataset, number, paper=None):
     mine = [r for r in records if (r["method"] in listed or
                                    (number == 1 and r["method"] not in VARIANTS_ONLY))]
     run_methods = {r["method"] for r in mine}
-    methods = [m for m in listed if m in run_methods or any(k[0] == m for k in paper_here)]
-    methods += sorted(run_methods - set(listed))
+    paper_methods = {m for m, _ in paper_here}
+    methods = [m for m in listed if m in run_methods or m in paper_methods]
+    if number == 1:     # every other method run, or with a published number (--paper-numbers)
+        methods += sorted((run_methods | paper_methods) - set(listed) - set(VARIANTS_ONLY))
     bits = sorted({b for _, b in paper_here} | {r["bits"] for r in mine})
     cells = {(m, b): Cell(paper=paper_here.get((m, b))) for m in methods for b in bits}
     conv_of = {}
@@ -229,12 +232,13 @@ def format_latex(table):
 FORMATS = {"md": format_markdown, "csv": format_csv, "tex": format_latex}
 
 
-def write_tables(records, dataset, out_dir, overwrite=False):
+def write_tables(records, dataset, out_dir, overwrite=False, paper=None):
     """Write table1.{md,csv,tex} and table2.{md,csv,tex} for `dataset` into out_dir (each file
     atomically; with overwrite=False an existing file is an error raised before anything is written).
-    Returns the written paths."""
+    paper: the published numbers beside ours (default: the paper's, reproduce.paper). Returns the
+    written paths."""
     records = check_records(records, dataset)
-    paper = load_paper_tables()
+    paper = load_paper_tables() if paper is None else paper
     texts = {}
     for number in (1, 2):
         table = build_table(records, dataset, number, paper)

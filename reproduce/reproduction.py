@@ -23,54 +23,63 @@ import numpy as np
 from .baselines import BASELINES
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .comparison import build_comparison, dataset_protocol, evaluate_baselines, evaluate_method
-from .config import VARIANTS, DataSettings, ModelSettings, RunConfig
+from .config import VARIANTS, DataSettings, MethodSettings, ModelSettings, RunConfig
 from .datasets.common import build_report, format_report, require_images, write_split
-from .encoding import encode_list
-from .engine import train
-from .errors import ArgumentParser, UserError
+from .encoding import PIPELINES, encode_list
+from .engine import snapshots, train
+from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, number
 from .fileio import sha1_file, write_text_atomic
 from .lists import ImageList
 from .losses import LOSS_PRESETS
-from .nets import ARCHS
-from .paper import PAPER_BITS
+from .nets import ARCHS, BITS
+from .methods import DEEP_METHODS
+from .paper import PAPER_BITS, canonical_method
 from .provenance import git_revision, versions
 from .records import collect_records, write_record
 from .solver import PRESETS
+from .sweep import LR_LIMITS, QUANT_WEIGHT_LIMITS, SWEEP_LRS, SWEEP_QUANT_WEIGHTS, search
 from .pretrained import ensure_pretrained
 
-# The paper's cross-validation grid: lr 1e-5 ... 1e-2 and lambda 1e-5 ... 100, in x10 steps.
-SWEEP_LRS = (1e-5, 1e-4, 1e-3, 1e-2)
-SWEEP_QUANT_WEIGHTS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 SMOKE = dict(train=32, query=8, database=40, max_iter=3, batch_size=8)
 # Settings that define what a results folder holds; a re-run with other values is refused.
 IDENTITY_KEYS = ("dataset", "lists", "arch", "preset", "max_iter", "batch_size", "base_lr", "quant_weight",
-                 "protocol", "smoke", "sweep", "oversample", "database_excludes_train")
+                 "protocol", "smoke", "sweep", "oversample", "pipeline", "database_excludes_train")
 
 
 @dataclasses.dataclass
 class Preset:
-    """What differs between datasets: the name, the label count and how the lists are made.
+    """What differs between datasets: the name, the label count, how the lists are made, the
+    default bit lengths, the evaluation protocol and the published numbers shown beside ours.
 
     make_lists(args, lists_dir) -> {"train", "query", "database": ImageList}, writing the three
-    list files into lists_dir; add_arguments(parser) adds the dataset's own options.
+    list files into lists_dir; add_arguments(parser) adds the dataset's own options. num_labels
+    None: the lists' own. protocol None: the dataset module's (comparison.dataset_protocol).
+    paper None: the DHN paper's numbers (reproduce.paper), shown where they name this dataset.
     """
     name: str
     title: str
-    num_labels: int
+    num_labels: int | None
     make_lists: callable
     add_arguments: callable = lambda parser: None
+    bits: tuple = PAPER_BITS
+    protocol: dict | None = None
+    paper: dict | None = None
 
 
 def get_args_parser(preset):
     p = ArgumentParser(f"python -m reproduce.{preset.name}",
-                                description=f"Reproduce DHN's {preset.title} results (Tables 1-2, Figures a-c).")
+                       description=f"DHN on {preset.title}: training, codes, Tables 1-2 and Figures (a)-(c).")
     p.add_argument("--root", required=True, help="dataset root: the image paths of the lists are relative to it")
-    p.add_argument("--bits", type=int, nargs="+", default=list(PAPER_BITS), help="code lengths (paper: 12 24 32 48)")
+    p.add_argument("--bits", type=BITS, nargs="+", default=list(preset.bits),
+                   help=f"code lengths (default {' '.join(map(str, preset.bits))})")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="Table 2 variants (default: all four)")
     p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES),
                    help="shallow baselines on fc7 features (default: all)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per seed (default 0)")
+    p.add_argument("--methods", nargs="*", choices=list(DEEP_METHODS), default=list(DEEP_METHODS),
+                   help="deep baselines of Table 1 trained like DHN on the same network, solver and "
+                        "lists (reproduce.methods; default: all)")
+    p.add_argument("--seeds", type=NON_NEGATIVE, nargs="+", default=[0], help="one training run per seed (default 0)")
     p.add_argument("--arch", choices=ARCHS, default="caffenet",
                    help="default caffenet: the network the authors fine-tuned")
     p.add_argument("--weights", default=None,
@@ -81,27 +90,30 @@ def get_args_parser(preset):
                    help="caches, lists, features and training runs (default runs/<dataset>)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="dhn-caffe",
                    help="solver and loss preset (default: the authors' dhn-caffe)")
-    p.add_argument("--max-iter", type=int, default=None,
+    p.add_argument("--max-iter", type=POSITIVE, default=None,
                    help=f"override the preset's max_iter ({PRESETS['dhn-caffe'].max_iter})")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=POSITIVE, default=None,
                    help=f"override the preset's batch ({PRESETS['dhn-caffe'].batch_size})")
-    p.add_argument("--base-lr", type=float, default=None,
+    p.add_argument("--base-lr", type=number(0, low_open=True), default=None,
                    help=f"override the preset's base_lr ({PRESETS['dhn-caffe'].base_lr:g})")
-    p.add_argument("--quant-weight", type=float, default=None,
+    p.add_argument("--quant-weight", type=number(0), default=None,
                    help=f"override the preset's λ ({LOSS_PRESETS['dhn-caffe'].quant_weight:g})")
     p.add_argument("--oversample", action="store_true", help="encode with pycaffe's 10 crops (default: centre crop)")
-    p.add_argument("--workers", type=int, default=2, help="loader processes")
+    p.add_argument("--pipeline", choices=PIPELINES, default="imagedata",
+                   help="image pipeline of the codes: imagedata (Caffe's TEST phase, default) or pycaffe "
+                        "(the authors' evaluation scripts; see reproduce.encode)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="loader processes")
     p.add_argument("--device", default="auto")
     p.add_argument("--smoke", action="store_true",
                    help=f"whole chain on {SMOKE['train']}/{SMOKE['query']}/{SMOKE['database']} images and "
                         f"{SMOKE['max_iter']} iterations, into results/smoke/<dataset>: checks an installation")
     g = p.add_argument_group("cross-validation (the paper's grid, on a validation split of the training set)")
     g.add_argument("--sweep", action="store_true", help="choose base_lr and λ on a validation split first")
-    g.add_argument("--sweep-bits", type=int, default=48)
-    g.add_argument("--sweep-max-iter", type=int, default=None, help="iterations per sweep run (default: max_iter)")
-    g.add_argument("--sweep-lrs", type=float, nargs="+", default=list(SWEEP_LRS))
-    g.add_argument("--sweep-quant-weights", type=float, nargs="+", default=list(SWEEP_QUANT_WEIGHTS))
-    g.add_argument("--validation-fraction", type=float, default=0.1,
+    g.add_argument("--sweep-bits", type=BITS, default=48)
+    g.add_argument("--sweep-max-iter", type=POSITIVE, default=None, help="iterations per sweep run (default: max_iter)")
+    g.add_argument("--sweep-lrs", type=number(0, low_open=True), nargs="+", default=list(SWEEP_LRS))
+    g.add_argument("--sweep-quant-weights", type=number(0), nargs="+", default=list(SWEEP_QUANT_WEIGHTS))
+    g.add_argument("--validation-fraction", type=number(0, 1, low_open=True, high_open=True), default=0.1,
                    help="share of the training list held out as validation queries (default 0.1)")
     preset.add_arguments(p)
     return p
@@ -120,6 +132,7 @@ class Reproduction:
         smoke = "smoke/" if args.smoke else ""
         self.out = args.out or os.path.join("results", smoke + preset.name)
         self.work = args.work or os.path.join("runs", smoke + preset.name)
+        self.protocol = preset.protocol or dataset_protocol(preset.name)
         self.log = print
 
     # ------------------------------------------------------------------------------ setup
@@ -134,6 +147,7 @@ class Reproduction:
             write_split(lists, lists_dir, overwrite=True)
         self.lists = {k: ImageList(v.paths, v.labels, os.path.join(lists_dir, f"{k}.txt"), None)
                       for k, v in lists.items()}
+        self.num_labels = self.preset.num_labels or self.lists["train"].labels.shape[1]
         report = build_report(self.lists, a.root)
         self.log(format_report(report))
         require_images(self.lists, a.root)
@@ -148,15 +162,22 @@ class Reproduction:
                 "max_iter": SMOKE["max_iter"] if a.smoke else a.max_iter,
                 "batch_size": SMOKE["batch_size"] if a.smoke else a.batch_size,
                 "base_lr": a.base_lr, "quant_weight": a.quant_weight, "oversample": a.oversample,
-                "protocol": dataset_protocol(self.preset.name), "sweep": a.sweep,
+                "protocol": self.protocol, "sweep": a.sweep, "pipeline": a.pipeline,
                 "database_excludes_train": getattr(a, "database_excludes_train", False)}
 
     def _check_identity(self):
         path = os.path.join(self.out, "run.json")
         if not os.path.exists(path):
             return
-        with open(path) as f:
-            old = json.load(f).get("identity", {})
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}: unreadable ({e}); this results folder cannot be checked "
+                            "against the configuration: use another --out (nothing was changed)") from None
+        old = old.get("identity") if isinstance(old, dict) else None
+        if not isinstance(old, dict):
+            raise UserError(f"{path}: no 'identity' object; use another --out (nothing was changed)")
         differ = [k for k in IDENTITY_KEYS if old.get(k) != self.identity.get(k)]
         if differ:
             raise UserError(f"{path}: this results folder was written with another configuration "
@@ -177,15 +198,16 @@ class Reproduction:
             loss = dataclasses.replace(loss, quant_weight=a.quant_weight)
         return solver, loss
 
-    def run_config(self, run_dir, list_path, bits, seed, solver, loss):
+    def run_config(self, run_dir, list_path, bits, seed, solver, loss, method=None):
         """The RunConfig of one training run of this reproduction."""
         a = self.args
         # one cache per list content: the sweep's training list is another list
         cache = os.path.join(self.work, "cache", f"train-{sha1_file(list_path)[:16]}.h5")
         try:
-            return RunConfig(DataSettings(list_path, a.root, self.preset.num_labels, cache, workers=a.workers),
+            return RunConfig(DataSettings(list_path, a.root, self.num_labels, cache, workers=a.workers),
                              ModelSettings(self.weights, a.arch, bits), out=run_dir, solver=solver,
-                             loss=loss, seed=seed, device=a.device, keep_snapshots=1)
+                             loss=loss, seed=seed, device=a.device, keep_snapshots=1,
+                             method=MethodSettings(method) if method else None)
         except ValueError as e:
             raise UserError(f"settings: {e}") from None
 
@@ -193,8 +215,12 @@ class Reproduction:
         final = os.path.join(cfg.out, "final.pth")
         if os.path.exists(final):
             self.log(f"{final}: done, skipped")
-        else:
-            train(cfg, resume=True)
+            return final
+        train(cfg, resume=True)
+        # A finished run is never resumed: its snapshot (weights + solver history, twice the
+        # model's size) is not kept beside final.pth.
+        for path in snapshots(cfg.out).values():
+            os.remove(path)
         return final
 
     def encode(self, checkpoint, split, out_path, features=False, image_list=None):
@@ -204,7 +230,7 @@ class Reproduction:
         model = model_from_checkpoint(ckpt, checkpoint)
         image_list = image_list or self.lists[split]
         return encode_list(model, image_list, self.args.root, out_path, oversample=self.args.oversample,
-                           features=features, workers=self.args.workers,
+                           features=features, workers=self.args.workers, pipeline=self.args.pipeline,
                            device=None if self.args.device == "auto" else self.args.device,
                            attrs={"checkpoint": checkpoint, "checkpoint_sha1": sha1_file(checkpoint),
                                   "dataset": self.preset.name, "split": split})
@@ -221,50 +247,96 @@ class Reproduction:
                 c = f["codes"][()]
                 arrays.append((np.where(c >= 0, 1, -1).astype(np.int8) if binary else c, f["labels"][()]))
         doc = evaluate_method(method, self.preset.name, arrays[0][0], arrays[1][0], arrays[0][1],
-                              arrays[1][1], seed=seed, binary=binary,
+                              arrays[1][1], seed=seed, binary=binary, protocol=self.protocol,
                               inputs={k: {"path": p, "sha1": sha1_file(p)} for k, p in zip(("query", "database"), codes)})
         write_record(out_dir, doc, force=True)
         self.log(f"{method} {bits} bits seed {seed}: MAP {doc['metrics']['map']:.4f}")
         return doc
 
     # ------------------------------------------------------------------------------ stages
+    def validation_split(self):
+        """The sweep's split of the training list (the query set is never used): a seeded
+        validation_fraction of it as queries, the rest as training images and database."""
+        train_list = self.lists["train"]
+        order = np.random.default_rng([0, len(train_list)]).permutation(len(train_list))
+        n_val = max(1, int(round(self.args.validation_fraction * len(train_list))))
+        split = {"train": train_list.subset(np.sort(order[n_val:])), "query": train_list.subset(np.sort(order[:n_val]))}
+        split["database"] = split["train"]
+        write_split(split, os.path.join(self.work, "sweep", "lists"), overwrite=True)
+        return split
+
     def sweep(self):
-        """The paper's cross-validation of base_lr and λ on a validation split of the training list."""
+        """The paper's cross-validation of base_lr and λ on a validation split of the training
+        list: the whole grid, then each axis extended past an edge holding the best (reproduce.sweep)."""
         a = self.args
         table = os.path.join(self.out, "sweep.json")
         if os.path.exists(table):
             with open(table) as f:
                 return json.load(f)["best"]
-        train_list = self.lists["train"]
-        order = np.random.default_rng([0, len(train_list)]).permutation(len(train_list))
-        n_val = max(1, int(round(a.validation_fraction * len(train_list))))
-        split = {"train": train_list.subset(np.sort(order[n_val:])), "query": train_list.subset(np.sort(order[:n_val]))}
-        split["database"] = split["train"]
-        sweep_dir = os.path.join(self.work, "sweep")
-        write_split(split, os.path.join(sweep_dir, "lists"), overwrite=True)
+        split = self.validation_split()
+        scores = {}
+
+        def score(lr, qw):
+            if (lr, qw) not in scores:
+                scores[lr, qw] = self._sweep_run(split, lr, qw)
+            return scores[lr, qw]
+
+        grid = [(lr, qw) for lr in a.sweep_lrs for qw in a.sweep_quant_weights]
+        for lr, qw in grid:
+            score(lr, qw)
+        best_lr, best_qw = max(grid, key=lambda k: scores[k])        # first of equals, grid order
+        best_lr, _ = search(a.sweep_lrs, lambda lr: score(lr, best_qw), LR_LIMITS)
+        best_qw, _ = search(a.sweep_quant_weights, lambda qw: score(best_lr, qw), QUANT_WEIGHT_LIMITS)
+        rows = [{"base_lr": lr, "quant_weight": qw, "validation_map": m, "extended": (lr, qw) not in grid}
+                for (lr, qw), m in scores.items()]
+        best = {"base_lr": best_lr, "quant_weight": best_qw, "validation_map": scores[best_lr, best_qw]}
+        self._write_sweep(rows, best, len(split["query"]), len(self.lists["train"]))
+        write_text_atomic(table, json.dumps({"rows": rows, "best": best}, indent=2) + "\n")
+        return best
+
+    def sweep_method(self, name):
+        """A deep baseline's base_lr, cross-validated as DHN's (the lr axis; no λ), recorded in
+        sweep_<method>.json."""
+        table = os.path.join(self.out, f"sweep_{name.replace('*', '-star')}.json")
+        if os.path.exists(table):
+            with open(table) as f:
+                return json.load(f)["best"]["base_lr"]
+        split = self.validation_split()
+        qw = self.settings()[1].quant_weight
+        best, rows = search(self.args.sweep_lrs, lambda lr: self._sweep_run(split, lr, qw, name), LR_LIMITS)
+        doc = {"rows": [{"base_lr": lr, "validation_map": m, "extended": ext} for lr, m, ext in rows],
+               "best": {"base_lr": best}}
+        write_text_atomic(table, json.dumps(doc, indent=2) + "\n")
+        return best
+
+    def _sweep_run(self, split, lr, qw, method=None):
+        """Validation MAP of one sweep setting (a training run on the split's training part)."""
+        a = self.args
         solver, loss = self.settings()
         if a.sweep_max_iter:
             solver = dataclasses.replace(solver, max_iter=a.sweep_max_iter)
-        rows = []
-        for lr in a.sweep_lrs:
-            for qw in a.sweep_quant_weights:
-                run_dir = os.path.join(sweep_dir, f"lr{lr:g}_lambda{qw:g}")
-                cfg = self.run_config(run_dir, os.path.join(sweep_dir, "lists", "train.txt"), a.sweep_bits, 0,
-                                      dataclasses.replace(solver, base_lr=lr),
-                                      dataclasses.replace(loss, quant_weight=qw))
-                final = self.run_training(cfg)
-                codes = [self.encode(final, s, os.path.join(run_dir, f"codes_{s}.h5"), image_list=split[s])
-                         for s in ("query", "database")]
-                doc = self.evaluate("DHN", a.sweep_bits, 0, codes, out_dir=os.path.join(run_dir, "metrics"))
-                rows.append({"base_lr": lr, "quant_weight": qw, "validation_map": doc["metrics"]["map"]})
-        best = max(rows, key=lambda r: r["validation_map"])   # first of equals in grid order
-        lines = ["| base_lr | λ | validation MAP |", "|---|---|---|"]
-        lines += [f"| {r['base_lr']:g} | {r['quant_weight']:g} | {r['validation_map']:.4f} |" for r in rows]
-        write_text_atomic(os.path.join(self.out, "sweep.md"), "\n".join(lines) + f"\n\nbest: base_lr {best['base_lr']:g}, "
-                          f"λ {best['quant_weight']:g} (validation split: {n_val} of the {len(train_list)} training "
-                          "images as queries, the rest as database; the query set is never used)\n")
-        write_text_atomic(table, json.dumps({"rows": rows, "best": best}, indent=2) + "\n")
-        return best
+        sweep_dir = os.path.join(self.work, "sweep")
+        tag = f"{method.replace('*', '-star')}_" if method else ""
+        run_dir = os.path.join(sweep_dir, f"{tag}lr{lr:g}_lambda{qw:g}")
+        cfg = self.run_config(run_dir, os.path.join(sweep_dir, "lists", "train.txt"), a.sweep_bits, 0,
+                              dataclasses.replace(solver, base_lr=lr), dataclasses.replace(loss, quant_weight=qw),
+                              method=method)
+        final = self.run_training(cfg)
+        codes = [self.encode(final, s, os.path.join(run_dir, f"codes_{s}.h5"), image_list=split[s])
+                 for s in ("query", "database")]
+        name = canonical_method(method) if method else "DHN"
+        return self.evaluate(name, a.sweep_bits, 0, codes, out_dir=os.path.join(run_dir, "metrics"))["metrics"]["map"]
+
+    def _write_sweep(self, rows, best, n_val, n_train):
+        lines = ["| base_lr | λ | validation MAP | |", "|---|---|---|---|"]
+        lines += [f"| {r['base_lr']:g} | {r['quant_weight']:g} | {r['validation_map']:.4f} | "
+                  f"{'added: the best was at the edge of the grid' if r['extended'] else ''} |" for r in rows]
+        write_text_atomic(os.path.join(self.out, "sweep.md"), "\n".join(lines) + f"\n\nbest: base_lr "
+                          f"{best['base_lr']:g}, λ {best['quant_weight']:g} (validation split: {n_val} of the "
+                          f"{n_train} training images as queries, the rest as database; the query set is "
+                          f"never used; an axis whose best lies at an edge is extended x10 within "
+                          f"base_lr {LR_LIMITS[0]:g}..{LR_LIMITS[1]:g}, λ {QUANT_WEIGHT_LIMITS[0]:g}.."
+                          f"{QUANT_WEIGHT_LIMITS[1]:g})\n")
 
     def run(self):
         a = self.args
@@ -274,10 +346,12 @@ class Reproduction:
         self._write_run_json(started, finished=None)
         chosen = self.sweep() if a.sweep else None
         self.run_variants(chosen)
+        self.run_methods(chosen)
         if a.baselines:
             self.run_baselines()
         records = collect_records([os.path.join(self.out, "metrics")])
-        written = build_comparison(self.preset.name, records, self.out, overwrite=True, dataset_title=self.preset.title)
+        written = build_comparison(self.preset.name, records, self.out, overwrite=True,
+                                   dataset_title=self.preset.title, paper=self.preset.paper)
         self._write_run_json(started, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), chosen=chosen)
         self.log("wrote " + ", ".join(os.path.relpath(p, self.out) for p in written) + f" in {self.out}")
 
@@ -304,6 +378,26 @@ class Reproduction:
                         if (VARIANTS[v].trained_as or v) == name:
                             self.evaluate(VARIANTS[v].method, bits, seed, codes, binary=VARIANTS[v].binary)
 
+    def run_methods(self, chosen):
+        """Train, encode and evaluate every deep baseline (with --sweep: its own base_lr, chosen on
+        the validation split as DHN's; else the DHN solver's, the same for every method)."""
+        a = self.args
+        solver, loss = self.settings()
+        train_path = os.path.join(self.work, "lists_smoke" if a.smoke else "lists", "train.txt")
+        for name in a.methods:
+            method_solver = solver
+            if chosen:
+                method_solver = dataclasses.replace(solver, base_lr=self.sweep_method(name))
+            label, folder = canonical_method(name), name.replace("*", "-star")
+            for seed in a.seeds:
+                for bits in a.bits:
+                    run_dir = os.path.join(self.work, "train", f"{folder}_{bits}bits_seed{seed}")
+                    final = self.run_training(self.run_config(run_dir, train_path, bits, seed, method_solver,
+                                                              loss, method=name))
+                    codes = [self.encode(final, s, os.path.join(self.out, "codes", f"{folder}_{bits}bits_seed{seed}_{s}.h5"))
+                             for s in ("query", "database")]
+                    self.evaluate(label, bits, seed, codes)
+
     def run_baselines(self):
         """The shallow baselines, fitted on the fc7 features of the ImageNet network."""
         a = self.args
@@ -313,7 +407,8 @@ class Reproduction:
             todo = [(n, b) for n in a.baselines for b in a.bits if not os.path.exists(
                 os.path.join(self.out, "metrics", f"{n.upper()}_{b}bits_seed{seed}", "metrics.json"))]
             for name, bits in todo:
-                doc = evaluate_baselines(self.preset.name, [name], [bits], features, seed=seed, log=self.log)[0]
+                doc = evaluate_baselines(self.preset.name, [name], [bits], features, seed=seed, log=self.log,
+                                         protocol=self.protocol)[0]
                 write_record(os.path.join(self.out, "metrics", f"{name.upper()}_{bits}bits_seed{seed}"), doc, force=True)
 
     def _write_run_json(self, started, finished, chosen=None):

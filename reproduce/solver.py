@@ -32,7 +32,11 @@ POLICY_NEEDS = {"fixed": (), "step": ("gamma", "stepsize"), "exp": ("gamma",),
 
 def check_lr_policy(lr_policy, gamma=None, stepsize=None, power=None, stepvalue=(),
                     max_iter=None):
-    """Raise ValueError naming what `lr_policy` needs and was not given."""
+    """Raise ValueError naming what `lr_policy` needs and was not given, or a value Caffe would
+    refuse (sgd_solver.cpp GetLearningRate: CHECK_GE(gamma, 0) for step, exp, inv, multistep and
+    sigmoid; CHECK_GT(stepsize, 0) for step and sigmoid) or that cannot train (gamma 0 of a
+    decaying policy stops training after its first step; exp with gamma > 1 and poly with a
+    negative power make the rate grow without bound; non-finite numbers)."""
     if lr_policy not in POLICY_NEEDS:
         raise ValueError(f"unknown lr_policy {lr_policy!r}; Caffe's are {', '.join(LR_POLICIES)}")
     given = dict(gamma=gamma, stepsize=stepsize, power=power, stepvalue=stepvalue or None,
@@ -40,10 +44,22 @@ def check_lr_policy(lr_policy, gamma=None, stepsize=None, power=None, stepvalue=
     missing = [key for key in POLICY_NEEDS[lr_policy] if given[key] is None]
     if missing:
         raise ValueError(f"lr_policy {lr_policy!r} needs {' and '.join(missing)}")
-    if lr_policy == "step" and stepsize <= 0:
-        raise ValueError(f"lr_policy 'step' needs stepsize > 0, got {stepsize}")
-    if lr_policy == "poly" and max_iter <= 0:
-        raise ValueError(f"lr_policy 'poly' needs max_iter > 0, got {max_iter}")
+    for key in ("gamma", "power"):
+        if key in POLICY_NEEDS[lr_policy] and not math.isfinite(given[key]):
+            raise ValueError(f"{key} must be a finite number, got {given[key]}")
+    needs = POLICY_NEEDS[lr_policy]
+    if "gamma" in needs and (gamma < 0 or (gamma == 0 and lr_policy in ("step", "exp", "multistep"))):
+        bound = "> 0" if lr_policy in ("step", "exp", "multistep") else ">= 0 (Caffe's CHECK)"
+        raise ValueError(f"lr_policy {lr_policy!r} needs gamma {bound}, got {gamma}")
+    if lr_policy == "exp" and gamma > 1:
+        raise ValueError(f"lr_policy 'exp' with gamma {gamma} > 1 makes the rate grow without bound")
+    if "stepsize" in needs and stepsize <= 0:
+        raise ValueError(f"lr_policy {lr_policy!r} needs stepsize > 0, got {stepsize}")
+    if lr_policy == "poly" and (max_iter <= 0 or power < 0):
+        raise ValueError(f"lr_policy 'poly' needs max_iter > 0 and power >= 0, got max_iter "
+                         f"{max_iter}, power {power}")
+    if lr_policy == "multistep" and min(stepvalue) < 0:
+        raise ValueError(f"stepvalue must be >= 0, got {list(stepvalue)}")
 
 
 def multistep_current_step(stepvalue, iteration):
@@ -250,6 +266,10 @@ class SolverSettings:
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{key} must be a finite number >= 0, got {value}")
+        if not self.base_lr > 0:
+            raise ValueError(f"base_lr must be > 0 (0 trains nothing), got {self.base_lr}")
+        if not self.momentum < 1:
+            raise ValueError(f"momentum must be < 1 (the history would never decay), got {self.momentum}")
         for key, low in (("max_iter", 0), ("snapshot", 0), ("display", 0), ("batch_size", 1)):
             value = getattr(self, key)
             if value is not None and (int(value) != value or value < low):
@@ -302,17 +322,39 @@ _FIELD = re.compile(r"""\s*([A-Za-z_]\w*)\s*:\s*"""
                     r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s"'#{}:;,]+)\s*[;,]?""")
 
 
+# Numbers as protobuf's text format writes them (ASCII only: not Python's `1_000` or `١`); an
+# integer of more than 18 digits overflows Caffe's int32/int64 fields anyway.
+_INT_TEXT = re.compile(r"[+-]?[0-9]{1,18}\Z", re.ASCII)
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[fF]?\Z", re.ASCII)
+_NON_FINITE = re.compile(r"[+-]?(inf|infinity|nan)[fF]?\Z", re.ASCII | re.IGNORECASE)
+
+
 def _parse_number(text, kind, where):
-    try:
-        if kind is int:
-            return int(text, 10)
-        value = float(text[:-1] if text[-1:] in "fF" and not text.lower().endswith("inf") else text)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise UserError(f"{where}: {text!r} is not {what}") from None
-    if not math.isfinite(value):
+    if kind is int:
+        if not _INT_TEXT.match(text):
+            raise UserError(f"{where}: {text!r} is not an integer" +
+                            (" (too many digits)" if text.lstrip("+-").isdigit() else ""))
+        return int(text, 10)
+    if _NON_FINITE.match(text):
+        raise UserError(f"{where}: {text!r} is not a finite number")
+    if not _FLOAT_TEXT.match(text):
+        raise UserError(f"{where}: {text!r} is not a number")
+    value = float(text.rstrip("fF"))
+    if not math.isfinite(value):       # 1e999
         raise UserError(f"{where}: {text!r} is not a finite number")
     return value
+
+
+def _error_line(message, line_of, stepvalue, stepvalue_lines):
+    """The line a SolverSettings error is about: the first key of the message that the file sets
+    (`lr_policy 'step' needs stepsize > 0` -> stepsize's line; stepvalue: its first negative
+    one), else lr_policy's."""
+    for word in re.findall(r"[a-z_]+", message):
+        if word == "stepvalue" and stepvalue_lines:
+            return next((n for v, n in zip(stepvalue, stepvalue_lines) if v < 0), stepvalue_lines[0])
+        if word in line_of and word != "lr_policy":
+            return line_of[word]
+    return line_of.get("lr_policy")
 
 
 def read_solver_prototxt(path, defaults=None):
@@ -322,7 +364,9 @@ def read_solver_prototxt(path, defaults=None):
     repeated `stepvalue`. Solver keys absent from the file take Caffe's proto defaults
     (momentum 0, weight_decay 0, ...); base_lr, lr_policy and max_iter are required. batch_size
     is not a solver key: it comes from `defaults` (the dhn-caffe preset).
-    Unknown keys, nested messages, repeated singular keys, bad values -> UserError "<path>:<line>".
+    Unknown keys, nested messages, repeated singular keys, bad values -> UserError "<path>:<line>"
+    (a missing required key, which has no line: "<path>: missing ..."). Numbers are ASCII
+    protobuf-text numbers; NaN and infinities are refused.
     """
     defaults = PRESETS["dhn-caffe"] if defaults is None else defaults
     try:
@@ -331,7 +375,7 @@ def read_solver_prototxt(path, defaults=None):
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or e
         raise UserError(f"{path}: cannot read solver prototxt ({reason})") from None
-    found, line_of, stepvalue = {}, {}, []
+    found, line_of, stepvalue, stepvalue_lines = {}, {}, [], []
     for lineno, line in enumerate(lines, 1):
         where, pos = f"{path}:{lineno}", 0
         while pos < len(line):
@@ -348,6 +392,7 @@ def read_solver_prototxt(path, defaults=None):
             value = raw[1:-1] if raw[0] in "\"'" else raw
             if key == "stepvalue":
                 stepvalue.append(_parse_number(value, int, where))
+                stepvalue_lines.append(lineno)
                 continue
             if key in line_of and key not in _IGNORED_KEYS:   # singular field given twice
                 raise UserError(f"{where}: {key} is given twice (first on line {line_of[key]})")
@@ -378,6 +423,7 @@ def read_solver_prototxt(path, defaults=None):
     values = dict(_CAFFE_DEFAULTS, **found)
     try:
         return SolverSettings(stepvalue=tuple(stepvalue), batch_size=defaults.batch_size, **values)
-    except ValueError as e:
-        line = line_of.get("lr_policy") if "lr_policy" in str(e) else None
-        raise UserError(f"{path}:{line}: {e}" if line else f"{path}: {e}") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        message = " ".join(str(e).split())
+        line = _error_line(message, line_of, stepvalue, stepvalue_lines)
+        raise UserError(f"{path}:{line}: {message}" if line else f"{path}: {message}") from None

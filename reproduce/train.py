@@ -10,14 +10,15 @@ import dataclasses
 import os
 
 from .checkpoint import load_checkpoint
-from .config import DataSettings, ModelSettings, RunConfig
+from .config import DataSettings, MethodSettings, ModelSettings, RunConfig
 from .engine import train
-from .errors import ArgumentParser, UserError, run_cli
+from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, number, run_cli
 from .lists import read_list
 from .losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
-from .nets import ARCHS
+from .methods import DEEP_METHODS
+from .nets import ARCHS, BITS
 from .solver import LR_POLICIES, PRESETS, SolverSettings, read_solver_prototxt
-from .transforms import MEAN_VALUE, format_mean, parse_mean_value
+from .transforms import MEAN_VALUE, format_mean, load_mean_file, parse_mean_value
 
 DEFAULTS = PRESETS["dhn-caffe"], LOSS_PRESETS["dhn-caffe"]   # quoted in the help texts
 
@@ -28,11 +29,11 @@ def get_args_parser():
     g = p.add_argument_group("data")
     g.add_argument("--train-list", required=True, help="training list, `path l1 ... lC` per line")
     g.add_argument("--root", required=True, help="dataset root the list's paths are relative to")
-    g.add_argument("--num-labels", type=int, default=None, help="C, to check the list against (default: the list's)")
+    g.add_argument("--num-labels", type=POSITIVE, default=None, help="C, to check the list against (default: the list's)")
     g.add_argument("--cache", default=None,
                    help="HDF5 cache of the list's images resized to 256x256 (built if absent; default "
                         "<out>/train_cache.h5); 'none' decodes every batch from the image files")
-    g.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
+    g.add_argument("--workers", type=NON_NEGATIVE, default=2, help="loader processes (default 2)")
     g.add_argument("--mean", default=None,
                    help=f"per-channel B,G,R mean (default {format_mean(MEAN_VALUE)}: the authors' mean_value)")
     g.add_argument("--mean-file", default=None, help="imagenet_mean.binaryproto or ilsvrc_2012_mean.npy instead")
@@ -42,40 +43,43 @@ def get_args_parser():
     g.add_argument("--weights", required=True,
                    help="converted ImageNet checkpoint (hash layer from its filler) or a DHN checkpoint")
     g.add_argument("--arch", choices=ARCHS, default=None, help="default: the checkpoint's")
-    g.add_argument("--bits", type=int, default=48, help="K, hash code length (default 48)")
-    g.add_argument("--dropout", type=float, default=0.5, help="fc6/fc7 dropout ratio (default 0.5, as the zoo nets)")
+    g.add_argument("--bits", type=BITS, default=48, help="K, hash code length (default 48)")
+    g.add_argument("--dropout", type=number(0, 1, high_open=True), default=0.5, help="fc6/fc7 dropout ratio (default 0.5, as the zoo nets)")
     g = p.add_argument_group("loss")
-    g.add_argument("--quant-weight", type=float, default=None,
+    g.add_argument("--quant-weight", type=number(0), default=None,
                    help=f"λ of the quantization loss (preset: {DEFAULTS[1].quant_weight:g}, the dhn-caffe "
                         "q_gamma); 0 = DHN-Q")
     g.add_argument("--pair-loss", choices=PAIR_LOSSES, default=DEFAULTS[1].pair_loss,
                    help="cross_entropy (DHN, default) or squared (DHN-E)")
-    g.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+    g.add_argument("--method", choices=list(DEEP_METHODS), default=None,
+                   help="train a deep baseline of Table 1 instead of DHN (its head and loss on the same "
+                        "network and solver; reproduce.methods)")
+    g.add_argument("--threshold", type=number(), default=DEFAULT_THRESHOLD,
                    help=f"θ above which the pair loss is linear (default {DEFAULT_THRESHOLD:g}, the authors' layer)")
     g = p.add_argument_group("solver")
     g.add_argument("--preset", choices=sorted(PRESETS), default="dhn-caffe",
                    help="named solver settings (default dhn-caffe: the authors' solver.prototxt)")
     g.add_argument("--solver-prototxt", default=None, help="read the settings from a Caffe solver.prototxt")
-    g.add_argument("--base-lr", type=float)
+    g.add_argument("--base-lr", type=number(0, low_open=True))
     g.add_argument("--lr-policy", choices=LR_POLICIES)
-    g.add_argument("--gamma", type=float)
-    g.add_argument("--stepsize", type=int)
-    g.add_argument("--power", type=float)
-    g.add_argument("--stepvalue", type=int, nargs="*")
-    g.add_argument("--max-iter", type=int)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--batch-size", type=int,
+    g.add_argument("--gamma", type=number(0))
+    g.add_argument("--stepsize", type=POSITIVE)
+    g.add_argument("--power", type=number())
+    g.add_argument("--stepvalue", type=NON_NEGATIVE, nargs="*")
+    g.add_argument("--max-iter", type=POSITIVE)
+    g.add_argument("--momentum", type=number(0, 1, high_open=True))
+    g.add_argument("--weight-decay", type=number(0))
+    g.add_argument("--batch-size", type=POSITIVE,
                    help=f"global batch, over all processes (preset: {DEFAULTS[0].batch_size})")
-    g.add_argument("--snapshot", type=int,
+    g.add_argument("--snapshot", type=POSITIVE,
                    help=f"snapshot interval in iterations (preset: {DEFAULTS[0].snapshot})")
-    g.add_argument("--display", type=int, help="log interval in iterations")
+    g.add_argument("--display", type=POSITIVE, help="log interval in iterations")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run folder")
-    g.add_argument("--seed", type=int, default=0, help="drives the batch order, crops, mirrors, dropout, fch filler")
+    g.add_argument("--seed", type=NON_NEGATIVE, default=0, help="drives the batch order, crops, mirrors, dropout, fch filler")
     g.add_argument("--resume", action="store_true", help="continue from the latest snapshot in --out")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    g.add_argument("--keep-snapshots", type=int, default=0,
+    g.add_argument("--keep-snapshots", type=NON_NEGATIVE, default=0,
                    help="keep only the newest N snapshots (default 0 = all, as Caffe)")
     g.add_argument("--quiet", dest="progress", action="store_false", help="no progress bar")
     return p
@@ -91,6 +95,8 @@ def config_from_args(args, ckpt=None):
     if args.quant_weight is not None:
         loss = dataclasses.replace(loss, quant_weight=args.quant_weight)
     num_labels = args.num_labels or read_list(args.train_list).labels.shape[1]
+    if args.mean_file:
+        load_mean_file(args.mean_file)           # a bad mean file stops the run before it starts
     cache = os.path.join(args.out, "train_cache.h5") if args.cache is None else (
         None if args.cache == "none" else args.cache)
     try:
@@ -102,7 +108,8 @@ def config_from_args(args, ckpt=None):
                                 args.bits, args.dropout),
             solver=dataclasses.replace(solver, **given),
             loss=dataclasses.replace(loss, pair_loss=args.pair_loss, threshold=args.threshold),
-            out=args.out, seed=args.seed, device=args.device, keep_snapshots=args.keep_snapshots)
+            out=args.out, seed=args.seed, device=args.device, keep_snapshots=args.keep_snapshots,
+            method=MethodSettings(args.method) if args.method else None)
     except ValueError as e:
         raise UserError(f"solver settings: {e}") from None
 

@@ -10,6 +10,7 @@ caller (reproduce.data, from its own seeded generator) and passed in. The packag
 OpenCV; the tests compare against it (cv2.imread + cv2.resize of OpenCV 4.x).
 """
 import functools
+import math
 
 import numpy as np
 import torch
@@ -38,10 +39,16 @@ def read_image_bgr(path):
     IMREAD_IGNORE_ORIENTATION). Decoded with PIL; the tests check equality with cv2.imread.
     A missing or undecodable file raises UserError naming the path.
     """
+    return decode_image(path, _pil_to_bgr)
+
+
+def decode_image(path, convert):
+    """convert(PIL image) of the file at `path`, with every decoding failure as one UserError
+    naming the path (both pipelines: this module's and reproduce.pycaffe_pipeline's)."""
     try:
         with Image.open(path) as im:
             im.load()
-            return _pil_to_bgr(im)
+            return convert(im)
     except FileNotFoundError:
         raise UserError(f"{path}: no such image file") from None
     except IsADirectoryError:
@@ -188,6 +195,8 @@ def parse_mean_value(text):
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
+    if len(values) == 3 and not all(math.isfinite(v) for v in values):
+        raise UserError(f"--mean {text!r}: the mean must be three finite numbers")
     if len(values) != 3:
         raise UserError(f"--mean {text!r}: expected three comma-separated numbers B,G,R "
                         f"(e.g. {format_mean(MEAN_VALUE)})")
@@ -200,6 +209,8 @@ def mean_array(mean, size=NEW_SIZE):
     Accepts a sequence of 3 numbers, a (3,), (3, 1, 1) or (3, size, size) array or tensor.
     """
     m = np.asarray(mean.cpu() if isinstance(mean, torch.Tensor) else mean, dtype=np.float32)
+    if not np.isfinite(m).all():
+        raise UserError("the mean holds NaN or infinite values (or values beyond float32)")
     if m.shape in ((3,), (3, 1, 1)):
         return m.reshape(3, 1, 1)
     if m.shape == (3, size, size):
@@ -224,6 +235,17 @@ def crop_and_subtract(img, h_off, w_off, mean, crop_size=CROP_SIZE, mirror=False
         crop = crop[:, :, ::-1]
         m = m[:, :, ::-1]
     return np.subtract(crop, m, dtype=np.float32)
+
+
+def load_mean_file(path):
+    """A mean file (imagenet_mean.binaryproto or ilsvrc_2012_mean.npy) as a checked float32
+    (3, 256, 256) array; UserError naming the file once."""
+    from .caffe_format import read_mean      # caffe_format's errors name the file already
+    mean = read_mean(path)
+    try:
+        return mean_array(mean)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 def center_offset(size, crop_size=CROP_SIZE):

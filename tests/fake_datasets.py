@@ -217,3 +217,25 @@ def make_fake_flickr(root, num_images=60, unlabeled=6, seed=0):
     with open(os.path.join(ann, "README.txt"), "w") as f:
         f.write("Synthetic stand-in for the MIRFlickr-25k annotations (tests only).\n")
     return {"annotation_dir": ann, "images_root": str(root), "labels": labels}
+
+
+def make_fake_hashnet(root, dataset, counts=(("train.txt.gz", 32), ("test.txt.gz", 8), ("database.txt.gz", 40)),
+                      seed=0):
+    """The images the first entries of the committed HashNet lists (data_lists/<dataset>/) name,
+    under `root` in the layout of the authors' `./data/<dataset>/` folder (imagenet100:
+    image/, val_image/; coco: train2014/, val2014/): what a --smoke run reads. Returns the paths."""
+    import gzip
+    from reproduce.datasets.common import DATA_LISTS
+    prefix = {"imagenet100": "./data/imagenet/", "coco": "./data/coco/"}[dataset]
+    rng = np.random.default_rng(seed)
+    made = []
+    for name, n in counts:
+        with gzip.open(DATA_LISTS / dataset / name, "rt") as f:
+            for _, line in zip(range(n), f):
+                rel = line.split(" ", 1)[0][len(prefix):]
+                path = os.path.join(root, rel)
+                if not os.path.exists(path):
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    Image.fromarray(_tiny_image(rng, 12)).save(path, format="JPEG")
+                    made.append(rel)
+    return made

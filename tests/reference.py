@@ -14,3 +14,23 @@ def plain_map(qB, dB, qL, dL):
         precision = np.cumsum(rel) / np.arange(1, len(rel) + 1)
         aps.append(np.sum(precision * rel) / rel.sum())
     return float(np.mean(aps))
+
+
+# Weight scales of a random CaffeNet that behaves like a trained one: He-like std sqrt(2 / fan_in)
+# keeps activations O(1) layer to layer; conv1 keeps the pixels' scale (~70) so that LRN, where
+# the two archs differ, really normalizes; conv2 brings the scale down to O(1); the hash layer's
+# std keeps tanh out of saturation.
+GAIN = {"conv1": 1.0, "conv2": 1 / 30, "fc6": 0.7, "fc7": 0.7, "hash_layer": 0.7}
+
+
+def random_net_layers(bits, seed):
+    """{Caffe layer: [weight, bias]} float32 of conv1..fc7 (+ hash_layer with bits), scaled by GAIN."""
+    from reproduce.nets import expected_shapes
+    rng = np.random.default_rng(seed)
+    layers = {}
+    for key, shape in expected_shapes(bits).items():
+        layer, part = key.split(".")
+        fan_in = int(np.prod(shape[1:])) if part == "weight" else 1
+        std = np.sqrt(2.0 / fan_in) * GAIN.get(layer, 1.0) if part == "weight" else 0.1
+        layers.setdefault(layer, []).append(rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+    return layers

@@ -16,7 +16,7 @@ from reproduce.baselines.supervised import (ITQCCA, KSH, PairwiseTarget, opt_pro
 from reproduce.errors import UserError
 from reference import plain_map
 
-FAST = {"ksh": dict(n_anchors=60, max_iter=100)}    # small settings keep the suite quick
+FAST = {"ksh": dict(n_anchors=60, max_iter=100), "mlh": dict(n_epochs=2)}    # small settings keep the suite quick
 
 
 def build(name, bits, seed=0):
@@ -40,7 +40,7 @@ def class_data(rng, n, d=32, c=5, multi_label=False):
 
 # ----------------------------------------------------------------------------- all methods
 def test_registry_names_and_settings():
-    assert list(BASELINES) == ["lsh", "sh", "itq", "itq-cca", "ksh"]
+    assert list(BASELINES) == ["lsh", "sh", "itq", "itq-cca", "ksh", "mlh", "bre"]
     assert BASELINES["itq-cca"] is ITQCCA and BASELINES["ksh"] is KSH
     s = make_baseline("ksh", 16, seed=3, n_anchors=50).settings()
     assert s == {"method": "ksh", "bits": 16, "seed": 3, "n_anchors": 50, "n_labeled": 1000,
@@ -298,4 +298,4 @@ def test_supervised_module_imports_on_its_own():
     out = subprocess.run([sys.executable, "-c", "import reproduce.baselines.supervised as s; "
                           "from reproduce.baselines import BASELINES; print(sorted(BASELINES))"],
                          capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(sorted(["lsh", "sh", "itq", "itq-cca", "ksh"]))
+    assert out.stdout.strip() == str(sorted(["lsh", "sh", "itq", "itq-cca", "ksh", "mlh", "bre"]))

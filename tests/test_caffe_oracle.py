@@ -19,28 +19,19 @@ from caffe_oracle import run
 from reproduce.caffe_format import read_caffemodel, write_caffemodel
 from reproduce.caffe_net import caffe_to_state_dict, deploy_prototxt, train_val_prototxt
 from reproduce.losses import DHNLoss
-from reproduce.nets import DHNNet, expected_shapes
+from reproduce.nets import DHNNet
 from reproduce.transforms import MEAN_VALUE
+from reference import random_net_layers
 
 pytestmark = pytest.mark.caffe
 
 BITS = 12
 LABELS = 5
-# Weight scales as tests/test_opencv_forward.py: activations O(1) layer to layer, conv1 keeps the
-# pixels' scale so that LRN (where the archs differ) really normalizes, tanh out of saturation.
-GAIN = {"conv1": 1.0, "conv2": 1 / 30, "fc6": 0.7, "fc7": 0.7, "hash_layer": 0.7}
 
 
 def random_layers(bits=BITS, seed=2016):
     """{Caffe layer: [weight, bias]} float32 for conv1..fc7 + hash_layer, He-like scales."""
-    rng = np.random.default_rng(seed)
-    layers = {}
-    for key, shape in expected_shapes(bits).items():
-        layer, part = key.split(".")
-        fan_in = int(np.prod(shape[1:])) if part == "weight" else 1
-        std = np.sqrt(2.0 / fan_in) * GAIN.get(layer, 1.0) if part == "weight" else 0.1
-        layers.setdefault(layer, []).append(rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
-    return layers
+    return random_net_layers(bits, seed)
 
 
 def pixels(n, seed=7):

@@ -62,7 +62,10 @@ def test_protocol_comes_from_the_dataset_modules():
     assert comparison.dataset_protocol("cifar10")["topk"] is None
     assert comparison.dataset_protocol("nus_wide")["topk"] == 5000
     assert comparison.dataset_protocol("flickr")["topk"] == 5000
-    assert comparison.dataset_protocol("demo")["topk"] is None
+    assert comparison.dataset_protocol("demo", None)["topk"] is None
+    assert comparison.dataset_protocol("demo", 100)["topk"] == 100
+    with pytest.raises(UserError, match="has no preset protocol"):
+        comparison.dataset_protocol("demo")
     assert comparison.method_dir("o", "CNNH*", 48) == os.path.join("o", "methods", "CNNH__48")
     assert comparison.parse_baseline_options(["ksh:n_anchors=30", "ksh:tol=0.5"]) == {
         "ksh": {"n_anchors": 30, "tol": 0.5}}
@@ -151,7 +154,7 @@ def bad_cases(tmp_path, rng):
     imp = f"X:16:{tmp_path / 'q8.npy'}:{tmp_path / 'd8.npy'}"
     return [
         (["--dataset", "cifar10", "--runs", str(tmp_path / "bad"), "--out", out], f"{bad}: not a valid metrics.json"),
-        (["--dataset", "mnist", "--runs", str(runs), "--out", out], "invalid choice: 'mnist'"),
+        (["--dataset", "mnist", "--runs", str(runs), "--out", out], "dataset 'mnist' has no preset protocol"),
         (["--dataset", "cifar10", "--runs", other, "--out", out], "a run of dataset 'flickr', not 'cifar10'"),
         (["--dataset", "cifar10", "--import", imp, "--labels", str(tmp_path / "ql.npy"), str(tmp_path / "dl.npy"),
           "--out", out], "q8.npy: codes of 8 bits, but --import says X has 16"),

@@ -8,15 +8,15 @@ from conftest import REPO
 
 def test_demo_runs_the_whole_chain(tmp_path, capsys):
     demo.main(["--out", str(tmp_path), "--bits", "12", "--seeds", "0", "--max-iter", "300",
-               "--baselines", "lsh", "itq-cca"])
+               "--baselines", "lsh", "itq-cca", "--methods", "cnnh"])
     printed = capsys.readouterr().out
     assert "What this demo changes from the paper's setup" in printed
     for name in ("table1.md", "table1.csv", "table1.tex", "table2.md", "fig_a_precision_radius2.png",
                  "fig_b_pr_curve_12bits.png", "fig_c_precision_at_n_12bits.pdf", "sweep.md", "run.json"):
         assert (tmp_path / name).exists(), name
     methods = sorted(os.listdir(tmp_path / "metrics"))
-    assert methods == ["DHN-B_12bits_seed0", "DHN-E_12bits_seed0", "DHN-Q_12bits_seed0", "DHN_12bits_seed0",
-                       "ITQ-CCA_12bits_seed0", "LSH_12bits_seed0"]
+    assert methods == ["CNNH_12bits_seed0", "DHN-B_12bits_seed0", "DHN-E_12bits_seed0", "DHN-Q_12bits_seed0",
+                       "DHN_12bits_seed0", "ITQ-CCA_12bits_seed0", "LSH_12bits_seed0"]
     dhn = json.load(open(tmp_path / "metrics" / "DHN_12bits_seed0" / "metrics.json"))
     lsh = json.load(open(tmp_path / "metrics" / "LSH_12bits_seed0" / "metrics.json"))
     assert dhn["metrics"]["num_queries"] == 100 and dhn["metrics"]["num_database"] == 1697
@@ -31,4 +31,10 @@ def test_committed_demo_output_is_complete():
     for n in (1, 2):
         for ext in ("md", "csv", "tex"):
             assert (out / f"table{n}.{ext}").stat().st_size > 0
-    assert len(os.listdir(out / "metrics")) == 4 * 3 * 4 + 4 * 5   # DHN, -B, -Q, -E x 4 bits x 3 seeds + 5 baselines
+    # DHN, -B, -Q, -E and CNNH, CNNH*, DNNH x 4 bits x 3 seeds + 7 shallow baselines x 4 bits
+    assert len(os.listdir(out / "metrics")) == 4 * 3 * (4 + 3) + 4 * 7
+    table1 = open(out / "table1.md").read()
+    from reproduce.paper import TABLE1_METHODS
+    for method in TABLE1_METHODS:                      # all eleven rows, each with a number
+        row = next(line for line in table1.splitlines() if line.startswith(f"| {method} |"))
+        assert row.split("|")[2].strip() not in ("", "\u2014"), method

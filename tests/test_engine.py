@@ -83,7 +83,8 @@ def test_batches_do_not_depend_on_workers_or_processes(dataset, tmp_path):
     direct = [data.TrainBatches(image_list, order, mean, 2, 6, root=root)[i] for i in range(4)]
     halves = [[data.TrainBatches(image_list, order, mean, 2, 6, cache_path=cache, rank=r, world_size=2)[i]
                for r in (0, 1)] for i in range(4)]
-    for (x, y), (xd, yd), parts in zip(whole, direct, halves):
+    for (x, y, err), (xd, yd, _), parts in zip(whole, direct, halves):
+        assert err == ""
         assert x.shape == (8, 3, 227, 227)
         torch.testing.assert_close(x, xd, rtol=0, atol=0)          # cache == decoding on the fly
         torch.testing.assert_close(x, torch.cat([p[0] for p in parts]), rtol=0, atol=0)

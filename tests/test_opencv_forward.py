@@ -12,26 +12,18 @@ import torch
 
 from reproduce.caffe_format import read_caffemodel, write_caffemodel
 from reproduce.caffe_net import caffe_to_state_dict, deploy_prototxt
-from reproduce.nets import DHNNet, expected_shapes
+from reproduce.nets import DHNNet
 from reproduce.transforms import MEAN_VALUE
+from reference import random_net_layers
 
 BITS = 32
 TOL = 1e-4
-# Weight scales: He-like std sqrt(2 / fan_in) keeps activations O(1) layer to layer; conv1 keeps
-# the pixels' scale (~70) so that LRN, where the two archs differ, really normalizes; conv2 brings
-# the scale down to O(1); the hash layer's std 1/sqrt(fan_in) keeps tanh out of saturation.
-GAIN = {"conv1": 1.0, "conv2": 1 / 30, "fc6": 0.7, "fc7": 0.7, "hash_layer": 0.7}
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    rng = np.random.default_rng(2016)
-    layers = {}
-    for k, shape in expected_shapes(BITS).items():
-        layer, part = k.split(".")
-        fan_in = int(np.prod(shape[1:])) if part == "weight" else 1
-        std = np.sqrt(2.0 / fan_in) * GAIN.get(layer, 1.0) if part == "weight" else 0.1
-        layers.setdefault(layer, []).append(rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+    layers = random_net_layers(BITS, 2016)
+    rng = np.random.default_rng(2017)
     layers["fc8"] = [rng.standard_normal((1000, 4096), dtype=np.float32) * np.float32(0.01),
                      np.zeros(1000, np.float32)]
     folder = tmp_path_factory.mktemp("opencv_forward")

@@ -12,7 +12,7 @@ from reproduce.datasets import cifar10, flickr, nus_wide
 from reproduce.errors import UserError
 
 FAST = ["--bits", "12", "--variants", "dhn", "dhn-b", "--baselines", "lsh", "itq", "--workers", "0",
-        "--device", "cpu", "--smoke"]
+        "--device", "cpu", "--smoke", "--methods", "dnnh"]   # every method: test_smoke_table1_...
 
 
 def outputs(out):
@@ -32,7 +32,7 @@ def test_cifar10_smoke_and_rerun(tmp_path, random_caffenet, monkeypatch):
                  "fig_b_pr_curve_12bits.pdf", "fig_c_precision_at_n_12bits.png", "run.json", "codes", "metrics"):
         assert name in out, name
     assert sorted(os.listdir(tmp_path / "res" / "metrics")) == [
-        "DHN-B_12bits_seed0", "DHN_12bits_seed0", "ITQ_12bits_seed0", "LSH_12bits_seed0"]
+        "DHN-B_12bits_seed0", "DHN_12bits_seed0", "DNNH_12bits_seed0", "ITQ_12bits_seed0", "LSH_12bits_seed0"]
     run = json.load(open(tmp_path / "res" / "run.json"))
     assert run["identity"]["smoke"] and run["finished"] and run["versions"]["torch"]
     assert run["lists"]["query"]["images"] == 8 and run["lists"]["database"]["images"] == 40
@@ -64,7 +64,10 @@ def test_flickr_smoke_with_sweep(tmp_path, random_caffenet):
                                 "--work", str(tmp_path / "work"), "--sweep", "--sweep-bits", "12",
                                 "--sweep-lrs", "1e-3", "--sweep-quant-weights", "0.1", "10"] + FAST)
     sweep = json.load(open(tmp_path / "res" / "sweep.json"))
-    assert [(r["base_lr"], r["quant_weight"]) for r in sweep["rows"]] == [(1e-3, 0.1), (1e-3, 10.0)]
+    grid = [(r["base_lr"], r["quant_weight"]) for r in sweep["rows"] if not r["extended"]]
+    assert grid == [(1e-3, 0.1), (1e-3, 10.0)]
+    for r in sweep["rows"]:               # a best at an edge of λ extends λ alone (one lr: no edge)
+        assert not r["extended"] or (r["base_lr"] == 1e-3 and r["quant_weight"] in (0.01, 100.0, 1000.0, 1e4))
     cfg = json.load(open(tmp_path / "work" / "train" / "dhn_12bits_seed0" / "config.json"))
     assert (cfg["solver"]["base_lr"], cfg["loss"]["quant_weight"]) == (sweep["best"]["base_lr"],
                                                                       sweep["best"]["quant_weight"])
@@ -95,3 +98,78 @@ def test_missing_images_and_wrong_labels_stop_before_training(tmp_path, random_c
                           "--authors-lists", str(bad), "--weights", random_caffenet, "--out", str(tmp_path / "res2"),
                           "--work", str(tmp_path / "work2")] + FAST, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr and "20 labels" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("dataset", ["imagenet100", "coco"])
+def test_hashnet_benchmarks_smoke(tmp_path, random_caffenet, dataset):
+    """The HashNet presets on stand-ins of their folder layouts: the committed lists with the
+    authors' prefix rewritten to --root, 16 to 64 bits, MAP@1000 / MAP@5000 with HashNet's
+    zero-hit convention."""
+    from reproduce.datasets import coco, imagenet100
+    module = {"imagenet100": imagenet100, "coco": coco}[dataset]
+    fake_datasets.make_fake_hashnet(str(tmp_path / "data"), dataset)
+    module.main(["--root", str(tmp_path / "data"), "--weights", random_caffenet, "--out", str(tmp_path / "res"),
+                 "--work", str(tmp_path / "work"), "--bits", "16", "64", "--variants", "dhn",
+                 "--baselines", "lsh", "--methods", {"imagenet100": "cnnh", "coco": "cnnh*"}[dataset],
+                 "--workers", "0", "--device", "cpu", "--smoke"])
+    doc = json.load(open(tmp_path / "res" / "metrics" / "DHN_64bits_seed0" / "metrics.json"))
+    assert doc["dataset"] == dataset and doc["conventions"]["topk"] == module.MAP_TOPK
+    assert doc["conventions"]["zero_hit"] == "zero"
+    assert {"fig_a_precision_radius2.png", "fig_b_pr_curve_64bits.png", "table1.md"} <= set(outputs(tmp_path / "res"))
+    first = open(tmp_path / "work" / "lists_smoke" / "train.txt").readline()
+    assert not first.startswith("./data") and os.path.exists(tmp_path / "data" / first.split()[0])
+
+
+def test_hashnet_missing_image_is_reported_before_training(tmp_path, random_caffenet):
+    from reproduce.datasets import coco
+    made = fake_datasets.make_fake_hashnet(str(tmp_path / "data"), "coco")
+    os.remove(tmp_path / "data" / made[3])
+    with pytest.raises(UserError, match=f"missing under .*{os.path.basename(made[3])}"):
+        coco.main(["--root", str(tmp_path / "data"), "--weights", random_caffenet, "--out", str(tmp_path / "res"),
+                   "--work", str(tmp_path / "work")] + FAST)
+    assert not os.path.exists(tmp_path / "work" / "train")
+
+
+def test_custom_dataset_smoke_with_its_own_numbers(tmp_path, random_caffenet):
+    """reproduce.custom on lists that are none of the paper's datasets: its name in every title and
+    file, its published numbers beside ours, none of CIFAR-10's."""
+    from reproduce.datasets import custom
+    fake = fake_datasets.make_fake_flickr(str(tmp_path / "data"), num_images=40, unlabeled=0)
+    rows = [f"mirflickr/im{n}.jpg " + " ".join(map(str, fake["labels"][n - 1, :5])) for n in range(1, 41)]
+    for name, part in (("train", rows[:24]), ("query", rows[24:30]), ("database", rows[6:])):
+        (tmp_path / f"{name}.txt").write_text("\n".join(part) + "\n")
+    (tmp_path / "mine.csv").write_text("table,method,dataset,bits,map\n1,DHN,shapes,12,0.812\n"
+                                       "1,MyHash,shapes,12,0.9\n2,DHN,shapes,12,0.811\n")
+    argv = ["--name", "shapes", "--root", str(tmp_path / "data"), "--train-list", str(tmp_path / "train.txt"),
+            "--query-list", str(tmp_path / "query.txt"), "--database-list", str(tmp_path / "database.txt"),
+            "--topk", "20", "--paper-numbers", str(tmp_path / "mine.csv"), "--weights", random_caffenet,
+            "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")] + FAST
+    custom.main(argv)
+    table = open(tmp_path / "res" / "table1.md").read()
+    assert "shapes" in table and "0.812" in table and "MyHash" in table
+    assert "CIFAR" not in table and "0.555" not in table
+    doc = json.load(open(tmp_path / "res" / "metrics" / "DHN_12bits_seed0" / "metrics.json"))
+    assert doc["dataset"] == "shapes" and doc["conventions"]["topk"] == 20
+    run = json.load(open(tmp_path / "res" / "run.json"))
+    assert run["identity"]["dataset"] == "shapes" and run["identity"]["protocol"]["topk"] == 20
+    # another configuration into the same folder is refused before anything runs
+    with pytest.raises(UserError, match="written with another configuration .*protocol"):
+        custom.main([a if a != "20" else "30" for a in argv])
+    with pytest.raises(UserError, match="--name 'a b'"):
+        custom.main(["--name" if a == "--name" else ("a b" if a == "shapes" else a) for a in argv])
+
+
+def test_smoke_table1_has_a_computed_number_in_every_row(tmp_path, random_caffenet):
+    """A --smoke run with the defaults computes every method of the paper's Table 1: DHN, the
+    three deep baselines trained by the same engine, the seven shallow ones on fc7."""
+    from reproduce.paper import TABLE1_METHODS
+    fake = fake_datasets.make_fake_nus_wide(str(tmp_path / "data"))
+    nus_wide.main(["--root", fake["authors_images_root"], "--authors-lists", fake["authors_dir"],
+                   "--weights", random_caffenet, "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work"),
+                   "--bits", "12", "--variants", "dhn", "--workers", "0", "--device", "cpu", "--smoke"])
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in open(tmp_path / "res" / "table1.md") if line.startswith("| ") and "Method" not in line}
+    for method in TABLE1_METHODS:
+        assert method in rows and rows[method] not in ("", "\u2014"), (method, rows.get(method))
+    for name in ("cnnh", "cnnh-star", "dnnh"):           # trained by the engine, resumable
+        assert os.path.exists(tmp_path / "work" / "train" / f"{name}_12bits_seed0" / "final.pth")

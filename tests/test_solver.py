@@ -48,7 +48,7 @@ POLICIES = {
     "inv": dict(gamma=1e-3, power=0.75),
     "multistep": dict(gamma=0.5, stepvalue=(300, 100, 100, 1200)),   # Caffe: one step per iter
     "poly": dict(power=0.9, max_iter=2000),
-    "sigmoid": dict(gamma=-0.01, stepsize=900),
+    "sigmoid": dict(gamma=0.01, stepsize=900),     # Caffe CHECKs gamma >= 0: a warm-up
 }
 
 
@@ -220,7 +220,7 @@ def test_errors_for_missing_policy_settings():
              (dict(lr_policy="inv", gamma=0.1), "power"),
              (dict(lr_policy="multistep", gamma=0.1), "stepvalue"),
              (dict(lr_policy="poly", power=1.0), "max_iter"),
-             (dict(lr_policy="sigmoid", gamma=-0.1), "stepsize"),
+             (dict(lr_policy="sigmoid", gamma=0.1), "stepsize"),
              (dict(lr_policy="cosine"), "unknown lr_policy")]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -230,8 +230,8 @@ def test_errors_for_missing_policy_settings():
     with pytest.raises(ValueError, match="past max_iter"):
         learning_rate(11, 0.1, "poly", power=1.0, max_iter=10)
     assert learning_rate(10, 0.1, "poly", power=1.0, max_iter=10) == 0.0
-    assert learning_rate(10**6, 0.1, "sigmoid", gamma=1.0, stepsize=0) == 0.1   # no overflow
-    assert learning_rate(10**6, 0.1, "sigmoid", gamma=-1.0, stepsize=0) == 0.0
+    assert learning_rate(10**6, 0.1, "sigmoid", gamma=1.0, stepsize=1) == 0.1   # no overflow
+    assert learning_rate(0, 0.1, "sigmoid", gamma=1.0, stepsize=10**6) == 0.0
 
 
 def test_param_groups_carry_the_authors_multipliers():

@@ -11,6 +11,8 @@ The randomness of a method (projections, initial rotation, anchors) comes only f
     itq      iterative quantization (Gong, Lazebnik, CVPR 2011)                 -- .unsupervised
     itq-cca  CCA + ITQ, supervised (Gong et al., TPAMI 2013)                 -- .supervised
     ksh      kernel-based supervised hashing (Liu et al., CVPR 2012)            -- .supervised
+    mlh      minimal loss hashing, supervised (Norouzi & Fleet, ICML 2011)      -- .mlh
+    bre      binary reconstructive embeddings (Kulis & Darrell, NIPS 2009)      -- .bre
 
 `make_baseline(name, bits, seed=0, **options)` builds one by name from `BASELINES`. Each class's
 docstring gives the published default settings (paper and the authors' MATLAB code) and where this
@@ -21,16 +23,19 @@ read the features from a file prefixes its name.
 import inspect
 
 from ..errors import UserError
+from .bre import BRE
 from .common import Baseline, check_features, check_labels, fix_signs, itq_rotation, pca_components
+from .mlh import MLH
 from .supervised import ITQCCA, KSH
 from .unsupervised import ITQ, LSH, SpectralHashing
 
-__all__ = ["BASELINES", "make_baseline", "Baseline", "LSH", "SpectralHashing", "ITQ", "ITQCCA", "KSH",
+__all__ = ["BASELINES", "make_baseline", "Baseline", "LSH", "SpectralHashing", "ITQ", "ITQCCA", "KSH", "MLH", "BRE",
            "check_features", "check_labels", "fix_signs", "itq_rotation", "pca_components"]
 
 
 # ----------------------------------------------------------------------------- registry
-BASELINES = {"lsh": LSH, "sh": SpectralHashing, "itq": ITQ, "itq-cca": ITQCCA, "ksh": KSH}
+BASELINES = {"lsh": LSH, "sh": SpectralHashing, "itq": ITQ, "itq-cca": ITQCCA, "ksh": KSH, "mlh": MLH,
+             "bre": BRE}
 
 
 def make_baseline(name, bits, seed=0, **options):

@@ -62,9 +62,15 @@ def _load_torchvision(root, train, download, check_integrity):
         cls = UncheckedCIFAR10
     try:
         return cls(os.fspath(root), train=train, download=download)
-    except RuntimeError as e:
-        # torchvision: "Dataset not found or corrupted. You can use download=True ..."
-        raise UserError(f"{os.path.join(root, BATCH_FOLDER)}: {e}") from None
+    except RuntimeError:
+        # torchvision says "... You can use download=True to download it", an option of its own
+        # API that no command of this package takes: say what to do here instead.
+        what = ("is missing or corrupted (md5 mismatch)" if not download else
+                "is corrupted after the download (md5 mismatch)")
+        hint = ("run without --no-download to fetch it" if not download else
+                f"remove {os.path.join(root, 'cifar-10-python.tar.gz')} and run again")
+        raise UserError(f"{os.path.join(root, BATCH_FOLDER)}: the CIFAR-10 python batches "
+                        f"{what}; {hint}") from None
     except OSError as e:  # no network, a truncated download (URLError is an OSError)
         raise UserError(f"{root}: cannot download CIFAR-10 ({e})") from None
 

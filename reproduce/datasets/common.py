@@ -9,13 +9,16 @@ by the algorithm, not on `Generator.choice`/`permutation`, whose streams numpy m
 releases (NEP 19). So a committed split is regenerated bit for bit from its labels and its seed by
 any numpy that has PCG64 (>= 1.17).
 """
+import gzip
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..data import warn_outside_root
 from ..errors import UserError
-from ..lists import read_list, write_list
+from ..fileio import write_text_atomic
+from ..lists import ImageList, read_list, write_list
 
 SPLITS = ("train", "query", "database")
 """The three list files every build writes: `<name>.txt` in the output folder."""
@@ -119,6 +122,52 @@ def read_split(folder, num_labels=None, names=SPLITS):
     return {name: read_list(folder / f"{name}.txt", num_labels=num_labels) for name in names}
 
 
+def relative_to(image_list, prefix):
+    """The list with `prefix` removed from every path (lists published with their authors'
+    absolute or repository paths, rewritten to be relative to the user's --root). A path not
+    under the prefix is a UserError naming file and line."""
+    rel = []
+    for i, p in enumerate(image_list.paths):
+        if not p.startswith(prefix) or len(p) == len(prefix):
+            raise UserError(f"{image_list.where(i)}: path {p!r} does not start with the prefix "
+                            f"{prefix!r} to strip")
+        r = p[len(prefix):]
+        if r.startswith("/"):
+            raise UserError(f"{image_list.where(i)}: path {p!r} stays absolute after stripping "
+                            f"{prefix!r}")
+        rel.append(r)
+    return ImageList(rel, image_list.labels, image_list.source, image_list.linenos)
+
+
+def read_gzip_list(path, out_path, num_labels=None):
+    """Read a gzip-compressed list (data_lists/<dataset>/*.txt.gz) by decompressing it to
+    `out_path` (atomically) and reading that: errors then name a file a user can open."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable gzip-compressed list ({e})") from None
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    write_text_atomic(out_path, text, overwrite=True)
+    return read_list(out_path, num_labels=num_labels)
+
+
+PUBLISHED_FILES = {"train": "train.txt.gz", "query": "test.txt.gz", "database": "database.txt.gz"}
+
+
+def published_split(folder, prefix, num_labels, lists_dir):
+    """The lists a paper's authors published, committed as folder/{train,test,database}.txt.gz
+    (test = the queries), with their path `prefix` stripped so that paths are relative to the
+    user's --root; written to lists_dir as train/query/database.txt -> {split: ImageList}."""
+    lists = {}
+    for split, name in PUBLISHED_FILES.items():
+        published = read_gzip_list(Path(folder) / name, os.path.join(lists_dir, "published", name[:-3]),
+                                   num_labels)
+        lists[split] = relative_to(published, prefix)
+    write_split(lists, lists_dir, overwrite=True)
+    return lists
+
+
 def exclude(database, other):
     """The entries of `database` whose path is not in `other` (ImageLists; order kept)."""
     drop = set(other.paths)
@@ -142,6 +191,7 @@ def require_images(lists, root):
     The one-line message names the list, how many are missing and the first few.
     """
     for name, il in lists.items():
+        warn_outside_root(il, root)
         missing = missing_images(il.paths, root)
         if missing:
             first = ", ".join(missing[:MAX_EXAMPLES])

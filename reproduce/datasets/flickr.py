@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import POSITIVE, UserError
 from ..lists import ImageList
 from ..reproduction import Preset, run_preset
 from .common import rank_candidates, split_bit_generator, write_split
@@ -134,7 +134,7 @@ def add_arguments(p):
     g = p.add_argument_group("MIRFlickr-25k")
     g.add_argument("--annotations", default=None,
                    help="annotation folder (default DIR/mirflickr25k_annotations_v080)")
-    g.add_argument("--num-images", type=int, default=NUM_IMAGES, help="images in the collection (25,000)")
+    g.add_argument("--num-images", type=POSITIVE, default=NUM_IMAGES, help="images in the collection (25,000)")
 
 
 def make_lists(args, lists_dir):

@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..fileio import write_text_atomic
 from ..lists import ImageList, read_list
 from ..reproduction import Preset, run_preset
-from .common import check_paths, sample_per_label, write_split
+from .common import check_paths, relative_to, sample_per_label, write_split
 
 NAME = "nus_wide"
 NUM_LABELS = 21
@@ -70,25 +70,29 @@ def import_authors_lists(src_dir, out_dir, strip_prefix=None, overwrite=False):
     """
     src = {name: read_list(Path(src_dir) / fname, num_labels=NUM_LABELS)
            for name, fname in AUTHORS_FILES.items()}
-    if strip_prefix is None:
-        strip_prefix = common_directory([p for il in src.values() for p in il.paths])
-    elif strip_prefix and not strip_prefix.endswith("/"):
-        strip_prefix += "/"
-    lists = {}
-    for name, il in src.items():
-        rel = []
-        for i, p in enumerate(il.paths):
-            if not p.startswith(strip_prefix) or len(p) == len(strip_prefix):
-                raise UserError(f"{il.where(i)}: path {p!r} does not start with the prefix "
-                                f"{strip_prefix!r} to strip")
-            r = p[len(strip_prefix):]
-            if r.startswith("/"):
-                raise UserError(f"{il.where(i)}: path {p!r} stays absolute after stripping "
-                                f"{strip_prefix!r}")
-            rel.append(r)
-        lists[name] = ImageList(rel, il.labels, il.source, il.linenos)
+    prefix = strip_prefix
+    if prefix is None:
+        _check_same_prefix(src)
+        prefix = common_directory([p for il in src.values() for p in il.paths])
+    elif prefix and not prefix.endswith("/"):
+        prefix += "/"
+    lists = {name: relative_to(il, prefix) for name, il in src.items()}
     write_split(lists, out_dir, overwrite=overwrite)
     return lists
+
+
+def _check_same_prefix(src):
+    """The three lists must share their image folder: a list whose paths lie under another folder
+    than the other two (not a subfolder of theirs) is named, not the first list checked later."""
+    prefixes = {name: common_directory(il.paths) for name, il in src.items()}
+    for name, prefix in prefixes.items():
+        others = {p for n, p in prefixes.items() if n != name}
+        if len(others) == 1:
+            (shared,) = others
+            if not prefix.startswith(shared):
+                raise UserError(f"{src[name].source}: its paths lie under {prefix!r}, but the other "
+                                f"two lists' lie under {shared!r}; fix the list or give "
+                                "--strip-prefix")
 
 
 # ----------------------------------------------------------------------------------------------

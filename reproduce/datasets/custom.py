@@ -1,0 +1,62 @@
+"""Any dataset in list form: DHN on your own train / query / database split, as a baseline row
+for your method, with every table, figure and check the paper's datasets get.
+
+    python -m reproduce.custom --name NAME --root DIR --train-list T --query-list Q \\
+        --database-list D --topk R|all [--bits K ...] [--paper-numbers CSV] [--title TEXT]
+
+The lists are in the field's format (`relative/path l1 ... lC`, 0/1 labels, or `path class`),
+paths relative to --root, the same label count in all three. --topk is the MAP cut-off of your
+protocol (`all`: the whole database). The name is used in every title, file and folder
+(results/NAME, runs/NAME); the tables show no published numbers unless --paper-numbers gives
+yours, in the layout of reproduce/data/paper_tables.csv (rows whose dataset column is NAME).
+Everything else (--smoke, --sweep, --seeds, resume, the refusal of a results folder made with
+another configuration) is reproduce.reproduction's, as for the paper's datasets.
+"""
+import re
+
+from ..comparison import dataset_protocol
+from ..errors import UserError
+from ..lists import read_list
+from ..paper import read_paper_numbers
+from ..records import topk_option
+from ..reproduction import Preset, Reproduction, get_args_parser
+from .common import write_split
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")   # a name that is also a folder name
+
+
+def add_arguments(p):
+    g = p.add_argument_group("your dataset")
+    g.add_argument("--name", required=True, help="the dataset's name: titles, file and folder names")
+    g.add_argument("--title", default=None, help="title in tables and figures (default: the name)")
+    g.add_argument("--train-list", required=True, help="training list, paths relative to --root")
+    g.add_argument("--query-list", required=True, help="query list")
+    g.add_argument("--database-list", required=True, help="database list")
+    g.add_argument("--topk", required=True, type=topk_option, metavar="R|all",
+                   help="MAP over the top R of the ranking, or over the whole database")
+    g.add_argument("--paper-numbers", default=None, metavar="CSV",
+                   help="published numbers to show beside ours (table,method,dataset,bits,map)")
+
+
+def make_lists(args, lists_dir):
+    train = read_list(args.train_list)
+    width = train.labels.shape[1]
+    lists = {"train": train, "query": read_list(args.query_list, num_labels=width),
+             "database": read_list(args.database_list, num_labels=width)}
+    write_split(lists, lists_dir, overwrite=True)
+    return lists
+
+
+TEMPLATE = Preset("custom", "your dataset", None, make_lists, add_arguments)
+
+
+def main(argv=None):
+    """`python -m reproduce.custom`: the whole reproduction on a dataset given as three lists."""
+    args = get_args_parser(TEMPLATE).parse_args(argv)
+    if not NAME_RE.match(args.name):
+        raise UserError(f"--name {args.name!r}: use letters, digits, '_', '.' and '-' (it names "
+                        "files and folders), at most 64 characters")
+    paper = read_paper_numbers(args.paper_numbers, args.name) if args.paper_numbers else {}
+    preset = Preset(args.name, args.title or args.name, None, make_lists, add_arguments,
+                    protocol=dataset_protocol(args.name, args.topk), paper=paper)
+    Reproduction(preset, args).run()

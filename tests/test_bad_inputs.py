@@ -1,0 +1,201 @@
+"""Bad input, command by command: one line, exit status 2, no traceback, nothing damaged.
+
+Each case runs a command's `main` through `run_cli` in this process (fast: no interpreter start
+per case) with one hostile input, and asserts: exit status 2, exactly one line on stderr, no
+traceback (any exception other than the package's UserError propagates and fails the test), the
+line names what is wrong, and a set of outputs that existed before is untouched byte for byte
+with no temporary file left beside it. tests/test_signals_and_full_disk.py covers full disks and
+SIGTERM; tests/test_fuzz_parsers.py fuzzes the file parsers.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reproduce import compare, convert_weights, demo, encode, evaluate, train, weights
+from reproduce.checkpoint import save_checkpoint
+from reproduce.datasets import cifar10, coco, custom, flickr, imagenet100, nus_wide
+from reproduce.errors import run_cli
+from reproduce.nets import DHNNet
+
+COMMANDS = {"train": train.main, "encode": encode.main, "evaluate": evaluate.main,
+            "compare": compare.main, "demo": demo.main, "convert_weights": convert_weights.main,
+            "weights": weights.main, "cifar10": cifar10.main, "nus_wide": nus_wide.main,
+            "flickr": flickr.main, "imagenet100": imagenet100.main, "coco": coco.main, "custom": custom.main}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Images, lists, checkpoints, code files, metrics and outputs that already exist."""
+    d = tmp_path_factory.mktemp("bad_inputs")
+    rng = np.random.default_rng(0)
+    (d / "imgs").mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(d / "imgs" / f"{i}.png")
+    (d / "list.txt").write_text("".join(f"{i}.png {i % 2} {(i + 1) % 2}\n" for i in range(4)))
+    torch.manual_seed(0)
+    save_checkpoint(d / "dhn.pth", DHNNet("caffenet", bits=8).state_dict(), "caffenet", 8)
+    save_checkpoint(d / "base.pth", DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0)
+    nan = DHNNet("caffenet", bits=8).state_dict()
+    nan["fc7.weight"][3, 5] = float("nan")
+    save_checkpoint(d / "nan.pth", nan, "caffenet", 8)
+    bad_bits = torch.load(d / "dhn.pth", weights_only=True)
+    bad_bits["bits"] = "12"
+    torch.save(bad_bits, d / "bad_bits.pth")
+    np.save(d / "nan_mean.npy", np.full((3, 256, 256), np.nan))
+    codes = np.where(rng.standard_normal((6, 8)) > 0, 1, -1)
+    labels = np.eye(3, dtype=np.uint8)[np.arange(6) % 3]
+    np.savez(d / "q.npz", codes=codes, labels=labels)
+    np.savez(d / "nan_codes.npz", codes=np.full((6, 8), np.nan), labels=labels)
+    np.savez(d / "huge_label.npz", codes=codes, labels=np.array([0, 1, 2, 1e11, 0, 1]))
+    (d / "labels_sup.txt").write_text("a.png ²\nb.png 1\n")
+    (d / "labels_dash.txt").write_text("a.png --1\nb.png 1\n")
+    (d / "labels_class.txt").write_text("0.png 99999999999\n1.png 1\n")
+    (d / "labels_big.txt").write_text("0.png 99999999999999999999 0\n1.png 1 0\n")
+    (d / "garbage.caffemodel").write_bytes(b"\x08\x96\x01 not a net")
+    (d / "afile").write_text("a file, not a folder\n")
+    runs = d / "runs" / "dhn_8"
+    runs.mkdir(parents=True)
+    record = {"method": "DHN", "dataset": "cifar10", "bits": 8, "seed": 0, "conventions": {},
+              "metrics": {"map": "high"}}
+    (runs / "metrics.json").write_text(json.dumps(record))
+    (d / "corrupt_run").mkdir()
+    (d / "corrupt_run" / "config.json").write_text("{ not json")
+    (d / "corrupt_run" / "snapshot_iter_4.pth").write_bytes(b"x")
+    (d / "results").mkdir()
+    (d / "results" / "run.json").write_text("{ half written")
+    # Outputs a user already has: every failing command below must leave them exactly so.
+    (d / "out").mkdir()
+    (d / "out" / "codes.h5").write_bytes(b"previous codes")
+    (d / "out" / "metrics.json").write_text('{"previous": true}\n')
+    (d / "out" / "precision_at_n.csv").write_text("n,precision,recall\n")
+    (d / "out" / "model.pth").write_bytes(b"previous model")
+    return d
+
+
+def snapshot(folder):
+    return {p: open(os.path.join(root, p), "rb").read()
+            for root, _, names in os.walk(folder) for p in names}
+
+
+def cases(w):
+    """(command, argv, fragment of the one-line message)."""
+    lst, imgs, out = str(w / "list.txt"), str(w / "imgs"), str(w / "out")
+    tr = ["--train-list", lst, "--root", imgs, "--weights", str(w / "base.pth"), "--bits", "8",
+          "--max-iter", "2", "--batch-size", "2", "--workers", "0", "--quiet"]
+    enc0 = ["--checkpoint", str(w / "dhn.pth"), "--list", lst, "--root", imgs, "--workers", "0",
+            "--device", "cpu"]
+    enc = enc0 + ["--out", str(w / "out" / "codes.h5"), "--force"]
+    ev = ["--query", str(w / "q.npz"), "--database", str(w / "q.npz"), "--out", out, "--force"]
+    smoke = ["--weights", str(w / "base.pth"), "--smoke", "--workers", "0", "--device", "cpu",
+             "--work", str(w / "work"), "--out", str(w / "res")]   # work: lists, caches (not outputs)
+    return [
+        # train: every number is range-checked, per lr policy as Caffe's CHECKs and more
+        ("train", tr + ["--out", str(w / "r"), "--gamma", "-5"], "argument --gamma"),
+        ("train", tr + ["--out", str(w / "r"), "--gamma", "nan"], "argument --gamma"),
+        ("train", tr + ["--out", str(w / "r"), "--keep-snapshots", "-1"], "argument --keep-snapshots"),
+        ("train", tr + ["--out", str(w / "r"), "--threshold", "nan"], "argument --threshold"),
+        ("train", tr + ["--out", str(w / "r"), "--dropout", "1.5"], "argument --dropout"),
+        ("train", tr + ["--out", str(w / "r"), "--workers", "-1"], "argument --workers"),
+        ("train", tr + ["--out", str(w / "r"), "--bits", "0"], "argument --bits"),
+        ("train", tr + ["--out", str(w / "r"), "--bits", "99999999"], "argument --bits"),
+        ("train", tr + ["--out", str(w / "r"), "--max-iter", "0"], "argument --max-iter"),
+        ("train", tr + ["--out", str(w / "r"), "--base-lr", "0"], "argument --base-lr"),
+        ("train", tr + ["--out", str(w / "r"), "--momentum", "1"], "argument --momentum"),
+        ("train", tr + ["--out", str(w / "r"), "--lr-policy", "exp", "--gamma", "2"], "gamma 2.0 > 1"),
+        ("train", tr + ["--out", str(w / "r"), "--lr-policy", "poly", "--power", "-1"], "power >= 0"),
+        ("train", tr + ["--out", str(w / "r"), "--lr-policy", "multistep"], "needs stepvalue"),
+        ("train", tr + ["--out", str(w / "r"), "--mean", "nan,0,0"], "three finite numbers"),
+        ("train", tr + ["--out", str(w / "r"), "--mean", "1e400,0,0"], "three finite numbers"),
+        ("train", tr + ["--out", str(w / "r"), "--mean-file", str(w / "nan_mean.npy")], "nan_mean.npy"),
+        ("train", tr[:4] + ["--weights", str(w / "nan.pth")] + tr[6:] + ["--out", str(w / "r")],
+         "fc7.weight holds 1 NaN"),
+        ("train", tr + ["--out", str(w / "afile" / "run")], "afile"),
+        ("train", tr + ["--out", str(w / "corrupt_run"), "--resume"], "config.json: unreadable"),
+        ("train", ["--train-list", str(w / "labels_sup.txt")] + tr[2:] + ["--out", str(w / "r")], "labels_sup.txt:1"),
+        ("train", ["--train-list", str(w / "labels_dash.txt")] + tr[2:] + ["--out", str(w / "r")], "labels_dash.txt:1"),
+        ("train", ["--train-list", str(w / "labels_class.txt")] + tr[2:] + ["--out", str(w / "r")], "labels_class.txt:1"),
+        ("train", ["--train-list", str(w / "labels_big.txt")] + tr[2:] + ["--out", str(w / "r")], "labels_big.txt:1"),
+        # encode
+        ("encode", enc + ["--mean", "nan,0,0"], "three finite numbers"),
+        ("encode", enc + ["--mean", "1e400,0,0"], "three finite numbers"),
+        ("encode", enc + ["--mean-file", str(w / "nan_mean.npy")], "nan_mean.npy"),
+        ("encode", ["--checkpoint", str(w / "nan.pth")] + enc[2:], "fc7.weight holds 1 NaN"),
+        ("encode", ["--checkpoint", str(w / "bad_bits.pth")] + enc[2:], "'bits' entry is '12'"),
+        ("encode", enc0 + ["--out", str(w / "out")], "is a folder"),
+        ("encode", enc0 + ["--out", str(w / "afile" / "x.h5")], "afile"),
+        ("encode", enc + ["--batch-size", "0"], "argument --batch-size"),
+        ("encode", enc + ["--workers", "-1"], "argument --workers"),
+        ("encode", enc + ["--pipeline", "opencv"], "argument --pipeline"),
+        # evaluate
+        ("evaluate", ev + ["--topk", "0"], "argument --topk"),
+        ("evaluate", ev + ["--radius", "-1"], "argument --radius"),
+        ("evaluate", ev + ["--ns", "0"], "argument --ns"),
+        ("evaluate", ["--query", str(w / "nan_codes.npz")] + ev[2:], "nan_codes.npz"),
+        ("evaluate", ["--query", str(w / "huge_label.npz")] + ev[2:], "huge_label.npz"),
+        ("evaluate", ["--query", str(w / "garbage.caffemodel")] + ev[2:], "garbage.caffemodel"),
+        ("evaluate", ev[:4] + ["--out", str(w / "afile")], "afile"),
+        # compare
+        ("compare", ["--dataset", "cifar10", "--runs", str(w / "runs"), "--out", out], "metrics.map"),
+        ("compare", ["--dataset", "cifar10", "--runs", str(w / "nothere"), "--out", out], "nothere"),
+        ("compare", ["--dataset", "cifar10", "--runs", str(w / "runs"), "--out", out, "--curve-bits", "0"],
+         "argument --curve-bits"),
+        # demo: everything it takes is checked before any training
+        ("demo", ["--bits", "0", "--out", out], "argument --bits"),
+        ("demo", ["--max-iter", "0", "--out", out], "argument --max-iter"),
+        ("demo", ["--baselines", "bogus", "--out", out], "argument --baselines"),
+        ("demo", ["--seeds", "-1", "--out", out], "argument --seeds"),
+        # convert_weights, weights
+        ("convert_weights", [str(w / "garbage.caffemodel"), "--out", str(w / "out" / "model.pth"), "--force"],
+         "garbage.caffemodel"),
+        ("convert_weights", [str(w / "nothere.caffemodel"), "--out", str(w / "x.pth")], "nothere"),
+        ("convert_weights", [str(w / "garbage.caffemodel"), "--out", str(w / "out")], "is a folder"),
+        ("weights", ["fetch", "resnet"], "argument arch"),
+        # the per-dataset commands
+        ("cifar10", ["--root", str(w / "nothere"), "--no-download"] + smoke + ["--out", str(w / "res")], "nothere"),
+        ("cifar10", ["--root", imgs, "--bits", "0"] + smoke, "argument --bits"),
+        ("nus_wide", ["--root", imgs, "--seeds", "-1"] + smoke, "argument --seeds"),
+        ("nus_wide", ["--root", imgs] + smoke + ["--out", str(w / "res")], "exactly one of"),
+        ("flickr", ["--root", imgs, "--num-images", "0"] + smoke, "argument --num-images"),
+        ("flickr", ["--root", imgs, "--validation-fraction", "1.5"] + smoke, "argument --validation-fraction"),
+        ("imagenet100", ["--root", imgs, "--bits", "0"] + smoke, "argument --bits"),
+        ("coco", ["--root", str(w / "nothere")] + smoke, "missing under"),
+        ("custom", ["--name", "mine", "--root", imgs] + [a for s in ("train", "query", "database")
+                    for a in (f"--{s}-list", lst)] + ["--topk", "0"] + smoke, "argument --topk"),
+        ("custom", ["--name", "a b", "--root", imgs] + [a for s in ("train", "query", "database")
+                    for a in (f"--{s}-list", lst)] + ["--topk", "all"] + smoke + ["--out", str(w / "res")],
+         "--name 'a b'"),
+        ("custom", ["--name", "mine", "--root", imgs] + [a for s in ("train", "query", "database")
+                    for a in (f"--{s}-list", lst)] + ["--topk", "all", "--paper-numbers", lst] + smoke
+         + ["--out", str(w / "res")], "expected the header"),
+    ]
+
+
+def run(command, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(COMMANDS[command], argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+CASE_IDS = [f"{c}-{i}" for i, (c, _, _) in enumerate(cases(__import__("pathlib").Path("w")))]
+
+
+@pytest.mark.parametrize("index", range(len(CASE_IDS)), ids=CASE_IDS)
+def test_bad_input_is_one_line_exit_2_and_damages_nothing(world, capsys, index):
+    command, argv, fragment = cases(world)[index]
+    before = snapshot(world / "out")
+    code, err = run(command, argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert fragment in lines[0], err
+    assert snapshot(world / "out") == before
+    assert not [n for n in os.listdir(world / "out") if n.startswith(".")]     # no temporaries
+    assert not os.path.exists(world / "r") and not os.path.exists(world / "res")
+
+
+def test_the_case_table_covers_every_command():
+    assert {c for c, _, _ in cases(__import__("pathlib").Path("w"))} == set(COMMANDS)

@@ -1,0 +1,215 @@
+"""Full disks and SIGTERM: every command that writes leaves the previous outputs exactly as they
+were and no temporary file, and says so in one line (exit 2 for a full disk, 143 for SIGTERM).
+
+The full disk is a real one: a 4 MiB tmpfs mounted for the test (root only: elsewhere the tests
+skip), filled up to a few KiB before the command runs.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reproduce.caffe_format import write_caffemodel
+from reproduce.checkpoint import save_checkpoint
+from reproduce.nets import DHNNet, expected_shapes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def command(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout)
+
+
+def files(folder):
+    return {os.path.relpath(os.path.join(r, n), folder): open(os.path.join(r, n), "rb").read()
+            for r, _, names in os.walk(folder) for n in names}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("disk_inputs")
+    rng = np.random.default_rng(0)
+    (d / "imgs").mkdir()
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(d / "imgs" / f"{i}.png")
+    (d / "list.txt").write_text("".join(f"{i}.png {i % 2} {(i + 1) % 2}\n" for i in range(8)))
+    torch.manual_seed(0)
+    save_checkpoint(d / "dhn.pth", DHNNet("caffenet", bits=8).state_dict(), "caffenet", 8)
+    save_checkpoint(d / "base.pth", DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0)
+    codes = np.where(rng.standard_normal((300, 16)) > 0, 1, -1)
+    np.savez(d / "codes.npz", codes=codes, labels=np.eye(4, dtype=np.uint8)[np.arange(300) % 4])
+    return d
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A 4 MiB tmpfs; `disk.fill(leave)` leaves `leave` bytes free."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+
+    class Disk:
+        path = mnt
+
+        def fill(self, leave=16 << 10):
+            free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+            with open(mnt / ".filler", "wb") as f:
+                f.write(b"\0" * max(0, free - leave))
+
+    yield Disk()
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def assert_full_disk_failure(result, folder, before):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    after = files(folder)
+    after.pop(".filler", None)
+    assert after == before, "the previous outputs changed"
+
+
+def previous_outputs(folder):
+    out = folder / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"previous": true}\n')
+    (out / "precision_at_n.csv").write_text("n,precision,recall\n100,0.5,0.1\n")
+    (out / "table1.md").write_text("previous table\n")
+    (out / "codes.h5").write_bytes(b"previous codes")
+    return out, files(folder)
+
+
+def test_encode_on_a_full_disk(inputs, disk):
+    out, before = previous_outputs(disk.path)
+    disk.fill()
+    result = command("reproduce.encode", "--checkpoint", str(inputs / "dhn.pth"), "--list",
+                     str(inputs / "list.txt"), "--root", str(inputs / "imgs"), "--workers", "0",
+                     "--device", "cpu", "--features", "--out", str(out / "codes.h5"), "--force")
+    assert_full_disk_failure(result, disk.path, before)
+    assert "MiB free" in result.stderr
+
+
+def test_evaluate_on_a_full_disk(inputs, disk):
+    out, before = previous_outputs(disk.path)
+    disk.fill(leave=4 << 10)
+    result = command("reproduce.evaluate", "--query", str(inputs / "codes.npz"), "--database",
+                     str(inputs / "codes.npz"), "--out", str(out), "--force")
+    assert_full_disk_failure(result, disk.path, before)
+    assert "No space left" in result.stderr
+
+
+def test_compare_on_a_full_disk(inputs, disk):
+    out, before = previous_outputs(disk.path)
+    disk.fill(leave=64 << 10)      # room for the metrics and tables, not for the figures
+    result = command("reproduce.compare", "--dataset", "cifar10", "--out", str(out), "--force",
+                     "--import", f"MyHash:16:{inputs / 'codes.npz'}:{inputs / 'codes.npz'}")
+    assert_full_disk_failure(result, disk.path, before)
+
+
+def test_train_on_a_full_disk(inputs, disk):
+    out, before = previous_outputs(disk.path)
+    disk.fill(leave=1 << 20)       # the image cache (8 x 192 KiB) does not fit
+    result = command("reproduce.train", "--train-list", str(inputs / "list.txt"), "--root",
+                     str(inputs / "imgs"), "--weights", str(inputs / "base.pth"), "--bits", "8",
+                     "--max-iter", "2", "--batch-size", "2", "--workers", "0", "--quiet",
+                     "--out", str(out / "run"))
+    assert_full_disk_failure(result, disk.path, before)
+    # without a cache the images are decoded on the fly, and the first snapshot does not fit
+    result = command("reproduce.train", "--train-list", str(inputs / "list.txt"), "--root",
+                     str(inputs / "imgs"), "--weights", str(inputs / "base.pth"), "--bits", "8",
+                     "--max-iter", "2", "--batch-size", "2", "--workers", "0", "--quiet",
+                     "--cache", "none", "--out", str(out / "run"))
+    assert result.returncode == 2 and "No space left" in result.stderr and "Traceback" not in result.stderr
+    leftovers = [n for n in os.listdir(out / "run") if n.startswith(".tmp")]
+    assert leftovers == []
+
+
+def test_demo_on_a_full_disk(disk):
+    out, before = previous_outputs(disk.path)
+    disk.fill(leave=32 << 10)
+    result = command("reproduce.demo", "--out", str(out), "--bits", "8", "--seeds", "0",
+                     "--max-iter", "20", "--baselines", "lsh")
+    assert_full_disk_failure(result, disk.path, before)
+
+
+def test_convert_weights_on_a_full_disk(disk, tmp_path):
+    rng = np.random.default_rng(1)
+    layers = {}
+    for key, shape in expected_shapes().items():
+        layers.setdefault(key.split(".")[0], []).append(rng.standard_normal(shape, dtype=np.float32))
+    src = tmp_path / "net.caffemodel"
+    write_caffemodel(src, layers)
+    out, before = previous_outputs(disk.path)
+    disk.fill()
+    result = command("reproduce.convert_weights", str(src), "--out", str(out / "net.pth"))
+    src.unlink()
+    assert_full_disk_failure(result, disk.path, before)
+    assert "No space left" in result.stderr
+
+
+# ------------------------------------------------------------------------------------- SIGTERM
+def terminate_when(proc, ready, timeout=120):
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the command ended before it could be terminated"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def test_sigterm_during_encode_leaves_the_previous_codes(inputs, tmp_path):
+    many = tmp_path / "many.txt"
+    many.write_text(open(inputs / "list.txt").read() * 40)          # 320 images: seconds of work
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "codes.h5").write_bytes(b"previous codes")
+    proc = start("reproduce.encode", "--checkpoint", str(inputs / "dhn.pth"), "--list", str(many),
+                 "--root", str(inputs / "imgs"), "--workers", "2", "--device", "cpu",
+                 "--out", str(out / "codes.h5"), "--force")
+    code, err = terminate_when(proc, lambda: any(n.startswith(".tmp") for n in os.listdir(out)))
+    assert code == 143 and err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err, err
+    assert os.listdir(out) == ["codes.h5"] and (out / "codes.h5").read_bytes() == b"previous codes"
+
+
+def test_sigterm_during_train_keeps_complete_snapshots(inputs, tmp_path):
+    run = tmp_path / "run"
+    proc = start("reproduce.train", "--train-list", str(inputs / "list.txt"), "--root", str(inputs / "imgs"),
+                 "--weights", str(inputs / "base.pth"), "--bits", "8", "--max-iter", "1000",
+                 "--batch-size", "2", "--snapshot", "2", "--workers", "0", "--quiet", "--out", str(run))
+    code, err = terminate_when(proc, lambda: (run / "snapshot_iter_2.pth").exists())
+    assert code == 143 and err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
+    assert not [n for n in os.listdir(run) if n.startswith(".tmp")]
+    from reproduce.checkpoint import load_checkpoint
+    assert load_checkpoint(run / "snapshot_iter_2.pth")["meta"]["iteration"] == 2
+
+
+def test_sigterm_during_evaluate_leaves_the_previous_metrics(tmp_path):
+    rng = np.random.default_rng(2)
+    big = tmp_path / "db.npz"                       # ~2 s of evaluation
+    np.savez(big, codes=np.where(rng.standard_normal((400000, 32)) > 0, 1, -1).astype(np.int8),
+             labels=np.eye(10, dtype=np.uint8)[rng.integers(0, 10, 400000)])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"previous": true}\n')
+    before = files(out)
+    proc = start("reproduce.evaluate", "--query", str(big), "--database", str(big), "--out", str(out),
+                 "--force", "--topk", "100")
+    time.sleep(4)                                   # reading and ranking, before any output
+    code, err = terminate_when(proc, lambda: True)
+    assert code == 143 and "Traceback" not in err
+    assert files(out) == before
