@@ -27,7 +27,7 @@ import os
 import h5py
 import numpy as np
 
-from .codes import H5_ERRORS, load_npy, one_line, read_h5_dataset
+from .arrayfiles import H5_ERRORS, load_npy, one_line, read_h5_dataset
 from .errors import UserError
 from .fileio import atomic_output
 from .nets import HASH_LAYER

@@ -37,7 +37,7 @@ from .paper import PAPER_BITS, canonical_method
 from .provenance import git_revision, versions
 from .records import collect_records, write_record
 from .solver import PRESETS
-from .sweep import LR_LIMITS, QUANT_WEIGHT_LIMITS, SWEEP_LRS, SWEEP_QUANT_WEIGHTS, search
+from .sweep import SWEEP_LRS, SWEEP_QUANT_WEIGHTS, Sweeps
 from .pretrained import ensure_pretrained
 
 SMOKE = dict(train=32, query=8, database=40, max_iter=3, batch_size=8)
@@ -124,7 +124,7 @@ def subset(image_list, n):
     return image_list.subset(np.arange(min(n, len(image_list))))
 
 
-class Reproduction:
+class Reproduction(Sweeps):
     """One dataset's reproduction: folders, the identity check, and every configuration."""
 
     def __init__(self, preset, args):
@@ -254,90 +254,6 @@ class Reproduction:
         return doc
 
     # ------------------------------------------------------------------------------ stages
-    def validation_split(self):
-        """The sweep's split of the training list (the query set is never used): a seeded
-        validation_fraction of it as queries, the rest as training images and database."""
-        train_list = self.lists["train"]
-        order = np.random.default_rng([0, len(train_list)]).permutation(len(train_list))
-        n_val = max(1, int(round(self.args.validation_fraction * len(train_list))))
-        split = {"train": train_list.subset(np.sort(order[n_val:])), "query": train_list.subset(np.sort(order[:n_val]))}
-        split["database"] = split["train"]
-        write_split(split, os.path.join(self.work, "sweep", "lists"), overwrite=True)
-        return split
-
-    def sweep(self):
-        """The paper's cross-validation of base_lr and λ on a validation split of the training
-        list: the whole grid, then each axis extended past an edge holding the best (reproduce.sweep)."""
-        a = self.args
-        table = os.path.join(self.out, "sweep.json")
-        if os.path.exists(table):
-            with open(table) as f:
-                return json.load(f)["best"]
-        split = self.validation_split()
-        scores = {}
-
-        def score(lr, qw):
-            if (lr, qw) not in scores:
-                scores[lr, qw] = self._sweep_run(split, lr, qw)
-            return scores[lr, qw]
-
-        grid = [(lr, qw) for lr in a.sweep_lrs for qw in a.sweep_quant_weights]
-        for lr, qw in grid:
-            score(lr, qw)
-        best_lr, best_qw = max(grid, key=lambda k: scores[k])        # first of equals, grid order
-        best_lr, _ = search(a.sweep_lrs, lambda lr: score(lr, best_qw), LR_LIMITS)
-        best_qw, _ = search(a.sweep_quant_weights, lambda qw: score(best_lr, qw), QUANT_WEIGHT_LIMITS)
-        rows = [{"base_lr": lr, "quant_weight": qw, "validation_map": m, "extended": (lr, qw) not in grid}
-                for (lr, qw), m in scores.items()]
-        best = {"base_lr": best_lr, "quant_weight": best_qw, "validation_map": scores[best_lr, best_qw]}
-        self._write_sweep(rows, best, len(split["query"]), len(self.lists["train"]))
-        write_text_atomic(table, json.dumps({"rows": rows, "best": best}, indent=2) + "\n")
-        return best
-
-    def sweep_method(self, name):
-        """A deep baseline's base_lr, cross-validated as DHN's (the lr axis; no λ), recorded in
-        sweep_<method>.json."""
-        table = os.path.join(self.out, f"sweep_{name.replace('*', '-star')}.json")
-        if os.path.exists(table):
-            with open(table) as f:
-                return json.load(f)["best"]["base_lr"]
-        split = self.validation_split()
-        qw = self.settings()[1].quant_weight
-        best, rows = search(self.args.sweep_lrs, lambda lr: self._sweep_run(split, lr, qw, name), LR_LIMITS)
-        doc = {"rows": [{"base_lr": lr, "validation_map": m, "extended": ext} for lr, m, ext in rows],
-               "best": {"base_lr": best}}
-        write_text_atomic(table, json.dumps(doc, indent=2) + "\n")
-        return best
-
-    def _sweep_run(self, split, lr, qw, method=None):
-        """Validation MAP of one sweep setting (a training run on the split's training part)."""
-        a = self.args
-        solver, loss = self.settings()
-        if a.sweep_max_iter:
-            solver = dataclasses.replace(solver, max_iter=a.sweep_max_iter)
-        sweep_dir = os.path.join(self.work, "sweep")
-        tag = f"{method.replace('*', '-star')}_" if method else ""
-        run_dir = os.path.join(sweep_dir, f"{tag}lr{lr:g}_lambda{qw:g}")
-        cfg = self.run_config(run_dir, os.path.join(sweep_dir, "lists", "train.txt"), a.sweep_bits, 0,
-                              dataclasses.replace(solver, base_lr=lr), dataclasses.replace(loss, quant_weight=qw),
-                              method=method)
-        final = self.run_training(cfg)
-        codes = [self.encode(final, s, os.path.join(run_dir, f"codes_{s}.h5"), image_list=split[s])
-                 for s in ("query", "database")]
-        name = canonical_method(method) if method else "DHN"
-        return self.evaluate(name, a.sweep_bits, 0, codes, out_dir=os.path.join(run_dir, "metrics"))["metrics"]["map"]
-
-    def _write_sweep(self, rows, best, n_val, n_train):
-        lines = ["| base_lr | λ | validation MAP | |", "|---|---|---|---|"]
-        lines += [f"| {r['base_lr']:g} | {r['quant_weight']:g} | {r['validation_map']:.4f} | "
-                  f"{'added: the best was at the edge of the grid' if r['extended'] else ''} |" for r in rows]
-        write_text_atomic(os.path.join(self.out, "sweep.md"), "\n".join(lines) + f"\n\nbest: base_lr "
-                          f"{best['base_lr']:g}, λ {best['quant_weight']:g} (validation split: {n_val} of the "
-                          f"{n_train} training images as queries, the rest as database; the query set is "
-                          f"never used; an axis whose best lies at an edge is extended x10 within "
-                          f"base_lr {LR_LIMITS[0]:g}..{LR_LIMITS[1]:g}, λ {QUANT_WEIGHT_LIMITS[0]:g}.."
-                          f"{QUANT_WEIGHT_LIMITS[1]:g})\n")
-
     def run(self):
         a = self.args
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -17,7 +17,8 @@ from .lists import read_list
 from .losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
 from .methods import DEEP_METHODS
 from .nets import ARCHS, BITS
-from .solver import LR_POLICIES, PRESETS, SolverSettings, read_solver_prototxt
+from .solver import LR_POLICIES, PRESETS, SolverSettings
+from .solver_prototxt import read_solver_prototxt
 from .transforms import MEAN_VALUE, format_mean, load_mean_file, parse_mean_value
 
 DEFAULTS = PRESETS["dhn-caffe"], LOSS_PRESETS["dhn-caffe"]   # quoted in the help texts

@@ -35,7 +35,7 @@ from reproduce.codes import read_codes, read_external_labels
 from reproduce.errors import UserError
 from reproduce.lists import MAX_CLASSES, read_list
 from reproduce.records import read_record
-from reproduce.solver import read_solver_prototxt
+from reproduce.solver_prototxt import read_solver_prototxt
 
 PEAK_BYTES = 96 << 20        # the largest input here is ~1.6 MiB; a parse may use a few times that
 TIME_LIMIT_S = 20

@@ -10,8 +10,8 @@ import torch
 
 from reproduce.errors import UserError
 from reproduce.nets import DHNNet
-from reproduce.solver import (PRESETS, CaffeSGD, SolverSettings, caffe_param_groups,
-                              learning_rate, read_solver_prototxt)
+from reproduce.solver import PRESETS, CaffeSGD, SolverSettings, caffe_param_groups, learning_rate
+from reproduce.solver_prototxt import read_solver_prototxt
 
 SHAPES = [(4, 3), (3,), (5,), (2, 2)]
 MULTS = [(1.0, 1.0), (2.0, 0.0), (10.0, 1.0), (0.0, 1.0)]    # weight, bias, hash weight, frozen
