@@ -11,23 +11,29 @@ Library modules, one role each, in the order data flows:
     pycaffe_pipeline  the authors' evaluation pipeline: pycaffe's caffe.io + Classifier
     data              cached image datasets and the seeded batch order of Caffe's ImageData layer
     losses            the DHN pairwise cross-entropy + quantization loss, its settings and variants
-    solver            Caffe's SGD, learning-rate policies, solver settings and solver.prototxt
-    config            the typed run configuration (data, model, solver, loss) and Table 2's variants
+    solver            Caffe's SGD, learning-rate policies and solver settings
+    solver_prototxt   the authors' solver.prototxt read into solver settings
+    methods           the deep baselines CNNH, CNNH*, DNNH: heads, losses, targets (package)
+    config            the typed run configuration (data, model, solver, loss, method) and Table 2's variants
     engine            the training loop shared by every dataset and variant
     encode            codes and fc7 features of an image list (encode_list)
     codes             reading code files (this package's and other methods')
+    arrayfiles        arrays from untrusted .npy / .npz / HDF5 / .mat files, sizes checked first
     metrics           MAP, precision within Hamming radius, PR and precision@N (kernels: hamming)
     records           the metrics record: metrics.json and its CSVs, built, written and read
-    baselines         shallow hashing baselines (package: common, unsupervised, supervised)
+    baselines         shallow hashing baselines (package: LSH, SH, ITQ, ITQ-CCA, KSH, MLH, BRE)
     paper             the paper's facts: datasets, bit lengths, methods, published numbers
     reports           Table 1 / Table 2 writers
     figures           the paper's Figures (a)-(c)
     comparison        evaluate runs, imports and baselines; tables and figures of one dataset
     reproduction      the per-dataset engine: lists -> training -> codes -> metrics -> tables
-    datasets          CIFAR-10, NUS-WIDE and MIRFlickr-25k: their lists and their commands
+    sweep             the paper's cross-validation grid, extended past an edge
+    datasets          CIFAR-10, NUS-WIDE, MIRFlickr-25k, ImageNet-100, MS-COCO and any dataset in
+                      list form (custom): their lists and their commands
     provenance, fileio, errors   versions and git revision; atomic outputs; one-line errors
 Command-line entry points are a parser and a `main`: convert_weights, weights, train, encode,
-evaluate, compare, demo, and cifar10, nus_wide, flickr (thin: reproduce.datasets.<name>.main).
+evaluate, compare, demo, and cifar10, nus_wide, flickr, imagenet100, coco, custom (thin:
+reproduce.datasets.<name>.main).
 """
 
 __version__ = "0.1.0"
