@@ -23,9 +23,9 @@ def build(name, bits, seed=0):
     return make_baseline(name, bits, seed=seed, **FAST.get(name, {}))
 
 
-def class_data(rng, n, d=32, c=5, multi_label=False):
+def class_data(rng, n, d=32, c=5, multi_label=False, noise=4.0):
     """Classes live in the first c dims (centres 3 e_k, unit noise); the other d - c dims are
-    noise of std 4, so random projections see mostly noise and supervision is needed."""
+    noise of std `noise` (4: random projections see mostly noise and supervision is needed)."""
     y = rng.integers(0, c, n)
     L = np.eye(c)[y]
     if multi_label:                       # a second label for ~30% of the samples
@@ -33,7 +33,7 @@ def class_data(rng, n, d=32, c=5, multi_label=False):
         L[pick, rng.integers(0, c, n)[pick]] = 1
     centres = np.zeros((c, d))
     centres[:, :c] = 3 * np.eye(c)
-    scale = np.r_[np.ones(c), np.full(d - c, 4.0)]
+    scale = np.r_[np.ones(c), np.full(d - c, noise)]
     X = L @ centres + rng.standard_normal((n, d)) * scale
     return X, L
 

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from test_baselines import class_data
 from reproduce.baselines import LSH
 from reproduce.baselines import mlh as mlh_module
 from reproduce.baselines.bre import BRE, bre_objective, coordinate_step, kernel_matrix
@@ -26,14 +27,7 @@ FAST_MLH = {"n_epochs": 4, "pairs_per_epoch": 20000}      # small settings keep 
 def separable_data(rng, n, d=32, c=5, multi_label=False):
     """Classes live in the first c dims (centres 3 e_k), unit noise everywhere: clearly separable
     by a linear code, while random projections see mostly the other d - c dims."""
-    y = rng.integers(0, c, n)
-    L = np.eye(c)[y]
-    if multi_label:                       # a second label for ~30% of the samples
-        pick = rng.random(n) < 0.3
-        L[pick, rng.integers(0, c, n)[pick]] = 1
-    centres = np.zeros((c, d))
-    centres[:, :c] = 3 * np.eye(c)
-    return L @ centres + rng.standard_normal((n, d)), L
+    return class_data(rng, n, d, c, multi_label, noise=1.0)
 
 
 # ----------------------------------------------------------------------------- MLH references
