@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import UserError
+from .errors import UserError, unblock_signals
 from .fileio import make_folder, require_free_space
 from .lists import format_list
 from .transforms import CROP_SIZE, NEW_SIZE, read_image_bgr, resize_linear, train_transform_batch
@@ -237,4 +237,5 @@ def make_loader(dataset, workers=2, pin_memory=False):
     # An own generator: the loader's worker seeding must not draw from the global RNG, which
     # drives dropout and is restored exactly on --resume.
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                       pin_memory=pin_memory, generator=torch.Generator(), **kwargs)
+                                       pin_memory=pin_memory, generator=torch.Generator(),
+                                       worker_init_fn=unblock_signals, **kwargs)

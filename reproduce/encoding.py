@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .data import check_images_exist, load_resized
-from .errors import UserError, check_signal
+from .errors import UserError, check_signal, deferred_signals, unblock_signals
 from .fileio import atomic_output, require_free_space
 from .nets import pick_device
 from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR, predict_inputs
@@ -114,7 +114,8 @@ def _encode(model, image_list, root, out_path, batch_size, oversample, features,
     images_per_batch = max(1, batch_size // TEN_CROPS) if oversample else batch_size
     loader = torch.utils.data.DataLoader(_TestImages(image_list, root, mean, oversample, pipeline),
                                          batch_size=images_per_batch, shuffle=False,
-                                         num_workers=workers, pin_memory=device.type == "cuda")
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         worker_init_fn=unblock_signals)
     n, bits = len(image_list), (model.bits if has_hash else 0)
     _check_free_space(out_path, image_list, bits, features)
     with atomic_output(out_path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
@@ -128,7 +129,9 @@ def _encode(model, image_list, root, out_path, batch_size, oversample, features,
         f.create_dataset("paths", data=list(image_list.paths), dtype=h5py.string_dtype("utf-8"))
         done = 0
         with tqdm(total=n, unit="img", desc="encode", disable=not progress) as bar:
-            for index, blob, errors in loader:
+            with deferred_signals():            # the workers start here (errors.deferred_signals)
+                batches = iter(loader)
+            for index, blob, errors in batches:
                 check_signal()
                 bad = next((e for e in errors if e), None)
                 if bad:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import read_run_config
 from .data import BatchOrder, TrainBatches, build_cache, check_images_exist, make_loader, open_cache
-from .errors import UserError, check_signal
+from .errors import UserError, check_signal, deferred_signals
 from .fileio import check_output_folder, write_text_atomic
 from .lists import read_list
 from .nets import pick_device
@@ -143,7 +143,8 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
     order = BatchOrder(len(image_list), cfg.solver.batch_size, cfg.seed, mirror=data.mirror)
     batches = TrainBatches(image_list, order, mean, start, cfg.solver.max_iter, cache_path=data.cache,
                            root=data.root, rank=ddp.rank, world_size=ddp.world_size, targets=targets)
-    loader = make_loader(batches, workers=data.workers, pin_memory=device.type == "cuda")
+    with deferred_signals():                  # the workers start here (errors.deferred_signals)
+        loader = iter(make_loader(batches, workers=data.workers, pin_memory=device.type == "cuda"))
 
     def log(rec):
         records.append(rec)

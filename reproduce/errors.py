@@ -6,6 +6,7 @@ key and shapes) and what is wrong. Command-line entry points run through `run_cl
 into that one line on stderr and exit status 2.
 """
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -100,6 +101,25 @@ def check_signal():
 # fork hooks, destructors, thread and logging internals. There the signal is only recorded and
 # takes effect at the next check_signal() (every batch of encode and train, every commit).
 _DEFER_IN = ("logging", "threading", "multiprocessing", "weakref", "importlib", "concurrent", "queue")
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Hold Ctrl-C and SIGTERM back for the block (e.g. while a DataLoader starts its workers: an
+    exception raised inside its constructor leaves a half-built object whose destructor prints a
+    traceback at exit); a signal that arrived meanwhile is handled when the block ends."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def unblock_signals(worker_id=None):
+    """A loader worker's init (worker_init_fn): workers fork while deferred_signals holds Ctrl-C
+    and SIGTERM back, and inherit that mask; they must receive them (the loader stops its
+    workers with SIGTERM)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _on_signal(signum, frame):

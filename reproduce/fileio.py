@@ -8,10 +8,9 @@ import contextlib
 import hashlib
 import os
 import shutil
-import signal
 import tempfile
 
-from .errors import UserError, check_signal
+from .errors import UserError, check_signal, deferred_signals
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -139,8 +138,7 @@ def _commit(stage, out_dir, remove):
         for name in names:
             rel = os.path.relpath(os.path.join(root, name), stage)
             moves.append((os.path.join(stage, rel), os.path.join(out_dir, rel)))
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
+    with deferred_signals():
         for name in remove:             # stale outputs (files or folders) go first
             stale = os.path.join(out_dir, name)
             if os.path.isdir(stale) and not os.path.islink(stale):
@@ -152,8 +150,6 @@ def _commit(stage, out_dir, remove):
             os.makedirs(os.path.dirname(target), exist_ok=True)
         for source, target in moves:
             os.replace(source, target)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def write_text_atomic(path, text, overwrite=True):
