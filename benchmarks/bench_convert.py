@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from reproduce.caffe_format import write_caffemodel
+from reproduce.caffe_writer import write_caffemodel
 from reproduce.nets import expected_shapes
 
 # Peak extra memory = peak RSS during the conversion (VmHWM) minus the RSS just before it (VmRSS),

@@ -1,13 +1,14 @@
 """Deep Hashing Network (Zhu, Long, Wang, Cao, AAAI 2016), reproduced as the authors' Caffe code ran it.
 
 Library modules, one role each, in the order data flows:
-    caffe_format      reading (and writing) .caffemodel / .caffemodel.h5 / mean files
+    caffe_format      reading .caffemodel / .caffemodel.h5 / mean files
+    caffe_writer      writing them (export to Caffe; the tests' files in the zoo's formats)
     caffe_net         deploy / train_val prototxts and the Caffe layer <-> parameter mapping
     nets              CaffeNet / AlexNet + hash layer (fch) + tanh, in Caffe's layer names
     checkpoint        the package's checkpoint format (state dict + metadata, weights_only loading)
-    weights           the BVLC zoo files: download, sha1 check, conversion
+    pretrained        the BVLC zoo files: download, sha1 check, conversion
     lists             image lists in the field's format (path l1 ... lC)
-    transforms        Caffe's ImageData pipeline: OpenCV decoding, cv::resize, crop / mirror / mean
+    transforms        Caffe's ImageData pipeline: decoding as OpenCV does, cv::resize, crop / mirror / mean
     pycaffe_pipeline  the authors' evaluation pipeline: pycaffe's caffe.io + Classifier
     data              cached image datasets and the seeded batch order of Caffe's ImageData layer
     losses            the DHN pairwise cross-entropy + quantization loss, its settings and variants
@@ -16,7 +17,7 @@ Library modules, one role each, in the order data flows:
     methods           the deep baselines CNNH, CNNH*, DNNH: heads, losses, targets (package)
     config            the typed run configuration (data, model, solver, loss, method) and Table 2's variants
     engine            the training loop shared by every dataset and variant
-    encode            codes and fc7 features of an image list (encode_list)
+    encoding          codes and fc7 features of an image list (encode_list)
     codes             reading code files (this package's and other methods')
     arrayfiles        arrays from untrusted .npy / .npz / HDF5 / .mat files, sizes checked first
     metrics           MAP, precision within Hamming radius, PR and precision@N (kernels: hamming)

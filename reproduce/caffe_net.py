@@ -197,7 +197,7 @@ def caffe_to_state_dict(blobs, arch, source):
 
 def state_dict_to_caffe(state_dict):
     """{`<layer>.weight`/`.bias`: tensor} -> {Caffe layer: [weight, bias] float32 arrays}, in the
-    network's order, ready for write_caffemodel / write_caffemodel_h5 (export to Caffe)."""
+    network's order, ready for caffe_writer.write_caffemodel / write_caffemodel_h5 (export to Caffe)."""
     order = FEATURE_LAYERS + (HASH_LAYER,)
     unknown = sorted(k for k in state_dict if k.rsplit(".", 1)[0] not in order)
     if unknown:

@@ -187,6 +187,46 @@ def read_external_labels(path):
     return labels
 
 
+def _oriented_labels(labels, codes_shape, path):
+    """External or stored labels checked and oriented to (N, C) / (N,); returns (labels, N or None)."""
+    if labels is None:
+        return None, None
+    labels = np.asarray(labels)
+    if labels.ndim not in (1, 2) or labels.dtype.kind not in "biuf" or labels.size == 0:
+        raise UserError(f"{path}: labels must be a non-empty numeric vector or matrix, got "
+                        f"{labels.dtype} {labels.shape}")
+    if labels.ndim == 2 and 1 in labels.shape and 1 not in codes_shape:
+        labels = labels.reshape(-1)   # MATLAB class vectors are 1 x N or N x 1 (N > 1 codes)
+    n = _sample_count(codes_shape, labels, path)
+    if labels.ndim == 2:
+        labels = _orient(labels, n, path, "labels")[0]
+    return _check_labels(labels, path), n
+
+
+def _unpacked_float32(codes, fmt, bits, path):
+    """(N, K) float32 codes: packed uint8 unpacked (LSB first, as compactbit), K checked against
+    --bits, NaN / infinity / values beyond float32 refused. Returns (codes, packed)."""
+    nbytes = codes.shape[1]
+    packed = (codes.dtype == np.uint8 and fmt != "reproduce.encode"
+              and (bool((codes > 1).any()) or (bits is not None and bits != nbytes)))
+    if packed:
+        k = bits or nbytes * 8
+        if not nbytes * 8 - 8 < k <= nbytes * 8:
+            raise UserError(f"{path}: {k} bits do not fit {nbytes} packed bytes per code (--bits)")
+        codes = np.unpackbits(codes, axis=1, bitorder="little")[:, :k]
+    if bits is not None and codes.shape[1] != bits:
+        raise UserError(f"{path}: codes have {codes.shape[1]} bits, but --bits says {bits}")
+    if codes.dtype.kind == "f" and not np.isfinite(codes).all():
+        i = np.flatnonzero(~np.isfinite(codes).all(axis=1))[0]
+        raise UserError(f"{path}: codes contain NaN or infinity (row {i})")
+    with np.errstate(over="ignore"):
+        codes = codes.astype(np.float32)
+    if not np.isfinite(codes).all():          # finite float64 beyond float32's range
+        i = np.flatnonzero(~np.isfinite(codes).all(axis=1))[0]
+        raise UserError(f"{path}: codes exceed float32's range (row {i})")
+    return codes, packed
+
+
 def read_codes(path, codes_key=None, labels_key=None, labels=None, bits=None):
     """Read and orient one code file (see the module docstring). labels: an external (N, C) or
     (N,) array that replaces the file's; bits: K of packed uint8 codes (default 8 x bytes)."""
@@ -206,42 +246,14 @@ def read_codes(path, codes_key=None, labels_key=None, labels=None, bits=None):
         raise UserError(f"{path}: codes must be a numeric matrix, got {codes.dtype} {codes.shape}")
     if codes.size == 0:
         raise UserError(f"{path}: the code set is empty ({codes.shape[0]} x {codes.shape[1]})")
-    n = None
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.ndim not in (1, 2) or labels.dtype.kind not in "biuf" or labels.size == 0:
-            raise UserError(f"{path}: labels must be a non-empty numeric vector or matrix, got "
-                            f"{labels.dtype} {labels.shape}")
-        if labels.ndim == 2 and 1 in labels.shape and 1 not in codes.shape:
-            labels = labels.reshape(-1)   # MATLAB class vectors are 1 x N or N x 1 (N > 1 codes)
-        n = _sample_count(codes.shape, labels, path)
-        if labels.ndim == 2:
-            labels = _orient(labels, n, path, "labels")[0]
-        labels = _check_labels(labels, path)
+    labels, n = _oriented_labels(labels, codes.shape, path)
     if fmt == "reproduce.encode":
         orientation = "N x K"
         if labels is not None and labels.shape[0] != codes.shape[0]:
             raise UserError(f"{path}: {codes.shape[0]} codes but {labels.shape[0]} label rows")
     else:
         codes, orientation = _orient(codes, n, path, "codes")
-    nbytes = codes.shape[1]
-    packed = (codes.dtype == np.uint8 and fmt != "reproduce.encode"
-              and (bool((codes > 1).any()) or (bits is not None and bits != nbytes)))
-    if packed:
-        k = bits or nbytes * 8
-        if not nbytes * 8 - 8 < k <= nbytes * 8:
-            raise UserError(f"{path}: {k} bits do not fit {nbytes} packed bytes per code (--bits)")
-        codes = np.unpackbits(codes, axis=1, bitorder="little")[:, :k]
-    if bits is not None and codes.shape[1] != bits:
-        raise UserError(f"{path}: codes have {codes.shape[1]} bits, but --bits says {bits}")
-    if codes.dtype.kind == "f" and not np.isfinite(codes).all():
-        i = np.flatnonzero(~np.isfinite(codes).all(axis=1))[0]
-        raise UserError(f"{path}: codes contain NaN or infinity (row {i})")
-    with np.errstate(over="ignore"):
-        codes = codes.astype(np.float32)
-    if not np.isfinite(codes).all():          # finite float64 beyond float32's range
-        i = np.flatnonzero(~np.isfinite(codes).all(axis=1))[0]
-        raise UserError(f"{path}: codes exceed float32's range (row {i})")
+    codes, packed = _unpacked_float32(codes, fmt, bits, path)
     encoded = fmt == "reproduce.encode"     # tanh outputs: always the sign rule, 0 -> +1
     binary01 = not encoded and bool(((codes == 0) | (codes == 1)).all())
     real = encoded or not (binary01 or bool(((codes == 1) | (codes == -1)).all()))

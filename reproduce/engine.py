@@ -104,6 +104,17 @@ def _build_model(cfg, ckpt, method):
                                  generator=torch.Generator().manual_seed(cfg.seed))
 
 
+def _train_loader(cfg, image_list, mean, start, ddp, targets, device):
+    """Iterator over this rank's batches from iteration `start` on, in the seeded order of
+    Caffe's ImageData layer (data.BatchOrder); `targets` replace the labels (a method's)."""
+    data = cfg.data
+    order = BatchOrder(len(image_list), cfg.solver.batch_size, cfg.seed, mirror=data.mirror)
+    batches = TrainBatches(image_list, order, mean, start, cfg.solver.max_iter, cache_path=data.cache,
+                           root=data.root, rank=ddp.rank, world_size=ddp.world_size, targets=targets)
+    with deferred_signals():                  # the workers start here (errors.deferred_signals)
+        return iter(make_loader(batches, workers=data.workers, pin_memory=device.type == "cuda"))
+
+
 def train(cfg, model=None, ckpt=None, resume=False, progress=True):
     """Run (or, with `resume`, continue) the training run `cfg` (a reproduce.config.RunConfig).
 
@@ -140,11 +151,7 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
     if ddp.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     net.train()
-    order = BatchOrder(len(image_list), cfg.solver.batch_size, cfg.seed, mirror=data.mirror)
-    batches = TrainBatches(image_list, order, mean, start, cfg.solver.max_iter, cache_path=data.cache,
-                           root=data.root, rank=ddp.rank, world_size=ddp.world_size, targets=targets)
-    with deferred_signals():                  # the workers start here (errors.deferred_signals)
-        loader = iter(make_loader(batches, workers=data.workers, pin_memory=device.type == "cuda"))
+    loader = _train_loader(cfg, image_list, mean, start, ddp, targets, device)
 
     def log(rec):
         records.append(rec)

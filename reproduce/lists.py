@@ -84,6 +84,27 @@ class ImageList:
         return ImageList([self.paths[i] for i in index], self.labels[index], self.source, linenos)
 
 
+def _one_hot(values, linenos, path, num_labels):
+    """Stock Caffe format, one class index per line -> (N, classes) uint8 one-hot. Sizes are
+    checked on the Python ints, before numpy sees them (no OverflowError, no huge allocation)."""
+    if num_labels is None:
+        top = max(values)
+        if top >= MAX_CLASSES:
+            i = next(i for i, v in enumerate(values) if v >= MAX_CLASSES)
+            raise UserError(f"{path}:{linenos[i]}: class {values[i]} is outside 0..{MAX_CLASSES - 1} "
+                            f"(at most {MAX_CLASSES} classes)")
+    classes = num_labels or top + 1
+    i = next((i for i, v in enumerate(values) if not 0 <= v < classes), None)
+    if i is not None:
+        raise UserError(f"{path}:{linenos[i]}: class {values[i]} is outside 0..{classes - 1}")
+    if len(values) * classes > MAX_LABEL_BYTES:
+        raise UserError(f"{path}: {len(values)} images x {classes} classes of one-hot labels exceed "
+                        f"{MAX_LABEL_BYTES >> 30} GiB")
+    labels = np.zeros((len(values), classes), dtype=np.uint8)
+    labels[np.arange(len(values)), np.asarray(values, dtype=np.int64)] = 1
+    return labels
+
+
 def read_list(path, num_labels=None):
     """Parse a list file; every malformed line is a UserError naming file and line.
 
@@ -121,24 +142,7 @@ def read_list(path, num_labels=None):
     if not paths:
         raise UserError(f"{path}: the list is empty")
     if width == 1 and (num_labels is None or num_labels > 1):
-        # Stock Caffe format: one class index per line -> one-hot. Sizes are checked on the
-        # Python ints, before numpy sees them (no OverflowError, no huge allocation).
-        values = [row[0] for row in rows]
-        if num_labels is None:
-            top = max(values)
-            if top >= MAX_CLASSES:
-                i = next(i for i, v in enumerate(values) if v >= MAX_CLASSES)
-                raise UserError(f"{path}:{linenos[i]}: class {values[i]} is outside 0..{MAX_CLASSES - 1} "
-                                f"(at most {MAX_CLASSES} classes)")
-        classes = num_labels or top + 1
-        i = next((i for i, v in enumerate(values) if not 0 <= v < classes), None)
-        if i is not None:
-            raise UserError(f"{path}:{linenos[i]}: class {values[i]} is outside 0..{classes - 1}")
-        if len(paths) * classes > MAX_LABEL_BYTES:
-            raise UserError(f"{path}: {len(paths)} images x {classes} classes of one-hot labels exceed "
-                            f"{MAX_LABEL_BYTES >> 30} GiB")
-        labels = np.zeros((len(paths), classes), dtype=np.uint8)
-        labels[np.arange(len(paths)), np.asarray(values, dtype=np.int64)] = 1
+        labels = _one_hot([row[0] for row in rows], linenos, path, num_labels)
     else:
         if num_labels is not None and width != num_labels:
             raise UserError(f"{path}: lines have {width} labels, but this dataset has {num_labels}")

@@ -65,6 +65,23 @@ def log_cosh(x):
     return torch.logaddexp(x, -x) - LOG2
 
 
+def _batch_similarity(z, labels, similarity):
+    """(N, N) similarity of the batch in z's dtype and device: from (N, C) labels
+    (pairwise_similarity), or a given (N, N) matrix (negative entries: pairs left out)."""
+    n = z.shape[0]
+    if (labels is None) == (similarity is None):
+        raise ValueError("pass exactly one of labels (N x C) and similarity (N x N)")
+    if labels is not None:
+        if labels.dim() != 2 or labels.shape[0] != n:
+            raise ValueError(f"labels must be {n} x C for z of shape {tuple(z.shape)}, "
+                             f"got {tuple(labels.shape)}")
+        return pairwise_similarity(labels.to(z.device)).to(z.dtype)
+    if tuple(similarity.shape) != (n, n):
+        raise ValueError(f"similarity must be {n} x {n} for z of shape "
+                         f"{tuple(z.shape)}, got {tuple(similarity.shape)}")
+    return similarity.to(device=z.device, dtype=z.dtype)
+
+
 class DHNLoss(nn.Module):
     """Pairwise cross-entropy (or squared) loss + quant_weight * quantization loss of DHN.
 
@@ -137,18 +154,7 @@ class DHNLoss(nn.Module):
         if z.dtype in (torch.float16, torch.bfloat16):
             z = z.float()   # Caffe computes the layer in float32
         n, k = z.shape
-        if (labels is None) == (similarity is None):
-            raise ValueError("pass exactly one of labels (N x C) and similarity (N x N)")
-        if labels is not None:
-            if labels.dim() != 2 or labels.shape[0] != n:
-                raise ValueError(f"labels must be {n} x C for z of shape {tuple(z.shape)}, "
-                                 f"got {tuple(labels.shape)}")
-            sim = pairwise_similarity(labels.to(z.device)).to(z.dtype)
-        else:
-            if tuple(similarity.shape) != (n, n):
-                raise ValueError(f"similarity must be {n} x {n} for z of shape "
-                                 f"{tuple(z.shape)}, got {tuple(similarity.shape)}")
-            sim = similarity.to(device=z.device, dtype=z.dtype)
+        sim = _batch_similarity(z, labels, similarity)
         s = (sim > 0).to(z.dtype)            # Caffe: (similarity > 0)
         counted = sim >= 0                    # Caffe: count = 1 where similarity >= 0
         # Labels give every pair a 0/1 similarity; only a passed matrix can leave pairs out

@@ -64,6 +64,36 @@ def _error_line(message, line_of, stepvalue, stepvalue_lines):
     return line_of.get("lr_policy")
 
 
+def _fields(path, lines):
+    """Yield (line number, key, raw value, value without quotes) of every `key: value` field."""
+    for lineno, line in enumerate(lines, 1):
+        pos = 0
+        while pos < len(line):
+            rest = line[pos:].strip()
+            if not rest or rest.startswith("#"):
+                break
+            m = _FIELD.match(line, pos)
+            if m is None:
+                what = ("nested messages (`name { ... }`) are not supported" if "{" in rest
+                        else "expected `key: value`")
+                raise UserError(f"{path}:{lineno}: cannot parse {rest!r}: {what}")
+            pos = m.end()
+            key, raw = m.group(1), m.group(2)
+            yield lineno, key, raw, raw[1:-1] if raw[0] in "\"'" else raw
+
+
+def _check_supported(key, value, raw, where):
+    """The solver options whose only supported value is plain Caffe SGD's (_CHECKED_KEYS)."""
+    allowed = _CHECKED_KEYS[key]
+    if allowed is None:     # clip_gradients: Caffe's default -1 means off
+        ok = _parse_number(value, float, where) < 0
+    else:
+        ok = value in allowed
+    if not ok:
+        raise UserError(f"{where}: {key}: {raw} is not supported (only plain Caffe SGD: type SGD, "
+                        "L2 regularization, iter_size 1, no clip_gradients)")
+
+
 def read_solver_prototxt(path, defaults=None):
     """Parse a Caffe solver.prototxt (protobuf text format) into SolverSettings.
 
@@ -83,47 +113,27 @@ def read_solver_prototxt(path, defaults=None):
         reason = getattr(e, "strerror", None) or e
         raise UserError(f"{path}: cannot read solver prototxt ({reason})") from None
     found, line_of, stepvalue, stepvalue_lines = {}, {}, [], []
-    for lineno, line in enumerate(lines, 1):
-        where, pos = f"{path}:{lineno}", 0
-        while pos < len(line):
-            rest = line[pos:].strip()
-            if not rest or rest.startswith("#"):
-                break
-            m = _FIELD.match(line, pos)
-            if m is None:
-                what = ("nested messages (`name { ... }`) are not supported" if "{" in rest
-                        else "expected `key: value`")
-                raise UserError(f"{where}: cannot parse {rest!r}: {what}")
-            pos = m.end()
-            key, raw = m.group(1), m.group(2)
-            value = raw[1:-1] if raw[0] in "\"'" else raw
-            if key == "stepvalue":
-                stepvalue.append(_parse_number(value, int, where))
-                stepvalue_lines.append(lineno)
-                continue
-            if key in line_of and key not in _IGNORED_KEYS:   # singular field given twice
-                raise UserError(f"{where}: {key} is given twice (first on line {line_of[key]})")
-            line_of[key] = lineno
-            if key in _IGNORED_KEYS:
-                continue
-            if key in _CHECKED_KEYS:
-                allowed = _CHECKED_KEYS[key]
-                if allowed is None:     # clip_gradients: Caffe's default -1 means off
-                    ok = _parse_number(value, float, where) < 0
-                else:
-                    ok = value in allowed
-                if not ok:
-                    raise UserError(f"{where}: {key}: {raw} is not supported (only plain Caffe "
-                                    "SGD: type SGD, L2 regularization, iter_size 1, "
-                                    "no clip_gradients)")
-            elif key in _FLOAT_KEYS:
-                found[key] = _parse_number(value, float, where)
-            elif key in _INT_KEYS:
-                found[key] = _parse_number(value, int, where)
-            elif key == "lr_policy":
-                found[key] = value
-            else:
-                raise UserError(f"{where}: unknown solver key {key!r}")
+    for lineno, key, raw, value in _fields(path, lines):
+        where = f"{path}:{lineno}"
+        if key == "stepvalue":
+            stepvalue.append(_parse_number(value, int, where))
+            stepvalue_lines.append(lineno)
+            continue
+        if key in line_of and key not in _IGNORED_KEYS:   # singular field given twice
+            raise UserError(f"{where}: {key} is given twice (first on line {line_of[key]})")
+        line_of[key] = lineno
+        if key in _IGNORED_KEYS:
+            continue
+        if key in _CHECKED_KEYS:
+            _check_supported(key, value, raw, where)
+        elif key in _FLOAT_KEYS:
+            found[key] = _parse_number(value, float, where)
+        elif key in _INT_KEYS:
+            found[key] = _parse_number(value, int, where)
+        elif key == "lr_policy":
+            found[key] = value
+        else:
+            raise UserError(f"{where}: unknown solver key {key!r}")
     missing = [key for key in _REQUIRED if key not in found]
     if missing:
         raise UserError(f"{path}: missing required key(s) {', '.join(missing)}")

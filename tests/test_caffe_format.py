@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from reproduce import caffe_format as cf
+from reproduce import caffe_writer as cw
 from reproduce import caffe_net
 from reproduce.errors import UserError
 from reproduce.nets import FEATURE_LAYERS, expected_shapes
@@ -121,18 +122,18 @@ def assert_same_layers(read, written):
 def test_round_trip_every_format(tmp_path, rng, fmt, packed):
     layers = random_layers(rng)
     path = tmp_path / "m.caffemodel"
-    cf.write_caffemodel(path, layers, fmt=fmt, packed=packed)
+    cw.write_caffemodel(path, layers, fmt=fmt, packed=packed)
     # the layers hold inf and NaN on purpose: read as stored with allow_nonfinite (by default
     # non-finite weights are refused: tests/test_fuzz_parsers.py, tests/test_bad_inputs.py)
     assert_same_layers(cf.read_caffemodel(path, allow_nonfinite=True), layers)
     with pytest.raises(UserError, match="already exists"):
-        cf.write_caffemodel(path, layers, fmt=fmt, packed=packed)
+        cw.write_caffemodel(path, layers, fmt=fmt, packed=packed)
 
 
 def test_round_trip_h5(tmp_path, rng):
     layers = random_layers(rng)
     path = tmp_path / "m.caffemodel.h5"
-    cf.write_caffemodel_h5(path, layers)
+    cw.write_caffemodel_h5(path, layers)
     with h5py.File(path) as f:
         assert f["data/conv1/0"].shape == (4, 3, 5, 5)
     read = cf.read_caffemodel(path, allow_nonfinite=True)
@@ -145,7 +146,7 @@ def test_truncated_file_at_every_length(tmp_path, rng):
     layers = {"conv1": [rng.standard_normal((2, 3, 2, 2)).astype(np.float32), np.ones(2, np.float32)],
               "relu1": [], "fc6": [np.ones((2, 3), np.float32), np.ones(2, np.float32)]}
     full = tmp_path / "full.caffemodel"
-    cf.write_caffemodel(full, layers, fmt="v1", packed=False)
+    cw.write_caffemodel(full, layers, fmt="v1", packed=False)
     data = full.read_bytes()
     cut = tmp_path / "cut.caffemodel"
     errors = 0
@@ -179,7 +180,7 @@ def test_other_files_are_refused(tmp_path, rng, content):
     elif content == "prototxt":
         path.write_text(caffe_net.deploy_prototxt("caffenet"))
     elif content == "binaryproto":
-        cf.write_binaryproto(path, np.zeros((3, 4, 4)), overwrite=True)
+        cw.write_binaryproto(path, np.zeros((3, 4, 4)), overwrite=True)
     else:
         path.write_bytes(b"")
     with pytest.raises(UserError, match="x.caffemodel: "):
@@ -202,7 +203,7 @@ def test_missing_file_and_bad_h5(tmp_path):
 
 def test_read_mean_binaryproto_and_npy(tmp_path, rng):
     mean = rng.uniform(0, 255, (3, 256, 256)).astype(np.float32)
-    cf.write_binaryproto(tmp_path / "mean.binaryproto", mean)
+    cw.write_binaryproto(tmp_path / "mean.binaryproto", mean)
     np.testing.assert_array_equal(cf.read_mean(tmp_path / "mean.binaryproto"), mean)
     hand = legacy_dims(1, 3, 256, 256) + floats_packed(5, mean.ravel().tolist())   # the reference encoder
     (tmp_path / "hand.binaryproto").write_bytes(hand)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from caffe_oracle import run
-from reproduce.caffe_format import read_caffemodel, write_caffemodel
+from reproduce.caffe_format import read_caffemodel
+from reproduce.caffe_writer import write_caffemodel
 from reproduce.caffe_net import caffe_to_state_dict, deploy_prototxt, train_val_prototxt
 from reproduce.losses import DHNLoss
 from reproduce.nets import DHNNet

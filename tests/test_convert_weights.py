@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from reproduce import pretrained, weights
-from reproduce.caffe_format import write_caffemodel, write_caffemodel_h5
+from reproduce.caffe_writer import write_caffemodel, write_caffemodel_h5
 from reproduce.checkpoint import load_checkpoint, model_from_checkpoint
 from reproduce.convert_weights import main as convert_main
 from reproduce.errors import UserError

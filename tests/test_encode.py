@@ -111,9 +111,10 @@ def test_oversample_with_workers_matches_opencv_ten_crops(dataset, model, tmp_pa
 
 def test_mean_file_is_subtracted_at_the_crop(dataset, model, tmp_path):
     caffe_format = pytest.importorskip("reproduce.caffe_format")
+    from reproduce import caffe_writer
     rng = np.random.default_rng(3)
     mean = (rng.random((3, 256, 256)) * 255).astype(np.float32)
-    caffe_format.write_binaryproto(tmp_path / "mean.binaryproto", mean[None])
+    caffe_writer.write_binaryproto(tmp_path / "mean.binaryproto", mean[None])
     np.save(tmp_path / "mean.npy", mean.astype(np.float64))
     (tmp_path / "list.txt").write_text(LIST[0] + "\n")
     img = cv2.resize(cv2.imread(str(dataset / "imgs" / "a.jpg"), cv2.IMREAD_COLOR), (256, 256))

@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reproduce import caffe_format as cf
+from reproduce import caffe_writer as cw
 from reproduce.codes import read_codes, read_external_labels
 from reproduce.errors import UserError
 from reproduce.lists import MAX_CLASSES, read_list
@@ -293,9 +294,9 @@ def model_seeds(work):
     for fmt in ("v1", "v2", "v2-legacy-dims"):
         for packed in (True, False):
             path = work / f"seed-{fmt}-{packed}.caffemodel"
-            cf.write_caffemodel(path, layers, fmt=fmt, packed=packed, overwrite=True)
+            cw.write_caffemodel(path, layers, fmt=fmt, packed=packed, overwrite=True)
             seeds.append(path.read_bytes())
-    cf.write_caffemodel_h5(work / "seed.caffemodel.h5", layers, overwrite=True)
+    cw.write_caffemodel_h5(work / "seed.caffemodel.h5", layers, overwrite=True)
     return Seeds(enumerate(seeds), h5=(work / "seed.caffemodel.h5").read_bytes())
 
 
@@ -337,9 +338,9 @@ def test_nonfinite_weights_are_refused_naming_the_layer(work, values, fmt, packe
     path = work / f"nf.caffemodel{'.h5' if fmt == 'h5' else ''}"
     layers = {"fc6": [weight, np.zeros(1, np.float32)]}
     if fmt == "h5":
-        cf.write_caffemodel_h5(path, layers, overwrite=True)
+        cw.write_caffemodel_h5(path, layers, overwrite=True)
     else:
-        cf.write_caffemodel(path, layers, fmt=fmt, packed=packed, overwrite=True)
+        cw.write_caffemodel(path, layers, fmt=fmt, packed=packed, overwrite=True)
     got = check("read_caffemodel", path, lambda: cf.read_caffemodel(path))
     assert (got is None) == (not np.isfinite(weight).all())
     if got is None:
@@ -362,7 +363,7 @@ def test_blob_shape_overflow_is_refused_before_allocating(work):
 @pytest.fixture(scope="module")
 def mean_seeds(work):
     mean = np.random.default_rng(1).uniform(0, 255, (3, 256, 256)).astype(np.float32)
-    cf.write_binaryproto(work / "seed.binaryproto", mean, overwrite=True)
+    cw.write_binaryproto(work / "seed.binaryproto", mean, overwrite=True)
     buf = io.BytesIO()
     np.save(buf, mean)
     small = io.BytesIO()
@@ -399,7 +400,7 @@ def test_nonfinite_mean_is_refused(work, mean_seeds, value, index, npy):
     if npy:
         np.save(path, mean)
     else:
-        cf.write_binaryproto(path, mean, overwrite=True)
+        cw.write_binaryproto(path, mean, overwrite=True)
     got = check("read_mean", path, lambda: cf.read_mean(path))
     assert (got is None) == (not math.isfinite(value))
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce.caffe_format import read_caffemodel, write_caffemodel
+from reproduce.caffe_format import read_caffemodel
+from reproduce.caffe_writer import write_caffemodel
 from reproduce.caffe_net import caffe_to_state_dict, deploy_prototxt
 from reproduce.nets import DHNNet
 from reproduce.transforms import MEAN_VALUE

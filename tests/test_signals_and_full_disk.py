@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reproduce.caffe_format import write_caffemodel
+from reproduce.caffe_writer import write_caffemodel
 from reproduce.checkpoint import save_checkpoint
 from reproduce.nets import DHNNet, expected_shapes
 

@@ -156,6 +156,29 @@ class BRE(Baseline):
         Z = unit_rows(X, self.mean_)
         return Z if self.pc_ is None else Z @ self.pc_
 
+    def _pairs_and_targets(self, K, labels, n, rng):
+        """The pairs BRE reconstructs (0.05 n random partners per point, BRE.m) and their targets:
+        (pairs_i, pairs_j, target), each (P,)."""
+        partners = max(1, math.floor(self.pair_fraction * n + 1e-9))
+        rows = [np.setdiff1d(rng.permutation(n)[:partners], [i]) for i in range(n)]
+        pairs_i = np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)])
+        pairs_j = np.concatenate(rows)
+        if len(pairs_i) == 0:
+            raise UserError(f"{self.name}: {n} training samples give no pair of distinct "
+                            "samples to reconstruct; use more samples")
+        if self.target == "euclidean":
+            diag = np.diag(K)
+            dist = 0.5 * (diag[pairs_i] + diag[pairs_j] - 2 * K[pairs_i, pairs_j])
+            full_max = (0.5 * (diag[:, None] + diag[None, :] - 2 * K)).max()
+            if full_max <= 0:
+                raise UserError(f"{self.name}: all {n} training samples coincide after "
+                                "normalisation; there are no distances to reconstruct")
+            target = dist / full_max                      # Dist / max(max(Dist))
+        else:
+            target = np.where(np.einsum("ij,ij->i", labels[self.train_index_[pairs_i]],
+                                        labels[self.train_index_[pairs_j]]) > 0, 0.0, 1.0)
+        return pairs_i, pairs_j, target
+
     def _fit(self, X, labels, rng):
         n_all, d = X.shape
         self.mean_ = X.mean(axis=0)
@@ -179,26 +202,8 @@ class BRE(Baseline):
                                    axis=1)
         W = 0.001 * rng.standard_normal((n_bases, self.bits))
 
-        partners = max(1, math.floor(self.pair_fraction * n + 1e-9))
-        rows = [np.setdiff1d(rng.permutation(n)[:partners], [i]) for i in range(n)]
-        pairs_i = np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)])
-        pairs_j = np.concatenate(rows)
-        if len(pairs_i) == 0:
-            raise UserError(f"{self.name}: {n} training samples give no pair of distinct "
-                            "samples to reconstruct; use more samples")
+        pairs_i, pairs_j, target = self._pairs_and_targets(K, labels, n, rng)
         self.pairs_ = np.stack([pairs_i, pairs_j])
-        if self.target == "euclidean":
-            diag = np.diag(K)
-            dist = 0.5 * (diag[pairs_i] + diag[pairs_j] - 2 * K[pairs_i, pairs_j])
-            full_max = (0.5 * (diag[:, None] + diag[None, :] - 2 * K)).max()
-            if full_max <= 0:
-                raise UserError(f"{self.name}: all {n} training samples coincide after "
-                                "normalisation; there are no distances to reconstruct")
-            target = dist / full_max                      # Dist / max(max(Dist))
-        else:
-            target = np.where(np.einsum("ij,ij->i", labels[self.train_index_[pairs_i]],
-                                        labels[self.train_index_[pairs_j]]) > 0, 0.0, 1.0)
-
         self.pair_targets_ = target
         KW = np.stack([K[:, self.hash_inds_[:, b]] @ W[:, b] for b in range(self.bits)], axis=1)
         H = KW > 0
