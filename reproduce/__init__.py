@@ -37,4 +37,14 @@ evaluate, compare, demo, and cifar10, nus_wide, flickr, imagenet100, coco, custo
 reproduce.datasets.<name>.main).
 """
 
+import sys
+
 __version__ = "0.1.0"
+
+# `python -m reproduce.<command>`: Python imports this package while sys.argv[0] is still "-m"
+# (runpy sets it to the module's path only after locating it, see the `-m` entry of Python's
+# command-line documentation). Ctrl-C and SIGTERM then end with one line from the very start,
+# also while the command's module imports torch; a library import leaves signals alone.
+if sys.argv[:1] == ["-m"]:
+    from .errors import install_startup_handlers
+    install_startup_handlers()

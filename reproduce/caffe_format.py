@@ -28,7 +28,8 @@ import h5py
 import numpy as np
 
 from .arrayfiles import H5_ERRORS, load_npy, one_line, read_h5_dataset
-from .errors import UserError
+from .errors import FLOAT32_MAX, UserError
+from .fileio import require_file
 
 VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5            # protobuf wire types
 # caffe.proto: NetParameter, V1LayerParameter (+ nested V0LayerParameter), LayerParameter, BlobProto
@@ -167,17 +168,17 @@ def _parse_blob(buf, pos, end, source, where):
                                     f"{nxt - value} bytes is not a whole number of values)")
                 values = np.frombuffer(buf, dtype, (nxt - value) // width, value)
                 if field == BLOB_DOUBLE_DATA or not values.flags.aligned:
-                    values = values.astype(np.float32)   # an aligned float32 copy ...
+                    values = to_float32(values, source, where)   # an aligned float32 copy ...
                     _release(buf, value, nxt)            # ... so the file's pages can go
                 out.append(values)
             elif value - pos != 1:               # unpacked, a key of several bytes: one value
                 _expect(wire, wire_unpacked, field, "BlobProto", source)
-                out.append(np.frombuffer(buf, dtype, 1, value).astype(np.float32))
+                out.append(to_float32(np.frombuffer(buf, dtype, 1, value), source, where))
             else:                                # unpacked: key byte + value, repeated
                 _expect(wire, wire_unpacked, field, "BlobProto", source)
                 n = _run_length(buf, pos, end, buf[pos], width + 1)
-                out.append(np.ndarray((n,), dtype, buffer=buf, offset=pos + 1, strides=(width + 1,))
-                           .astype(np.float32))
+                out.append(to_float32(np.ndarray((n,), dtype, buffer=buf, offset=pos + 1,
+                                                 strides=(width + 1,)), source, where))
                 nxt = pos + n * (width + 1)
                 _release(buf, pos, nxt)
         pos = nxt
@@ -206,6 +207,18 @@ def _axes(shape, source, where):
         raise UserError(f"{source}: {where} has more than {MAX_BLOB_AXES} axes")
 
 
+def to_float32(array, source, where):
+    """`array` as float32; a finite value beyond float32's range (a double_data blob or a float64
+    HDF5 dataset; Caffe's blobs are float32) is a UserError instead of a silent infinity."""
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4 and array.size:
+        big = np.isfinite(array) & (np.abs(array) > FLOAT32_MAX)
+        if big.any():
+            i = int(np.flatnonzero(big.reshape(-1))[0])
+            raise UserError(f"{source}: {where} holds {array.reshape(-1)[i]} at flat index {i}, beyond "
+                            "float32's range (Caffe's blobs are float32)")
+    return array.astype(np.float32, copy=False)
+
+
 def check_finite(array, source, where):
     """UserError naming `where` if `array` holds NaN or infinity (checked in chunks: no big
     temporary); the package never converts or trains from such weights silently."""
@@ -216,7 +229,7 @@ def check_finite(array, source, where):
         if not ok.all():
             i = start + int(np.flatnonzero(~ok)[0])
             raise UserError(f"{source}: {where} holds a non-finite value ({flat[i]} at flat index {i} "
-                            f"of shape {tuple(array.shape)}); NaN or infinite weights are refused")
+                            f"of shape {tuple(array.shape)}); NaN and infinity are refused")
     return array
 
 
@@ -294,8 +307,7 @@ def read_caffemodel(path, allow_nonfinite=False):
     Weights with NaN or infinity are a UserError naming the layer and blob, unless allow_nonfinite.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+    require_file(path, "caffemodel")
     if h5py.is_hdf5(path):
         return _read_caffemodel_h5(path, allow_nonfinite)
     blobs = {}
@@ -321,7 +333,8 @@ def _read_caffemodel_h5(path, allow_nonfinite=False):
                     dset = group[str(i)]
                     if not isinstance(dset, h5py.Dataset) or dset.dtype.kind not in "biuf":
                         raise UserError(f"{path}: data/{name}/{i} is not a numeric dataset")
-                    array = read_h5_dataset(dset, path, f"data/{name}/{i}").astype(np.float32)
+                    array = to_float32(read_h5_dataset(dset, path, f"data/{name}/{i}"), path,
+                                       f"data/{name}/{i}")
                     if not allow_nonfinite:
                         check_finite(array, path, f"data/{name}/{i}")
                     arrays.append(array)
@@ -338,13 +351,12 @@ def read_mean(path):
     """The mean image, float32 (3, 256, 256) BGR: Caffe's imagenet_mean.binaryproto (a BlobProto
     1x3x256x256) or pycaffe's ilsvrc_2012_mean.npy (float64 3x256x256)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such mean file")
+    require_file(path, "mean file")
     with open(path, "rb") as f:
         is_npy = f.read(6) == b"\x93NUMPY"
     if is_npy:
         mean = load_npy(path, "mean file")
-        if mean.dtype.kind not in "biuf":
+        if mean.dtype.kind not in "iuf":
             raise UserError(f"{path}: the .npy mean holds {mean.dtype}, not numbers")
     else:
         with open(path, "rb") as f:
@@ -356,4 +368,12 @@ def read_mean(path):
         mean = mean[0]
     if mean.shape != (3, 256, 256):
         raise UserError(f"{path}: mean has shape {mean.shape}, expected (3, 256, 256) (or 1x3x256x256)")
-    return check_finite(np.array(mean, dtype=np.float32, order="C"), path, "the mean image")
+    check_finite(mean, path, "the mean image")
+    from .transforms import PIXEL_RANGE      # the image pipeline's fact (transforms imports torch)
+    low, high = PIXEL_RANGE
+    outside = (mean < low) | (mean > high)   # checked before the float32 cast (no overflow to inf)
+    if outside.any():
+        i = int(np.flatnonzero(outside.reshape(-1))[0])
+        raise UserError(f"{path}: the mean image holds {mean.reshape(-1)[i]} at flat index {i}, outside "
+                        f"the pixel range {low}..{high}")
+    return np.array(mean, dtype=np.float32, order="C")

@@ -9,7 +9,8 @@ import torch
 
 from .checkpoint import check_state_dict
 from .errors import UserError
-from .nets import ARCHS, CONV_LAYERS, FC_LAYERS, FEATURE_LAYERS, HASH_LAYER, INPUT_SIZE, expected_shapes
+from .nets import (ARCHS, CONV_LAYERS, FC_LAYERS, FEATURE_LAYERS, HASH_LAYER, INPUT_SIZE, MAX_BITS,
+                   expected_shapes)
 
 HASH_LAYER_NAMES = (HASH_LAYER, "fch")               # ours, and the authors' name in dhn-caffe
 CLASSIFIER_LAYERS = ("fc8", "prob")                  # ImageNet classifier of the zoo models
@@ -163,9 +164,9 @@ def caffe_to_state_dict(blobs, arch, source):
     want = dict(expected_shapes())
     if hash_names:
         w = np.asarray(blobs[hash_names[0]][0])
-        if w.ndim < 2:
+        if w.ndim < 2 or not 1 <= w.shape[-2] <= MAX_BITS:
             raise UserError(f"{source}: layer '{hash_names[0]}' weight has shape {tuple(w.shape)}, "
-                            "expected (bits, 4096)")
+                            f"expected (bits, 4096) with bits in 1..{MAX_BITS}")
         want.update(expected_shapes(int(w.shape[-2])))
     state_dict, notes = {}, []
     for layer in FEATURE_LAYERS + tuple(hash_names):

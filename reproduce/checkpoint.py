@@ -16,7 +16,7 @@ import shutil
 import torch
 
 from .errors import UserError
-from .fileio import atomic_output
+from .fileio import atomic_output, require_file
 from .nets import ARCHS, HASH_LAYER, MAX_BITS, DHNNet, expected_shapes
 
 FORMAT = "reproduce-dhn-checkpoint/1"
@@ -45,8 +45,7 @@ def save_checkpoint(path, state_dict, arch, bits, meta=None, overwrite=False, ex
 def load_checkpoint(path):
     """Read a checkpoint with weights_only=True; any problem is a one-line UserError naming the file."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such checkpoint file")
+    require_file(path, "checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # torch raises many types on foreign or truncated files (KeyError, ...)

@@ -35,6 +35,7 @@ import numpy as np
 
 from .arrayfiles import READ_ERRORS, load_npy, load_npz, mat_variables, one_line, read_h5_dataset
 from .errors import UserError
+from .fileio import require_file
 from .lists import MAX_CLASSES, MAX_LABEL_BYTES, read_list
 
 ENCODE_FORMAT = "reproduce-dhn-codes/1"     # reproduce.encode.CODES_FORMAT (not imported: torch)
@@ -83,8 +84,7 @@ def _text(value):
 
 def _open(path):
     """(format, {name: shape}, load(name) -> ndarray, attrs) for any accepted file."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+    require_file(path, "code file")
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npy":
@@ -172,8 +172,7 @@ def _check_labels(labels, path):
 def read_external_labels(path):
     """Labels from a list file (reproduce.lists format) or a .npy array."""
     if str(path).lower().endswith(".npy"):
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: no such label file")
+        require_file(path, "label file")
         labels = load_npy(path, "label file")
     else:
         labels = read_list(path).labels

@@ -20,7 +20,7 @@ import os
 import sys
 
 from .baselines import BASELINES
-from .comparison import (FROM_PRESET, comparison_outputs, dataset_protocol, evaluate_baselines, evaluate_method,
+from .comparison import (FROM_PRESET, check_dataset_name, comparison_outputs, dataset_protocol, evaluate_baselines, evaluate_method,
                          load_import, method_dir, parse_baseline_options, read_labels, write_comparison)
 from .errors import NON_NEGATIVE, ArgumentParser, UserError, run_cli
 from .fileio import staged_outputs
@@ -101,7 +101,7 @@ def main(argv=None):
         raise UserError("--baselines needs --features TRAIN.h5 QUERY.h5 DB.h5")
     if not (args.runs or args.imports or args.baselines):
         raise UserError("nothing to compare: give --runs, --import or --baselines")
-    protocol = dataset_protocol(args.dataset, args.topk)
+    protocol = dataset_protocol(check_dataset_name(args.dataset, "--dataset"), args.topk)
     paper = read_paper_numbers(args.paper_numbers, args.dataset) if args.paper_numbers else None
     records = check_records(collect_records(args.runs), args.dataset) if args.runs else []
     for r in records:

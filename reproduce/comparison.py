@@ -15,7 +15,7 @@ import numpy as np
 from .baselines import make_baseline
 from .codes import read_codes, read_external_labels
 from .errors import UserError
-from .fileio import sha1_file, staged_outputs
+from .fileio import require_file, sha1_file, staged_outputs
 from .figures import default_curve_bits, figure_names, write_figures
 from .records import check_records, evaluate_record, protocol
 from .reports import write_tables
@@ -36,6 +36,17 @@ def preset_protocol(dataset):
     if not hasattr(module, "MAP_TOPK"):
         return None
     return protocol(module.MAP_TOPK, zero_hit=getattr(module, "ZERO_HIT", "skip"))
+
+
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")   # a name that is also a folder name
+
+
+def check_dataset_name(name, option):
+    """UserError naming `option` unless `name` can title tables and name files and folders."""
+    if not DATASET_NAME.fullmatch(name):
+        raise UserError(f"{option} {name!r}: use letters, digits, '_', '.' and '-' (it names "
+                        "files and folders), at most 64 characters")
+    return name
 
 
 def dataset_protocol(dataset, topk=FROM_PRESET):
@@ -73,8 +84,7 @@ def read_features(path, with_features=True):
     """(features (N, D) h5py dataset, read lazily, or None; labels (N, C) uint8; the open
     h5py.File, to close) of a `reproduce.encode --features` file."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such features file")
+    require_file(path, "features file")
     try:
         f = h5py.File(path, "r")
     except (OSError, ValueError) as e:
@@ -102,8 +112,7 @@ def read_labels(path):
         _, labels, f = read_features(path, with_features=False)
         f.close()
         return labels
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such labels file")
+    require_file(path, "labels file")
     return read_external_labels(path)
 
 
@@ -111,9 +120,11 @@ def load_import(spec, sign=False, labels=None):
     """`NAME:BITS:QUERY_CODES:DB_CODES` -> (name, bits, [query, database] as (codes (N, K) int8,
     labels (N, C) uint8), inputs). Labels: the code file's own, else labels[0] / labels[1]."""
     parts = spec.split(":", 3)
-    if len(parts) != 4 or not parts[0] or not parts[1].isdigit() or int(parts[1]) < 1:
+    if len(parts) != 4 or not parts[0].strip() or not parts[1].isdigit() or int(parts[1]) < 1:
         raise UserError(f"--import {spec}: expected NAME:BITS:QUERY_CODES:DB_CODES with BITS a "
                         "positive integer")
+    if not parts[0].isprintable():
+        raise UserError(f"--import {spec!r}: NAME must be printable text on one line")
     name, bits, paths = parts[0], int(parts[1]), parts[2:]
     files = []
     for which, path in enumerate(paths):

@@ -32,7 +32,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import check_images_exist
 from .encoding import PIPELINES, encode_list
 from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR
-from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, run_cli
+from .errors import BATCH_SIZE, WORKERS, ArgumentParser, UserError, run_cli
 from .fileio import check_output_file, sha1_file
 from .lists import read_list
 from .transforms import MEAN_VALUE, format_mean, load_mean_file, parse_mean_value
@@ -53,10 +53,10 @@ def get_args_parser():
     p.add_argument("--oversample", action="store_true",
                    help="pycaffe's 10 crops averaged (the authors' first evaluation script); "
                         "default: centre crop 227 at offset 14 (Caffe's TEST phase, their later script)")
-    p.add_argument("--batch-size", type=POSITIVE, default=50,
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=50,
                    help="network inputs (crops) per forward pass (default 50); the codes do not "
                         "depend on it beyond float rounding")
-    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="image decoding processes (default 2; 0 = in the main process)")
+    p.add_argument("--workers", type=WORKERS, default=2, help="image decoding processes (default 2; 0 = in the main process)")
     p.add_argument("--features", action="store_true", help="also write fc7 (after relu7), N x 4096")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--mean", default=None,

@@ -241,7 +241,10 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
         # into its own rows; DDP averages gradients over processes, hence the factor.
         (loss * world_size).backward()
         lr = solver.current_lr
-        solver.step()
+        try:
+            solver.step()
+        except OverflowError as e:
+            raise NonFiniteLoss(f"{e}; stopped") from None
         done = it + 1
         bar.update(1)
         if log is not None and (done % display == 0 or done == max_iter):

@@ -55,6 +55,8 @@ def number(low=None, high=None, low_open=False, high_open=False):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if abs(value) > FLOAT32_MAX:     # every real setting ends in a float32 tensor (Caffe's too)
+            raise argparse.ArgumentTypeError(f"{text!r} is beyond float32's range")
         if (low is not None and (value < low or (low_open and value == low))) or \
                 (high is not None and (value > high or (high_open and value == high))):
             raise argparse.ArgumentTypeError(
@@ -67,14 +69,26 @@ def number(low=None, high=None, low_open=False, high_open=False):
 def _bounds(low, high, low_open=False, high_open=False):
     parts = []
     if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
+        parts.append(f"{'>' if low_open else '>='} {low:{'d' if isinstance(low, int) else 'g'}}")
     if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high:g}")
+        parts.append(f"{'<' if high_open else '<='} {high:{'d' if isinstance(high, int) else 'g'}}")
     return " and ".join(parts)
 
 
-POSITIVE = integer(1)            # counts that must be at least 1 (bits, iterations, batch sizes)
-NON_NEGATIVE = integer(0)        # counts that may be 0 (workers, seeds, snapshots kept)
+# Every integer a user passes is a count, an index or a seed: bounded by Caffe's int32 (its solver
+# fields max_iter, stepsize, snapshot, display and its blob dimensions are int32 in caffe.proto),
+# so that no value reaches numpy or torch as an overflow or as an impossible allocation.
+INT_MAX = 2 ** 31 - 1
+# Caffe's real-valued settings (base_lr, gamma, momentum, weight_decay ...) and blobs are float32.
+FLOAT32_MAX = 3.4028234663852886e38
+POSITIVE = integer(1, INT_MAX)       # counts that must be at least 1 (bits, iterations)
+NON_NEGATIVE = integer(0, INT_MAX)   # counts that may be 0 (seeds, snapshots kept)
+# Sizes that allocate per unit: a batch of 227x227 images is 0.6 MB of input per image (the
+# authors used 64; 4,096 is 2.5 GB of input alone), and each loader process holds its own copy of
+# the decoding state (more than 64 only compete for cores and memory).
+MAX_BATCH, MAX_WORKERS = 4096, 64
+BATCH_SIZE = integer(1, MAX_BATCH)
+WORKERS = integer(0, MAX_WORKERS)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -83,8 +97,36 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(f"{self.prog}: {message}")
 
+    def parse_known_args(self, args=None, namespace=None):
+        # An empty value (`--cache ""`, `--mean ""`) is a mistake in a script, never a setting:
+        # refused here for every option rather than read as "." or as "use the default".
+        namespace, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(namespace, action.dest, None)
+            if any(isinstance(v, str) and not v.strip()
+                   for v in (value if isinstance(value, (list, tuple)) else [value])):
+                self.error(f"argument {'/'.join(action.option_strings) or action.dest}: empty value")
+        return namespace, rest
 
-_MAIN = {"pid": None, "signal": None}
+
+_MAIN = {"pid": None, "signal": None, "command": False}
+
+
+def _on_startup_signal(signum, frame):
+    # Ctrl-C or SIGTERM while a command still imports its modules: nothing is written yet, so
+    # leave at once with the same line and status as later (run_cli) instead of a traceback
+    # inside importlib (SIGINT) or a silent death (SIGTERM).
+    os.write(2, b"interrupted\n" if signum == signal.SIGINT else b"terminated\n")
+    os._exit(128 + signum)
+
+
+def install_startup_handlers():
+    """Called by the package's __init__ when Python runs one of its commands (`python -m
+    reproduce.<command>`), before the command's module and its heavy imports (torch) load;
+    run_cli replaces these handlers once the command starts."""
+    _MAIN["command"] = True
+    signal.signal(signal.SIGINT, _on_startup_signal)
+    signal.signal(signal.SIGTERM, _on_startup_signal)
 
 
 def check_signal():
@@ -139,14 +181,17 @@ def run_cli(main, argv=None):
     to exit status 130 and SIGTERM to 143, each after the outputs being written were removed. An
     error that follows a signal (a loader worker gone) is reported as the signal."""
     _MAIN["pid"] = os.getpid()
+    # Both signals are recorded (_MAIN["signal"]) before they raise: a KeyboardInterrupt raised
+    # inside compiled code (numba's ranking kernels) surfaces as a SystemError, which is then
+    # still reported as the interruption it is.
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         main(argv)
         check_signal()
     except UserError as e:
         if _MAIN["signal"] is None:
-            msg = " ".join(str(e).split("\n"))
-            print(f"error: {msg}", file=sys.stderr)
+            print(f"error: {printable(str(e))}", file=sys.stderr)
             sys.exit(2)
         _exit_on_signal()
     except (KeyboardInterrupt, Terminated):
@@ -156,6 +201,27 @@ def run_cli(main, argv=None):
         if _MAIN["signal"] is None:
             raise
         _exit_on_signal()
+    finally:
+        if _MAIN["command"]:
+            # The command is over (outputs committed, or the error reported): a signal during the
+            # interpreter's shutdown changes nothing and must not turn a finished run into a
+            # traceback or a -2 status.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+MAX_MESSAGE = 2000     # characters of an error line (a list line can hold a path of megabytes)
+
+
+def printable(message):
+    """The message as one printable line: control characters (a NUL or newline in a list
+    path), invisible ones (a byte-order mark) and other non-printables shown as escapes, and a
+    message longer than MAX_MESSAGE shortened in its middle."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+    if len(text) > MAX_MESSAGE:
+        half = MAX_MESSAGE // 2
+        text = f"{text[:half]} ... [{len(text) - 2 * half} characters] ... {text[-half:]}"
+    return text
 
 
 def _exit_on_signal():

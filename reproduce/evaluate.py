@@ -15,7 +15,7 @@ The accepted code files (this package's .h5, MATLAB .mat, .h5, .npz, .npy; codes
 import argparse
 
 from .codes import LABEL_KEYS, read_codes, read_external_labels
-from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, integer, run_cli
+from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, run_cli
 from .nets import BITS
 from .fileio import sha1_file
 from .metrics import DEFAULT_NS, TIES, ZERO_HIT
@@ -53,7 +53,7 @@ def get_args_parser():
         p.add_argument(f"--{who}-labels-key", default=None, help=f"variable holding the {who} labels")
     p.add_argument("--method", default=None, help="method name (default: the file's 'method' attribute)")
     p.add_argument("--dataset", default=None, help="dataset name (default: the file's 'dataset' attribute)")
-    p.add_argument("--seed", type=integer(), default=None, help="run seed (default: the file's 'seed' attribute)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=None, help="run seed (default: the file's 'seed' attribute)")
     p.add_argument("--force", action="store_true", help="replace different existing outputs")
     return p
 

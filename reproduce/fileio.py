@@ -46,9 +46,33 @@ def check_output_file(path, overwrite=False, hint="remove it or choose another o
     path = os.fspath(path)
     if os.path.isdir(path):
         raise UserError(f"{path}: is a folder; give a file name for the output")
+    _refuse_special(path)
     if os.path.exists(path) and not overwrite:
         raise UserError(f"{path}: already exists; refusing to overwrite it ({hint})")
     check_output_folder(os.path.dirname(os.path.abspath(path)), path)
+
+
+def require_file(path, what="file"):
+    """UserError unless `path` is a regular file (or a link to one) that can be read as `what`:
+    says which of missing, a folder, a dangling link, or a device / FIFO / socket it is."""
+    if not os.path.lexists(path):
+        raise UserError(f"{path}: no such {what}")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder, not a {what}")
+    if not os.path.exists(path):
+        raise UserError(f"{path}: is a dangling symbolic link, not a {what}")
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: is not a regular file (a device, FIFO or socket), not a {what}")
+    return path
+
+
+def _refuse_special(path):
+    """A device, FIFO or socket is never replaced by an output (a rename onto /dev/null as root
+    would remove the device node); a symbolic link to a regular file is replaced as a file."""
+    if os.path.lexists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        kind = "a dangling symbolic link" if os.path.islink(path) and not os.path.exists(path) \
+            else "not a regular file (a device, FIFO or socket)"
+        raise UserError(f"{path}: is {kind}; refusing to replace it, choose another output")
 
 
 def require_free_space(path, need):
@@ -138,6 +162,8 @@ def _commit(stage, out_dir, remove):
         for name in names:
             rel = os.path.relpath(os.path.join(root, name), stage)
             moves.append((os.path.join(stage, rel), os.path.join(out_dir, rel)))
+    for _, target in moves:
+        _refuse_special(target)
     with deferred_signals():
         for name in remove:             # stale outputs (files or folders) go first
             stale = os.path.join(out_dir, name)

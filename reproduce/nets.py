@@ -131,6 +131,9 @@ def pick_device(name=None):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name}: not a torch device (cpu, cuda, cuda:1 ...)") from None
+    if device.type not in ("cpu", "cuda"):       # meta, mps, xpu ...: not what the package runs on
+        raise UserError(f"--device {name}: the package runs on cpu or cuda[:N] devices")
+    return device

@@ -12,6 +12,7 @@ here and read here (by reproduce.evaluate, the per-dataset engine, compare, the 
 `collect_records` read them back as flat records for the tables and figures.
 """
 import json
+import math
 import os
 
 from . import __version__
@@ -153,21 +154,35 @@ def read_record(path):
             "metrics": metrics, "path": path}
 
 
+def _is_number(v):
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def _check_curves(metrics, path):
-    """The numbers the figures read must be numbers (or null): a record from elsewhere may not."""
+    """The numbers the tables and figures read: precisions and recalls finite in [0, 1] (or
+    null, where a ranking has none), radii and cut-offs non-negative integers. A record from
+    elsewhere may hold anything; evaluate_codes writes only these."""
     for key in ("precision_within_radius", "recall_within_radius"):
         value = metrics.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise UserError(f"{path}: metrics.{key} must be a number or null, got {value!r:.80}")
-    for key in ("pr_curve", "precision_at_n"):
+        if value is not None and not (_is_number(value) and 0 <= value <= 1):
+            raise UserError(f"{path}: metrics.{key} must be a number in [0, 1] or null, got {value!r:.80}")
+    for key, axis in (("pr_curve", "radius"), ("precision_at_n", "n")):
         curve = metrics.get(key)
         if curve is None:
             continue
         if not isinstance(curve, dict) or not all(isinstance(v, list) for v in curve.values()):
             raise UserError(f"{path}: metrics.{key} must be an object of lists")
+        if len({len(v) for v in curve.values()}) > 1:
+            raise UserError(f"{path}: metrics.{key} has lists of different lengths")
         for name, values in curve.items():
-            if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in values):
-                raise UserError(f"{path}: metrics.{key}.{name} holds a value that is not a number")
+            if name == axis:
+                ok = all(_is_number(v) and v >= 0 and v == int(v) for v in values)
+                what = "non-negative integers"
+            else:
+                ok = all(v is None or (_is_number(v) and 0 <= v <= 1) for v in values)
+                what = "numbers in [0, 1] (or null)"
+            if not ok:
+                raise UserError(f"{path}: metrics.{key}.{name} must hold {what}")
 
 
 def collect_records(paths):

@@ -20,18 +20,18 @@ import time
 import h5py
 import numpy as np
 
-from .baselines import BASELINES
+from .baselines import BASELINES, make_baseline
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .comparison import build_comparison, dataset_protocol, evaluate_baselines, evaluate_method
 from .config import VARIANTS, DataSettings, MethodSettings, ModelSettings, RunConfig
 from .datasets.common import build_report, format_report, require_images, write_split
 from .encoding import PIPELINES, encode_list
 from .engine import snapshots, train
-from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, number
+from .errors import BATCH_SIZE, NON_NEGATIVE, POSITIVE, WORKERS, ArgumentParser, UserError, number
 from .fileio import sha1_file, write_text_atomic
 from .lists import ImageList
 from .losses import LOSS_PRESETS
-from .nets import ARCHS, BITS
+from .nets import ARCHS, BITS, FC_LAYERS
 from .methods import DEEP_METHODS
 from .paper import PAPER_BITS, canonical_method
 from .provenance import git_revision, versions
@@ -92,7 +92,7 @@ def get_args_parser(preset):
                    help="solver and loss preset (default: the authors' dhn-caffe)")
     p.add_argument("--max-iter", type=POSITIVE, default=None,
                    help=f"override the preset's max_iter ({PRESETS['dhn-caffe'].max_iter})")
-    p.add_argument("--batch-size", type=POSITIVE, default=None,
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=None,
                    help=f"override the preset's batch ({PRESETS['dhn-caffe'].batch_size})")
     p.add_argument("--base-lr", type=number(0, low_open=True), default=None,
                    help=f"override the preset's base_lr ({PRESETS['dhn-caffe'].base_lr:g})")
@@ -102,7 +102,7 @@ def get_args_parser(preset):
     p.add_argument("--pipeline", choices=PIPELINES, default="imagedata",
                    help="image pipeline of the codes: imagedata (Caffe's TEST phase, default) or pycaffe "
                         "(the authors' evaluation scripts; see reproduce.encode)")
-    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="loader processes")
+    p.add_argument("--workers", type=WORKERS, default=2, help="loader processes")
     p.add_argument("--device", default="auto")
     p.add_argument("--smoke", action="store_true",
                    help=f"whole chain on {SMOKE['train']}/{SMOKE['query']}/{SMOKE['database']} images and "
@@ -141,8 +141,9 @@ class Reproduction(Sweeps):
         a = self.args
         lists_dir = os.path.join(self.work, "lists")
         lists = self.preset.make_lists(a, lists_dir)
-        if a.smoke:
-            lists = {k: subset(v, SMOKE[k]) for k, v in lists.items()}
+        need = self._baseline_samples()
+        if a.smoke:       # enough training images for the shallow baselines at the longest code
+            lists = {k: subset(v, max(SMOKE[k], need) if k == "train" else SMOKE[k]) for k, v in lists.items()}
             lists_dir = os.path.join(self.work, "lists_smoke")
             write_split(lists, lists_dir, overwrite=True)
         self.lists = {k: ImageList(v.paths, v.labels, os.path.join(lists_dir, f"{k}.txt"), None)
@@ -151,9 +152,19 @@ class Reproduction(Sweeps):
         report = build_report(self.lists, a.root)
         self.log(format_report(report))
         require_images(self.lists, a.root)
+        if len(self.lists["train"]) < need:
+            raise UserError(f"{self.lists['train'].source}: {len(self.lists['train'])} training images, but "
+                            f"the shallow baselines at {max(a.bits)} bits need {need} (use fewer --bits, "
+                            "more images, or leave those --baselines out)")
         self.weights = a.weights or ensure_pretrained(a.arch, a.weights_dir)
         self.identity = self._identity()
         self._check_identity()
+
+    def _baseline_samples(self):
+        """The fewest training images every requested shallow baseline can be fitted with."""
+        dim = FC_LAYERS["fc7"][1]
+        return max([make_baseline(name, bits).min_train_samples(dim)
+                    for name in self.args.baselines for bits in self.args.bits], default=0)
 
     def _identity(self):
         a = self.args

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from .errors import FLOAT32_MAX, INT_MAX, MAX_BATCH
 from .nets import HASH_LAYER
 
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
@@ -195,6 +196,11 @@ class CaffeSGD(torch.optim.Optimizer):
         for group in self.param_groups:
             local_rate = rate * group["lr_mult"]
             local_decay = weight_decay * group["decay_mult"]
+            if not (abs(local_rate) <= FLOAT32_MAX and abs(local_decay) <= FLOAT32_MAX):
+                # Caffe would apply an infinite float rate; torch cannot convert it (a growing
+                # schedule, e.g. step with gamma > 1, or a huge multiplier)
+                raise OverflowError(f"the learning rate {local_rate:g} (or weight decay {local_decay:g}) of "
+                                    f"iteration {self.iter} is beyond float32's range")
             for p in group["params"]:
                 if p.grad is not None and p.grad.is_sparse:
                     raise RuntimeError("CaffeSGD does not support sparse gradients")
@@ -268,10 +274,17 @@ class SolverSettings:
             raise ValueError(f"base_lr must be > 0 (0 trains nothing), got {self.base_lr}")
         if not self.momentum < 1:
             raise ValueError(f"momentum must be < 1 (the history would never decay), got {self.momentum}")
-        for key, low in (("max_iter", 0), ("snapshot", 0), ("display", 0), ("batch_size", 1)):
+        for key, low, high in (("max_iter", 0, INT_MAX), ("snapshot", 0, INT_MAX), ("display", 0, INT_MAX),
+                               ("stepsize", 0, INT_MAX), ("batch_size", 1, MAX_BATCH)):
             value = getattr(self, key)
-            if value is not None and (int(value) != value or value < low):
-                raise ValueError(f"{key} must be an integer >= {low}, got {value}")
+            if value is not None and (int(value) != value or not low <= value <= high):
+                raise ValueError(f"{key} must be an integer in {low}..{high}, got {value}")
+        if any(v > INT_MAX for v in self.stepvalue):
+            raise ValueError(f"stepvalue must be <= {INT_MAX} (Caffe's int32), got {list(self.stepvalue)}")
+        for key in ("base_lr", "momentum", "weight_decay", "gamma", "power"):
+            value = getattr(self, key)
+            if value is not None and abs(value) > FLOAT32_MAX:   # SolverParameter's fields are float
+                raise ValueError(f"{key} {value} is beyond float32's range")
 
     def optimizer_kwargs(self):
         """Keyword arguments of CaffeSGD (everything but params)."""

@@ -12,7 +12,7 @@ import os
 from .checkpoint import load_checkpoint
 from .config import DataSettings, MethodSettings, ModelSettings, RunConfig
 from .engine import train
-from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, number, run_cli
+from .errors import BATCH_SIZE, NON_NEGATIVE, POSITIVE, WORKERS, ArgumentParser, UserError, number, run_cli
 from .lists import read_list
 from .losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
 from .methods import DEEP_METHODS
@@ -34,7 +34,7 @@ def get_args_parser():
     g.add_argument("--cache", default=None,
                    help="HDF5 cache of the list's images resized to 256x256 (built if absent; default "
                         "<out>/train_cache.h5); 'none' decodes every batch from the image files")
-    g.add_argument("--workers", type=NON_NEGATIVE, default=2, help="loader processes (default 2)")
+    g.add_argument("--workers", type=WORKERS, default=2, help="loader processes (default 2)")
     g.add_argument("--mean", default=None,
                    help=f"per-channel B,G,R mean (default {format_mean(MEAN_VALUE)}: the authors' mean_value)")
     g.add_argument("--mean-file", default=None, help="imagenet_mean.binaryproto or ilsvrc_2012_mean.npy instead")
@@ -70,7 +70,7 @@ def get_args_parser():
     g.add_argument("--max-iter", type=POSITIVE)
     g.add_argument("--momentum", type=number(0, 1, high_open=True))
     g.add_argument("--weight-decay", type=number(0))
-    g.add_argument("--batch-size", type=POSITIVE,
+    g.add_argument("--batch-size", type=BATCH_SIZE,
                    help=f"global batch, over all processes (preset: {DEFAULTS[0].batch_size})")
     g.add_argument("--snapshot", type=POSITIVE,
                    help=f"snapshot interval in iterations (preset: {DEFAULTS[0].snapshot})")

@@ -189,6 +189,11 @@ def format_mean(mean):
     return ",".join(f"{v:.10g}" for v in mean)
 
 
+# The range of a mean of pixels: Caffe's ImageData decodes 8-bit images (0..255) and pycaffe's
+# Classifier scales its [0, 1] images by raw_scale 255 before subtracting the mean.
+PIXEL_RANGE = (0, 255)
+
+
 def parse_mean_value(text):
     """`--mean 104,117,123` -> [104.0, 117.0, 123.0] (B, G, R); UserError otherwise."""
     try:
@@ -200,6 +205,9 @@ def parse_mean_value(text):
     if len(values) != 3:
         raise UserError(f"--mean {text!r}: expected three comma-separated numbers B,G,R "
                         f"(e.g. {format_mean(MEAN_VALUE)})")
+    if not all(PIXEL_RANGE[0] <= v <= PIXEL_RANGE[1] for v in values):
+        raise UserError(f"--mean {text!r}: a mean of pixels lies in {PIXEL_RANGE[0]}..{PIXEL_RANGE[1]} "
+                        "(Caffe's images are 8-bit, pycaffe's are scaled by raw_scale 255)")
     return values
 
 
@@ -208,7 +216,8 @@ def mean_array(mean, size=NEW_SIZE):
 
     Accepts a sequence of 3 numbers, a (3,), (3, 1, 1) or (3, size, size) array or tensor.
     """
-    m = np.asarray(mean.cpu() if isinstance(mean, torch.Tensor) else mean, dtype=np.float32)
+    with np.errstate(over="ignore"):           # beyond float32 -> inf, refused just below
+        m = np.asarray(mean.cpu() if isinstance(mean, torch.Tensor) else mean, dtype=np.float32)
     if not np.isfinite(m).all():
         raise UserError("the mean holds NaN or infinite values (or values beyond float32)")
     if m.shape in ((3,), (3, 1, 1)):

@@ -62,6 +62,27 @@ def world(tmp_path_factory):
     record = {"method": "DHN", "dataset": "cifar10", "bits": 8, "seed": 0, "conventions": {},
               "metrics": {"map": "high"}}
     (runs / "metrics.json").write_text(json.dumps(record))
+    # a second attempt, new inputs of the same classes (issue 10's "Done when")
+    pr = d / "runs_pr" / "dhn_8"
+    pr.mkdir(parents=True)
+    good = dict(record, metrics={"map": 0.5, "precision_within_radius": -3.0,
+                                 "precision_at_n": {"n": [1], "precision": [0.5], "recall": [0.1]}})
+    (pr / "metrics.json").write_text(json.dumps(good))
+    nan_curve = d / "runs_nan" / "dhn_8"
+    nan_curve.mkdir(parents=True)
+    good["metrics"].update(precision_within_radius=0.5, precision_at_n={"n": [1], "precision": [float("nan")],
+                                                                         "recall": [0.1]})
+    (nan_curve / "metrics.json").write_text(json.dumps(good))
+    np.save(d / "big_mean.npy", np.full((3, 256, 256), 1e300))
+    np.save(d / "neg_mean.npy", np.full((3, 256, 256), -1e30))
+    os.mkfifo(d / "fifo.h5")
+    (d / "adir.npz").mkdir()
+    import h5py
+    with h5py.File(d / "fch0.caffemodel.h5", "w") as f:
+        f["data/fch/0"], f["data/fch/1"] = np.zeros((0, 4096), np.float32), np.zeros(0, np.float32)
+    with h5py.File(d / "double.caffemodel.h5", "w") as f:
+        f["data/conv1/0"] = np.full((2, 2), 1e300)
+    (d / "nul_list.txt").write_text("0.png 0 1\n1.png\x00 1 0\n")
     (d / "corrupt_run").mkdir()
     (d / "corrupt_run" / "config.json").write_text("{ not json")
     (d / "corrupt_run" / "snapshot_iter_4.pth").write_bytes(b"x")
@@ -171,6 +192,41 @@ def cases(w):
         ("custom", ["--name", "mine", "--root", imgs] + [a for s in ("train", "query", "database")
                     for a in (f"--{s}-list", lst)] + ["--topk", "all", "--paper-numbers", lst] + smoke
          + ["--out", str(w / "res")], "expected the header"),
+        # a second attempt: new inputs of the same classes
+        ("train", tr + ["--out", str(w / "r"), "--base-lr", "1e300"], "argument --base-lr"),
+        ("train", tr + ["--out", str(w / "r"), "--weight-decay", "1e300"], "argument --weight-decay"),
+        ("train", tr + ["--out", str(w / "r"), "--max-iter", "99999999999999999999"], "argument --max-iter"),
+        ("train", tr + ["--out", str(w / "r"), "--batch-size", "2147483648"], "argument --batch-size"),
+        ("train", tr + ["--out", str(w / "r"), "--seed", "99999999999999999999"], "argument --seed"),
+        ("train", tr + ["--out", str(w / "r"), "--workers", "1000000"], "argument --workers"),
+        ("train", tr + ["--out", str(w / "r"), "--cache", ""], "argument --cache: empty value"),
+        ("train", tr + ["--out", str(w / "r"), "--mean", ""], "argument --mean: empty value"),
+        ("train", tr + ["--out", str(w / "r"), "--mean", "300,0,0"], "0..255"),
+        ("encode", enc + ["--batch-size", "99999999999999999999"], "argument --batch-size"),
+        ("encode", enc + ["--workers", "1000000"], "argument --workers"),
+        ("encode", enc + ["--device", "meta"], "--device meta"),
+        ("encode", enc + ["--mean-file", str(w / "big_mean.npy")], "big_mean.npy: the mean image holds 1e+300"),
+        ("encode", enc + ["--mean-file", str(w / "neg_mean.npy")], "outside the pixel range"),
+        ("encode", enc0 + ["--out", str(w / "fifo.h5"), "--force"], "fifo.h5: is not a regular file"),
+        ("encode", ["--list", str(w / "nul_list.txt")] + enc[:2] + enc[4:], "1.png\\x00"),
+        ("evaluate", ev + ["--radius", "99999999999999999999"], "argument --radius"),
+        ("evaluate", ev + ["--ns", "9223372036854775808"], "argument --ns"),
+        ("evaluate", ["--query", str(w / "adir.npz")] + ev[2:], "adir.npz: is a folder"),
+        ("compare", ["--dataset", "", "--runs", str(w / "runs_pr"), "--out", out], "argument --dataset: empty"),
+        ("compare", ["--dataset", "../../etc", "--topk", "all", "--runs", str(w / "runs_pr"), "--out", out],
+         "--dataset '../../etc'"),
+        ("compare", ["--dataset", "cifar10", "--runs", str(w / "runs_pr"), "--out", out],
+         "precision_within_radius must be a number in [0, 1]"),
+        ("compare", ["--dataset", "cifar10", "--runs", str(w / "runs_nan"), "--out", out],
+         "precision_at_n.precision must hold numbers in [0, 1]"),
+        ("compare", ["--dataset", "cifar10", "--import", "X\nY:8:" + str(w / "q.npz") + ":" + str(w / "q.npz"),
+                     "--out", out], "NAME must be printable"),
+        ("convert_weights", [str(w / "fch0.caffemodel.h5"), "--out", str(w / "x.pth")], "bits in 1..4096"),
+        ("convert_weights", [str(w / "double.caffemodel.h5"), "--out", str(w / "x.pth")],
+         "beyond float32's range"),
+        ("custom", ["--name", "mine", "--root", imgs, "--baselines", "sh", "--bits", "12"]
+         + [a for s in ("train", "query", "database") for a in (f"--{s}-list", lst)] + ["--topk", "all"] + smoke
+         + ["--out", str(w / "res")], "need 13"),
     ]
 
 
@@ -199,3 +255,21 @@ def test_bad_input_is_one_line_exit_2_and_damages_nothing(world, capsys, index):
 
 def test_the_case_table_covers_every_command():
     assert {c for c, _, _ in cases(__import__("pathlib").Path("w"))} == set(COMMANDS)
+
+
+def test_error_lines_are_printable_and_bounded(tmp_path, capsys):
+    """A list written by Notepad (a byte-order mark), a NUL in a path, a path of megabytes: the
+    one line shows the invisible characters as escapes and keeps its length bounded."""
+    from reproduce.errors import MAX_MESSAGE, UserError, printable
+    assert printable("image \ufeff0.png not found") == "image \\ufeff0.png not found"
+    assert printable("a\x00b\nc") == "a\\x00b\\nc"
+    assert printable("±1 codes, label ²") == "±1 codes, label ²"        # printable stays as is
+    long = printable("x" * 10**7)
+    assert len(long) < MAX_MESSAGE + 100 and "[9998000 characters]" in long
+
+    def main(argv):
+        raise UserError("p" * 10**6 + "\ufeff")
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, [])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and len(err) < MAX_MESSAGE + 100 and "\\ufeff" in err

@@ -1,6 +1,7 @@
 """reproduce.caffe_format: the hand-written protobuf reader against a plain, field-by-field encoder,
 the writers' round trips in every format, bad files, mean files, deploy prototxts and the mapping
 of Caffe layers onto DHNNet parameters."""
+import re
 import struct
 
 import cv2
@@ -188,7 +189,7 @@ def test_other_files_are_refused(tmp_path, rng, content):
 
 
 def test_missing_file_and_bad_h5(tmp_path):
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(UserError, match="no such caffemodel"):
         cf.read_caffemodel(tmp_path / "nope.caffemodel")
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.zeros(3)
@@ -294,3 +295,28 @@ def test_detect_arch():
     assert caffe_net.detect_arch({"conv1": [], "pool1": [], "norm1": []}) == "caffenet"
     assert caffe_net.detect_arch({"conv1": [], "norm1": [], "pool1": []}) == "alexnet"
     assert caffe_net.detect_arch({"conv1": [np.zeros(1)]}) is None
+
+
+def test_doubles_beyond_float32_are_refused(tmp_path):
+    """double_data (field 8) is read into float32 blobs as Caffe does; a finite double beyond
+    float32's range would become an infinity, so the file is refused, naming the blob."""
+    blob = legacy_dims(1, 1, 1, 2) + doubles_unpacked(8, [1.0, 1e300])
+    layer = ld(1, b"conv1") + ld(2, b"Convolution") + ld(7, blob)
+    (tmp_path / "d.caffemodel").write_bytes(ld(100, layer))
+    with pytest.raises(UserError, match=r"d.caffemodel: layer 1 \(conv1\) blob 0 holds 1e\+300 at flat index 1, beyond float32"):
+        cf.read_caffemodel(tmp_path / "d.caffemodel")
+    fine = legacy_dims(1, 1, 1, 2) + doubles_unpacked(8, [1.0, 1e30])
+    (tmp_path / "f.caffemodel").write_bytes(ld(100, ld(1, b"conv1") + ld(2, b"Convolution") + ld(7, fine)))
+    np.testing.assert_array_equal(cf.read_caffemodel(tmp_path / "f.caffemodel")["conv1"][0].ravel(),
+                                  np.float32([1.0, 1e30]))
+
+
+def test_mean_outside_the_pixel_range_is_refused(tmp_path):
+    for value in (-1.0, 255.5, 1e300):
+        np.save(tmp_path / "m.npy", np.full((3, 256, 256), 100.0))
+        m = np.load(tmp_path / "m.npy")
+        m[2, 7, 9] = value
+        np.save(tmp_path / "m.npy", m)
+        with pytest.raises(UserError, match=re.escape(f"m.npy: the mean image holds {value} at flat index "
+                                                      f"{2 * 65536 + 7 * 256 + 9}, outside the pixel range 0..255")):
+            cf.read_mean(tmp_path / "m.npy")

@@ -227,7 +227,7 @@ def bad_case(tmp_path, rng, case):
     write_encode_h5(d, dc, dl)
     expect = {"bits": "q.h5: 12-bit codes, but", "classes": "q.h5: labels have 5 classes",
               "nan": "d.h5: codes contain NaN", "empty": "q.h5: the code set is empty",
-              "missing": "nothing.h5: no such file", "truncated": "d.h5: cannot read",
+              "missing": "nothing.h5: no such code file", "truncated": "d.h5: cannot read",
               "binary": "d.npz: codes are not ±1 or 0/1", "labels": "d.npz: labels must be 0/1"}[case]
     if case == "missing":
         d = tmp_path / "nothing.h5"

@@ -109,7 +109,7 @@ class Seeds(dict):
     """Valid files by name, with a short repr (hypothesis prints fixtures of failing examples)."""
 
     def __repr__(self):
-        return f"<seed files {', '.join(self)}>"
+        return f"<seed files {', '.join(map(str, self))}>"
 
 
 def put(path, data):
@@ -392,7 +392,7 @@ def test_fuzz_read_mean_generated_and_bytes(work, blob, raw, which):
 
 @fuzz(40)
 @given(value=FLOAT32, index=st.integers(0, 3 * 256 * 256 - 1), npy=st.booleans())
-def test_nonfinite_mean_is_refused(work, mean_seeds, value, index, npy):
+def test_nonfinite_or_out_of_range_mean_is_refused(work, mean_seeds, value, index, npy):
     mean = np.frombuffer(mean_seeds[1], np.float32, offset=len(mean_seeds[1]) - 4 * 3 * 256 * 256)
     mean = mean.copy().reshape(3, 256, 256)
     mean.reshape(-1)[index] = value
@@ -402,7 +402,7 @@ def test_nonfinite_mean_is_refused(work, mean_seeds, value, index, npy):
     else:
         cw.write_binaryproto(path, mean, overwrite=True)
     got = check("read_mean", path, lambda: cf.read_mean(path))
-    assert (got is None) == (not math.isfinite(value))
+    assert (got is None) == (not (math.isfinite(value) and 0 <= value <= 255))   # a mean of pixels
 
 
 def test_npy_mean_with_a_huge_header_shape_is_refused(work):

@@ -157,12 +157,12 @@ def test_convert_weights_on_a_full_disk(disk, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- SIGTERM
-def terminate_when(proc, ready, timeout=120):
+def terminate_when(proc, ready, timeout=120, signum=signal.SIGTERM):
     deadline = time.time() + timeout
     while not ready() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the command ended before it could be terminated"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err
 
@@ -198,7 +198,10 @@ def test_sigterm_during_train_keeps_complete_snapshots(inputs, tmp_path):
     assert load_checkpoint(run / "snapshot_iter_2.pth")["meta"]["iteration"] == 2
 
 
-def test_sigterm_during_evaluate_leaves_the_previous_metrics(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_evaluate_leaves_the_previous_metrics(tmp_path, signum):
+    """Also Ctrl-C inside the compiled ranking kernels (numba turns the KeyboardInterrupt into a
+    SystemError): one line and 130, as anywhere else."""
     rng = np.random.default_rng(2)
     big = tmp_path / "db.npz"                       # ~2 s of evaluation
     np.savez(big, codes=np.where(rng.standard_normal((400000, 32)) > 0, 1, -1).astype(np.int8),
@@ -210,6 +213,22 @@ def test_sigterm_during_evaluate_leaves_the_previous_metrics(tmp_path):
     proc = start("reproduce.evaluate", "--query", str(big), "--database", str(big), "--out", str(out),
                  "--force", "--topk", "100")
     time.sleep(4)                                   # reading and ranking, before any output
-    code, err = terminate_when(proc, lambda: True)
-    assert code == 143 and "Traceback" not in err
+    code, err = terminate_when(proc, lambda: True, signum=signum)
+    assert code == 128 + signum and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("terminated" if signum == signal.SIGTERM else "interrupted")
     assert files(out) == before
+
+
+@pytest.mark.parametrize("delay", [0.4, 1.0])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_while_a_command_starts_is_one_line(inputs, tmp_path, signum, delay):
+    """Before the command's main runs (Python still importing torch and the package), a signal
+    ends it with the same one line and status, and nothing written."""
+    proc = start("reproduce.encode", "--checkpoint", str(inputs / "dhn.pth"), "--list", str(inputs / "list.txt"),
+                 "--root", str(inputs / "imgs"), "--workers", "0", "--device", "cpu",
+                 "--out", str(tmp_path / "codes.h5"))
+    time.sleep(delay)
+    code, err = terminate_when(proc, lambda: True, signum=signum)
+    assert code == 128 + signum and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("terminated" if signum == signal.SIGTERM else "interrupted")
+    assert os.listdir(tmp_path) == []

@@ -345,3 +345,33 @@ def test_read_solver_prototxt_errors(tmp_path, text, where, message):
 def test_read_solver_prototxt_missing_file(tmp_path):
     with pytest.raises(UserError, match="cannot read"):
         read_solver_prototxt(tmp_path / "nope.prototxt")
+
+
+def test_settings_beyond_caffes_types_are_refused():
+    """SolverParameter's real fields are float32 and its counts int32 (caffe.proto); a config.json
+    or solver.prototxt beyond them is refused as the command line is."""
+    for kwargs, message in [(dict(base_lr=1e39), r"base_lr 1e\+39 is beyond float32"),
+                            (dict(weight_decay=1e300), "weight_decay"),
+                            (dict(gamma=1e39), "gamma"),
+                            (dict(max_iter=2**31), r"max_iter must be an integer in 0..2147483647"),
+                            (dict(stepsize=2**31), "stepsize"),
+                            (dict(batch_size=4097), r"batch_size must be an integer in 1..4096"),
+                            (dict(lr_policy="multistep", stepvalue=(2**31,)), "stepvalue")]:
+        with pytest.raises(ValueError, match=message):
+            SolverSettings(**kwargs)
+    SolverSettings(base_lr=3.4e38, max_iter=2**31 - 1, batch_size=4096)      # the limits themselves
+
+
+def test_a_rate_that_outgrows_float32_stops_the_step():
+    """A growing schedule (step with gamma > 1, which Caffe allows) reaches a rate torch cannot
+    apply to float32 weights: an OverflowError naming the iteration (the engine reports it as the
+    run's one-line stop), not torch's RuntimeError in the middle of an update."""
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = CaffeSGD([{"params": [p], "lr_mult": 1.0, "decay_mult": 1.0}], 1.0, lr_policy="step",
+                   gamma=1e20, stepsize=1)
+    p.grad = torch.ones(3)
+    opt.step()
+    opt.step()                                       # rate 1e20: still a float32
+    with pytest.raises(OverflowError, match="iteration 2 is beyond float32's range"):
+        opt.step()                                   # rate 1e40
+    assert opt.iter == 2

@@ -127,6 +127,10 @@ class BRE(Baseline):
     generator; a sample equal to the mean stays 0 (MATLAB: NaN).
     """
     name = "bre"
+
+    def min_train_samples(self, dim):
+        npca = min(self.bits, dim) if self.n_pca is None else min(self.n_pca, dim)
+        return npca + 1 if npca > 0 else 2
     supervised = True
     zero_is_positive = False      # BRE demo: H_query = (Ktest(:, hash_inds) * W) > 0
 

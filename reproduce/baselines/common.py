@@ -137,6 +137,11 @@ class Baseline:
         params = inspect.signature(type(self).__init__).parameters
         return {"method": self.name, **{k: getattr(self, k) for k in params if k != "self"}}
 
+    def min_train_samples(self, dim):
+        """The fewest training samples of `dim` features a fit can use (checked by the commands
+        before any work): 2 here; the PCA-based methods need one more than their components."""
+        return 2
+
     def fit(self, X, labels=None):
         X = check_features(X, f"{self.name} training set")
         if X.shape[0] < 2:

@@ -41,6 +41,9 @@ class SpectralHashing(Baseline):
     No options; deterministic (the seed is unused and kept for the common interface).
     """
     name = "sh"
+
+    def min_train_samples(self, dim):
+        return min(self.bits, dim) + 1          # npca principal components
     zero_is_positive = False      # compressSH.m: B = compactbit(U > 0)
 
     def _fit(self, X, labels, rng):
@@ -85,6 +88,9 @@ class ITQ(Baseline):
     data (N >= K + 1 distinct samples).
     """
     name = "itq"
+
+    def min_train_samples(self, dim):
+        return self.bits + 1                    # K principal components
 
     def __init__(self, bits, seed=0, n_iter=50):
         super().__init__(bits, seed)

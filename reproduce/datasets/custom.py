@@ -12,18 +12,13 @@ yours, in the layout of reproduce/data/paper_tables.csv (rows whose dataset colu
 Everything else (--smoke, --sweep, --seeds, resume, the refusal of a results folder made with
 another configuration) is reproduce.reproduction's, as for the paper's datasets.
 """
-import re
 
-from ..comparison import dataset_protocol
-from ..errors import UserError
+from ..comparison import check_dataset_name, dataset_protocol
 from ..lists import read_list
 from ..paper import read_paper_numbers
 from ..records import topk_option
 from ..reproduction import Preset, Reproduction, get_args_parser
 from .common import write_split
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")   # a name that is also a folder name
-
 
 def add_arguments(p):
     g = p.add_argument_group("your dataset")
@@ -53,9 +48,7 @@ TEMPLATE = Preset("custom", "your dataset", None, make_lists, add_arguments)
 def main(argv=None):
     """`python -m reproduce.custom`: the whole reproduction on a dataset given as three lists."""
     args = get_args_parser(TEMPLATE).parse_args(argv)
-    if not NAME_RE.match(args.name):
-        raise UserError(f"--name {args.name!r}: use letters, digits, '_', '.' and '-' (it names "
-                        "files and folders), at most 64 characters")
+    check_dataset_name(args.name, "--name")
     paper = read_paper_numbers(args.paper_numbers, args.name) if args.paper_numbers else {}
     preset = Preset(args.name, args.title or args.name, None, make_lists, add_arguments,
                     protocol=dataset_protocol(args.name, args.topk), paper=paper)
