@@ -11,6 +11,7 @@ DHN training snapshots carry the hash layer and their full configuration in meta
 """
 import errno
 import os
+import warnings
 import shutil
 
 import torch
@@ -47,11 +48,18 @@ def load_checkpoint(path):
     path = os.fspath(path)
     require_file(path, "checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():      # torch warns about old pickle protocols: one line only
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # torch raises many types on foreign or truncated files (KeyError, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        if text.startswith("Weights only load failed"):
+            # torch's message goes on to suggest weights_only=False, which would run the file's code
+            reason = "it holds Python objects beyond tensors and plain values, which are not loaded"
+        else:
+            reason = text.splitlines()[0][:300] if text else type(e).__name__
         raise UserError(f"{path}: not a readable checkpoint (truncated or not written by "
-                        f"this package): {first}") from None
+                        f"this package): {reason}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not a reproduce checkpoint (no '{FORMAT}' format tag); "
                         "convert Caffe models with `python -m reproduce.convert_weights`")

@@ -6,6 +6,7 @@ call; `evaluate_baselines` fits the shallow baselines on fc7 features; `load_imp
 method's codes (reproduce.codes).
 """
 import importlib
+import math
 import os
 import re
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from .baselines import make_baseline
 from .codes import read_codes, read_external_labels
-from .errors import UserError
+from .errors import FLOAT32_MAX, UserError
 from .fileio import require_file, sha1_file, staged_outputs
 from .figures import default_curve_bits, figure_names, write_figures
 from .records import check_records, evaluate_record, protocol
@@ -99,10 +100,29 @@ def read_features(path, with_features=True):
         if labels.shape[0] == 0 or (feats is not None and feats.shape[0] != labels.shape[0]):
             raise UserError(f"{path}: {labels.shape[0]} label rows and "
                             f"{'no' if feats is None else feats.shape[0]} feature rows")
+        if feats is not None:
+            _check_feature_values(feats, path)
     except BaseException:
         f.close()
         raise
     return feats, labels, f
+
+
+def _check_feature_values(feats, path, rows=8192):
+    """Every feature a real number within float32's range (what encode writes), checked block by
+    block before any baseline is fitted, so that a bad file is named before the work starts."""
+    if feats.dtype.kind not in "iuf":
+        raise UserError(f"{path}: features of type {feats.dtype}, not numbers")
+    for start in range(0, feats.shape[0], rows):
+        try:
+            block = np.asarray(feats[start:start + rows], dtype=np.float64)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot read features rows {start}..: {' '.join(str(e).split())}") from None
+        bad = ~(np.abs(block) <= FLOAT32_MAX)              # NaN, infinity, beyond float32
+        if bad.any():
+            row = start + int(np.flatnonzero(bad.any(axis=1))[0])
+            raise UserError(f"{path}: features row {row} holds NaN, infinity or a value beyond "
+                            "float32's range")
 
 
 def read_labels(path):
@@ -170,6 +190,8 @@ def parse_baseline_options(items):
         m = re.fullmatch(r"([a-z-]+):([A-Za-z_]\w*)=(.+)", item)
         if not m:
             raise UserError(f"--baseline-option {item}: expected NAME:KEY=VALUE (e.g. ksh:n_anchors=300)")
+        if m.group(2) in ("bits", "seed"):
+            raise UserError(f"--baseline-option {item}: {m.group(2)} is set by --{m.group(2)}")
         value = m.group(3)
         for kind in (int, float):
             try:
@@ -177,6 +199,8 @@ def parse_baseline_options(items):
                 break
             except ValueError:
                 pass
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--baseline-option {item}: {m.group(3)} is not a finite number")
         out.setdefault(m.group(1), {})[m.group(2)] = value
     return out
 

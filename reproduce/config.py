@@ -12,6 +12,7 @@ import math
 import os
 
 from .errors import UserError
+from .fileio import read_json
 from .losses import LossSettings
 from .nets import ARCHS
 from .solver import SolverSettings
@@ -142,12 +143,7 @@ def read_run_config(run_dir):
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         return None
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable run configuration ({e})") from None
-    return RunConfig.from_dict(doc, path)
+    return RunConfig.from_dict(read_json(path, "run configuration"), path)
 
 
 # ---------------------------------------------------------------------------------- variants

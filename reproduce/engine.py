@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import read_run_config
 from .data import BatchOrder, TrainBatches, build_cache, check_images_exist, make_loader, open_cache
+from .arrayfiles import one_line
 from .errors import UserError, check_signal, deferred_signals
 from .fileio import check_output_folder, write_text_atomic
 from .lists import read_list
@@ -140,7 +141,7 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
     targets = method.prepare_targets(image_list.labels, cfg.model.bits, cfg.seed) if method else None
     torch.manual_seed(cfg.seed + ddp.rank)   # dropout masks
     log_path = os.path.join(run_dir, "log.jsonl")
-    records = _restore(snap, model, solver, ddp, log_path, start)
+    records = _restore(snap, model, solver, ddp, log_path, start, snapshot_path)
     if is_main:
         os.makedirs(run_dir, exist_ok=True)
         write_text_atomic(os.path.join(run_dir, "config.json"),
@@ -198,17 +199,52 @@ def _meta(cfg, kind, iteration):
     return meta
 
 
-def _restore(snap, model, solver, ddp, log_path, start):
-    """Load a snapshot's weights, solver history and RNG state; the log records up to `start`."""
+def _restore(snap, model, solver, ddp, log_path, start, source):
+    """Load a snapshot's weights, solver history and RNG state; the log records up to `start`.
+    A snapshot that is not what its name says (another iteration, other parameters, non-finite
+    values, no solver or RNG state) is a UserError naming `source`: a resume never trains on."""
     if snap is None:
         return []
-    model.load_state_dict(snap["state_dict"])
-    solver.load_state_dict(snap["solver"])
-    torch.set_rng_state(snap["rng"][ddp.rank])
+    meta_iter = snap.get("meta", {}).get("iteration")
+    if meta_iter != start:
+        raise UserError(f"{source}: holds iteration {meta_iter!r}, but its name says {start}; the "
+                        "snapshot was renamed or damaged (remove it to resume from the one before)")
+    try:
+        tensors = list(snap["state_dict"].values()) + [
+            v for state in snap["solver"]["state"].values() for v in state.values()]
+        if not all(torch.is_tensor(t) and torch.isfinite(t).all() for t in tensors):
+            raise ValueError("non-finite weights or momentum")
+        model.load_state_dict(snap["state_dict"])
+        solver.load_state_dict(snap["solver"])
+        for group in solver.param_groups:
+            for p in group["params"]:
+                buffer = solver.state[p].get("momentum_buffer")
+                if buffer is not None and buffer.shape != p.shape:
+                    raise ValueError(f"a momentum history of shape {tuple(buffer.shape)} for a "
+                                     f"parameter of shape {tuple(p.shape)}")
+        torch.set_rng_state(snap["rng"][ddp.rank])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise UserError(f"{source}: not a usable snapshot of this run ({one_line(e)})") from None
+    return _read_log(log_path, start)
+
+
+def _read_log(log_path, start):
+    """The records of log.jsonl up to iteration `start` (the resumed run rewrites the rest)."""
     if not os.path.exists(log_path):
         return []
-    with open(log_path) as f:
-        return [r for r in map(json.loads, f) if r["iteration"] <= start]
+    records, lineno = [], 0
+    try:
+        with open(log_path) as f:
+            for lineno, line in enumerate(f, 1):
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or not isinstance(rec.get("iteration"), int):
+                    raise ValueError("not a record with an integer 'iteration'")
+                if rec["iteration"] <= start:
+                    records.append(rec)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise UserError(f"{log_path}:{lineno}: unreadable training log "
+                        f"({one_line(e)}); move it away to resume without the log") from None
+    return records
 
 
 class NonFiniteLoss(UserError):

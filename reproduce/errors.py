@@ -226,5 +226,25 @@ def printable(message):
 
 def _exit_on_signal():
     interrupted = _MAIN["signal"] == signal.SIGINT
+    code = 130 if interrupted else 143
+    _close_progress_bars()
     print("interrupted" if interrupted else "terminated", file=sys.stderr)
-    sys.exit(130 if interrupted else 143)
+    if not _MAIN["command"]:
+        sys.exit(code)
+    # A command (`python -m reproduce.<command>`): its outputs were removed as the `with` blocks
+    # unwound. Leave now, without the interpreter's teardown, where a loader worker that the same
+    # Ctrl-C ended makes torch raise "worker exited unexpectedly" after the line above.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _close_progress_bars():
+    """End a progress bar's line (tqdm leaves the cursor after it) so that the last line stands
+    alone."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        try:
+            bar.close()
+        except Exception:
+            pass

@@ -6,6 +6,7 @@ existing file a user had is never replaced unless the caller says so.
 """
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -176,6 +177,22 @@ def _commit(stage, out_dir, remove):
             os.makedirs(os.path.dirname(target), exist_ok=True)
         for source, target in moves:
             os.replace(source, target)
+
+
+def read_json(path, what):
+    """The JSON document in `path`; every way it can be unreadable (missing, not UTF-8, invalid,
+    an integer of > 4,300 digits, absurd nesting) is a UserError naming the file and `what`."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise UserError(f"{path}: not a valid {what} ({where})") from None
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{path}: not a valid {what} ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
 
 
 def write_text_atomic(path, text, overwrite=True):

@@ -32,7 +32,7 @@ def read_paper_numbers(path, dataset=None):
     """Published numbers a user gives (`--paper-numbers CSV`, the layout of data/paper_tables.csv:
     table,method,dataset,bits,map); with `dataset`, only its rows, of which there must be some."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:      # a spreadsheet's byte-order mark
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
@@ -53,7 +53,14 @@ def parse_paper_numbers(text, source):
         raise UserError(f"{source}:1: expected the header {','.join(want)}, got "
                         f"{','.join(reader.fieldnames or [])!r}")
     numbers = {}
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows, None)
+        except csv.Error as e:                      # a field over csv's limit, a NUL ...
+            raise UserError(f"{source}:{reader.line_num + 1}: not a CSV row ({e})") from None
+        if row is None:
+            break
         where = f"{source}:{reader.line_num}"
         try:
             table, bits, value = int(row["table"]), int(row["bits"]), float(row["map"])
@@ -64,6 +71,10 @@ def parse_paper_numbers(text, source):
         method, dataset = (row["method"] or "").strip(), (row["dataset"] or "").strip()
         if not method or not dataset:
             raise UserError(f"{where}: method and dataset must not be empty")
+        if not (method + dataset).isprintable() or "|" in method + dataset or len(method) > 64:
+            # the names become table cells (markdown, LaTeX, CSV) and figure legends
+            raise UserError(f"{where}: method and dataset must be printable names of at most 64 "
+                            "characters, without '|'")
         key = (table, canonical_method(method), dataset, bits)
         if key in numbers:
             raise UserError(f"{where}: a second number for table {table}, {method}, {dataset}, {bits} bits")

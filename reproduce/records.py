@@ -17,7 +17,7 @@ import os
 
 from . import __version__
 from .errors import UserError
-from .fileio import staged_outputs
+from .fileio import read_json, staged_outputs
 from .metrics import DEFAULT_NS, evaluate_codes
 from .paper import RADIUS, canonical_method
 
@@ -110,17 +110,7 @@ def read_record(path):
     """One metrics.json as a record dict: method (paper spelling), dataset, bits, seed, map,
     conventions, metrics (the file's whole "metrics" mapping) and path. UserError on a malformed file."""
     path = os.fspath(path)
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
-        raise UserError(f"{path}: not a valid metrics.json ({where})") from None
-    except (ValueError, RecursionError) as e:      # an integer of > 4300 digits, absurd nesting
-        raise UserError(f"{path}: not a valid metrics.json ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:200]})") from None
+    doc = read_json(path, "metrics.json")
     if not isinstance(doc, dict):
         raise UserError(f"{path}: not a metrics.json (top level is {type(doc).__name__}, not an object)")
     for key in ("method", "bits", "metrics"):

@@ -28,14 +28,14 @@ from .datasets.common import build_report, format_report, require_images, write_
 from .encoding import PIPELINES, encode_list
 from .engine import snapshots, train
 from .errors import BATCH_SIZE, NON_NEGATIVE, POSITIVE, WORKERS, ArgumentParser, UserError, number
-from .fileio import sha1_file, write_text_atomic
+from .fileio import read_json, sha1_file, write_text_atomic
 from .lists import ImageList
 from .losses import LOSS_PRESETS
 from .nets import ARCHS, BITS, FC_LAYERS
 from .methods import DEEP_METHODS
 from .paper import PAPER_BITS, canonical_method
 from .provenance import git_revision, versions
-from .records import collect_records, write_record
+from .records import collect_records, read_record, write_record
 from .solver import PRESETS
 from .sweep import SWEEP_LRS, SWEEP_QUANT_WEIGHTS, Sweeps
 from .pretrained import ensure_pretrained
@@ -139,6 +139,8 @@ class Reproduction(Sweeps):
     def prepare(self):
         """Lists, report, images on disk, weights, identity of the results folder: all before training."""
         a = self.args
+        if os.path.exists(a.root) and not os.path.isdir(a.root):
+            raise UserError(f"--root {a.root}: is a file, not the dataset's folder")
         lists_dir = os.path.join(self.work, "lists")
         lists = self.preset.make_lists(a, lists_dir)
         need = self._baseline_samples()
@@ -181,11 +183,10 @@ class Reproduction(Sweeps):
         if not os.path.exists(path):
             return
         try:
-            with open(path) as f:
-                old = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{path}: unreadable ({e}); this results folder cannot be checked "
-                            "against the configuration: use another --out (nothing was changed)") from None
+            old = read_json(path, "run.json")
+        except UserError as e:
+            raise UserError(f"{e}; this results folder cannot be checked against the configuration: "
+                            "use another --out (nothing was changed)") from None
         old = old.get("identity") if isinstance(old, dict) else None
         if not isinstance(old, dict):
             raise UserError(f"{path}: no 'identity' object; use another --out (nothing was changed)")
@@ -249,9 +250,8 @@ class Reproduction(Sweeps):
     def evaluate(self, method, bits, seed, codes, binary=True, out_dir=None):
         """metrics.json + curves of query/database code files, with the dataset's protocol."""
         out_dir = out_dir or os.path.join(self.out, "metrics", f"{method}_{bits}bits_seed{seed}")
-        if os.path.exists(os.path.join(out_dir, "metrics.json")):
-            with open(os.path.join(out_dir, "metrics.json")) as f:
-                return json.load(f)
+        if os.path.exists(os.path.join(out_dir, "metrics.json")):     # a finished evaluation
+            return read_record(os.path.join(out_dir, "metrics.json"))
         arrays = []
         for path in codes:
             with h5py.File(path, "r") as f:

@@ -285,6 +285,18 @@ class SolverSettings:
             value = getattr(self, key)
             if value is not None and abs(value) > FLOAT32_MAX:   # SolverParameter's fields are float
                 raise ValueError(f"{key} {value} is beyond float32's range")
+        # Every policy's rate is monotone in the iteration, so its largest value is at 0 or at
+        # max_iter: a schedule that outgrows float32 (step/multistep with gamma > 1, inv with a
+        # negative power) is refused here, before any work, not in the middle of the run.
+        for it in (0, self.max_iter or 0):
+            try:
+                rate = learning_rate(it, self.base_lr, self.lr_policy, self.gamma, self.stepsize,
+                                     self.power, self.stepvalue, self.max_iter)
+            except OverflowError:
+                rate = math.inf
+            if not rate <= FLOAT32_MAX:
+                raise ValueError(f"lr_policy {self.lr_policy!r}: the learning rate at iteration {it} is "
+                                 "beyond float32's range")
 
     def optimizer_kwargs(self):
         """Keyword arguments of CaffeSGD (everything but params)."""

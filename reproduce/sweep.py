@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 from .datasets.common import write_split
-from .fileio import write_text_atomic
+from .errors import FLOAT32_MAX, UserError
+from .fileio import read_json, write_text_atomic
 from .paper import canonical_method
 
 SWEEP_LRS = (1e-5, 1e-4, 1e-3, 1e-2)                                 # the paper's base_lr grid
@@ -49,6 +50,20 @@ def _within(value, limits):
     return low * (1 - 1e-9) <= value <= high * (1 + 1e-9) and math.isfinite(value)
 
 
+def _best(table, keys):
+    """The "best" settings of a finished sweep's table, checked: finite numbers, base_lr > 0,
+    quant_weight >= 0."""
+    doc = read_json(table, "sweep table")
+    best = doc.get("best") if isinstance(doc, dict) else None
+    if not isinstance(best, dict) or not all(
+            not isinstance(best.get(k), bool) and isinstance(best.get(k), (int, float))
+            and math.isfinite(best[k]) and (0 if k == "quant_weight" else 1e-300) <= best[k] <= FLOAT32_MAX
+            for k in keys):
+        raise UserError(f"{table}: no valid 'best' {', '.join(keys)}; remove the "
+                        "file to run the sweep again")
+    return best
+
+
 class Sweeps:
     """The per-dataset engine's cross-validation (a mixin of reproduce.reproduction.Reproduction,
     whose runs, lists and settings it uses): DHN's base_lr x λ grid and each deep baseline's
@@ -70,9 +85,8 @@ class Sweeps:
         list: the whole grid, then each axis extended past an edge holding the best (reproduce.sweep)."""
         a = self.args
         table = os.path.join(self.out, "sweep.json")
-        if os.path.exists(table):
-            with open(table) as f:
-                return json.load(f)["best"]
+        if os.path.exists(table):                       # a finished sweep
+            return _best(table, ("base_lr", "quant_weight"))
         split = self.validation_split()
         scores = {}
 
@@ -99,8 +113,7 @@ class Sweeps:
         sweep_<method>.json."""
         table = os.path.join(self.out, f"sweep_{name.replace('*', '-star')}.json")
         if os.path.exists(table):
-            with open(table) as f:
-                return json.load(f)["best"]["base_lr"]
+            return _best(table, ("base_lr",))["base_lr"]
         split = self.validation_split()
         qw = self.settings()[1].quant_weight
         best, rows = search(self.args.sweep_lrs, lambda lr: self._sweep_run(split, lr, qw, name), LR_LIMITS)

@@ -11,6 +11,7 @@ OpenCV; the tests compare against it (cv2.imread + cv2.resize of OpenCV 4.x).
 """
 import functools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -46,9 +47,14 @@ def decode_image(path, convert):
     """convert(PIL image) of the file at `path`, with every decoding failure as one UserError
     naming the path (both pipelines: this module's and reproduce.pycaffe_pipeline's)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return convert(im)
+        # PIL warns (stderr) on images of 89-179 megapixels and on corrupt EXIF blocks; such files
+        # decode as OpenCV decodes them, so the warnings are not the user's business. Larger
+        # images stay refused (DecompressionBombError below): their decoding could exhaust memory.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
+                return convert(im)
     except FileNotFoundError:
         raise UserError(f"{path}: no such image file") from None
     except IsADirectoryError:

@@ -10,6 +10,7 @@ SIGTERM; tests/test_fuzz_parsers.py fuzzes the file parsers.
 import json
 import os
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -20,6 +21,13 @@ from reproduce.checkpoint import save_checkpoint
 from reproduce.datasets import cifar10, coco, custom, flickr, imagenet100, nus_wide
 from reproduce.errors import run_cli
 from reproduce.nets import DHNNet
+
+class Call:
+    """A pickled object whose loading would call a function: weights_only loading never does."""
+
+    def __reduce__(self):
+        return (print, ("a checkpoint's pickle ran code",))
+
 
 COMMANDS = {"train": train.main, "encode": encode.main, "evaluate": evaluate.main,
             "compare": compare.main, "demo": demo.main, "convert_weights": convert_weights.main,
@@ -77,12 +85,42 @@ def world(tmp_path_factory):
     np.save(d / "neg_mean.npy", np.full((3, 256, 256), -1e30))
     os.mkfifo(d / "fifo.h5")
     (d / "adir.npz").mkdir()
-    import h5py
     with h5py.File(d / "fch0.caffemodel.h5", "w") as f:
         f["data/fch/0"], f["data/fch/1"] = np.zeros((0, 4096), np.float32), np.zeros(0, np.float32)
     with h5py.File(d / "double.caffemodel.h5", "w") as f:
         f["data/conv1/0"] = np.full((2, 2), 1e300)
     (d / "nul_list.txt").write_text("0.png 0 1\n1.png\x00 1 0\n")
+    # a third attempt: resumes of tampered runs, baseline options, features, published numbers
+    run_cli(train.main, ["--train-list", str(d / "list.txt"), "--root", str(d / "imgs"), "--weights",
+                         str(d / "base.pth"), "--bits", "8", "--max-iter", "2", "--batch-size", "2",
+                         "--snapshot", "2", "--workers", "0", "--quiet", "--out", str(d / "done_run")])
+    for name in ("bad_log_run", "renamed_run", "nan_momentum_run"):
+        (d / name).mkdir()
+        for f in os.listdir(d / "done_run"):
+            if f != "final.pth":                           # a run stopped after its snapshot
+                os.link(d / "done_run" / f, d / name / f)
+    (d / "bad_log_run" / "log.jsonl").unlink()
+    (d / "bad_log_run" / "log.jsonl").write_text('{"iteration": 1}\n{not json\n')
+    os.rename(d / "renamed_run" / "snapshot_iter_2.pth", d / "renamed_run" / "snapshot_iter_9.pth")
+    snap = torch.load(d / "done_run" / "snapshot_iter_2.pth", weights_only=True)
+    for state in snap["solver"]["state"].values():
+        state["momentum_buffer"][0] = float("nan")
+    (d / "nan_momentum_run" / "snapshot_iter_2.pth").unlink()
+    torch.save(snap, d / "nan_momentum_run" / "snapshot_iter_2.pth")
+    (d / "nested_run").mkdir()
+    (d / "nested_run" / "config.json").write_text("[" * 100000 + "]" * 100000)
+    (d / "nested_run" / "snapshot_iter_2.pth").write_bytes(b"x")
+    import pickle
+    (d / "pickle.pth").write_bytes(pickle.dumps({"format": "x", "call": Call()}, protocol=4))
+    for name, n in (("ftr", 30), ("fq", 6), ("fdb", 12)):
+        with h5py.File(d / f"{name}.h5", "w") as f:
+            f["features"] = rng.random((n, 16)).astype(np.float32)
+            f["labels"] = np.eye(3, dtype=np.uint8)[np.arange(n) % 3]
+    with h5py.File(d / "fq_nan.h5", "w") as f:
+        f["features"] = np.where(np.arange(96).reshape(6, 16) == 40, np.nan, 0.5)
+        f["labels"] = np.eye(3, dtype=np.uint8)[np.arange(6) % 3]
+    (d / "wide_numbers.csv").write_text("table,method,dataset,bits,map\n1," + "x" * 200000 + ",mine,12,0.5\n")
+    (d / "pipe_numbers.csv").write_text("table,method,dataset,bits,map\n1,a|b,mine,12,0.5\n")
     (d / "corrupt_run").mkdir()
     (d / "corrupt_run" / "config.json").write_text("{ not json")
     (d / "corrupt_run" / "snapshot_iter_4.pth").write_bytes(b"x")
@@ -135,7 +173,7 @@ def cases(w):
         ("train", tr[:4] + ["--weights", str(w / "nan.pth")] + tr[6:] + ["--out", str(w / "r")],
          "fc7.weight holds 1 NaN"),
         ("train", tr + ["--out", str(w / "afile" / "run")], "afile"),
-        ("train", tr + ["--out", str(w / "corrupt_run"), "--resume"], "config.json: unreadable"),
+        ("train", tr + ["--out", str(w / "corrupt_run"), "--resume"], "config.json: not a valid run configuration"),
         ("train", ["--train-list", str(w / "labels_sup.txt")] + tr[2:] + ["--out", str(w / "r")], "labels_sup.txt:1"),
         ("train", ["--train-list", str(w / "labels_dash.txt")] + tr[2:] + ["--out", str(w / "r")], "labels_dash.txt:1"),
         ("train", ["--train-list", str(w / "labels_class.txt")] + tr[2:] + ["--out", str(w / "r")], "labels_class.txt:1"),
@@ -227,6 +265,35 @@ def cases(w):
         ("custom", ["--name", "mine", "--root", imgs, "--baselines", "sh", "--bits", "12"]
          + [a for s in ("train", "query", "database") for a in (f"--{s}-list", lst)] + ["--topk", "all"] + smoke
          + ["--out", str(w / "res")], "need 13"),
+        # a third attempt
+        ("train", tr + ["--out", str(w / "bad_log_run"), "--resume"], "bad_log_run/log.jsonl:2"),
+        ("train", tr + ["--out", str(w / "renamed_run"), "--resume"], "holds iteration 2, but its name says 9"),
+        ("train", tr + ["--out", str(w / "nan_momentum_run"), "--resume"], "non-finite weights or momentum"),
+        ("train", tr + ["--out", str(w / "nested_run"), "--resume"], "nested_run/config.json: not a valid"),
+        ("train", tr + ["--out", str(w / "r"), "--lr-policy", "inv", "--gamma", "10", "--power=-1000"],
+         "the learning rate at iteration 2 is beyond float32"),
+        ("train", tr + ["--out", str(w / "r"), "--lr-policy", "step", "--gamma", "1e30", "--stepsize", "1"],
+         "beyond float32"),
+        ("encode", ["--checkpoint", str(w / "pickle.pth")] + enc[2:], "holds Python objects beyond tensors"),
+        ("compare", ["--dataset", "cifar10", "--features", *(str(w / f"{n}.h5") for n in ("ftr", "fq", "fdb")),
+                     "--baselines", "mlh", "--bits", "8", "--baseline-option", "mlh:eta=nan", "--out", out],
+         "mlh:eta=nan: nan is not a finite number"),
+        ("compare", ["--dataset", "cifar10", "--features", *(str(w / f"{n}.h5") for n in ("ftr", "fq", "fdb")),
+                     "--baselines", "lsh", "--bits", "8", "--baseline-option", "lsh:seed=5", "--out", out],
+         "seed is set by --seed"),
+        ("compare", ["--dataset", "cifar10", "--features", *(str(w / f"{n}.h5") for n in ("ftr", "fq", "fdb")),
+                     "--baselines", "itq", "--bits", "8", "--baseline-option", "itq:n_iter=99999999999999999999",
+                     "--out", out], "option n_iter must be an integer"),
+        ("compare", ["--dataset", "cifar10", "--features", str(w / "ftr.h5"), str(w / "fq_nan.h5"),
+                     str(w / "fdb.h5"), "--baselines", "lsh", "--bits", "8", "--out", out],
+         "fq_nan.h5: features row 2 holds NaN"),
+        ("custom", ["--name", "mine", "--root", imgs] + [a for s in ("train", "query", "database")
+                    for a in (f"--{s}-list", lst)] + ["--topk", "all", "--paper-numbers", str(w / "wide_numbers.csv")]
+         + smoke + ["--out", str(w / "res")], "wide_numbers.csv:2: not a CSV row"),
+        ("custom", ["--name", "mine", "--root", imgs] + [a for s in ("train", "query", "database")
+                    for a in (f"--{s}-list", lst)] + ["--topk", "all", "--paper-numbers", str(w / "pipe_numbers.csv")]
+         + smoke + ["--out", str(w / "res")], "without '|'"),
+        ("cifar10", ["--root", str(w / "afile"), "--no-download"] + smoke, "is a file, not the dataset's folder"),
     ]
 
 

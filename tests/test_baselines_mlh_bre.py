@@ -354,7 +354,10 @@ def test_bad_inputs_are_user_errors(rng):
     bad = X.copy()
     bad[7, 3] = np.nan
     cases = [
-        (lambda: MLH(8, rho=0), "mlh: option rho must be an integer >= 1, got 0"),
+        (lambda: MLH(8, rho=0), "mlh: option rho must be an integer >= 1 and <= 2147483647, got 0"),
+        (lambda: MLH(8, eta=float("nan")), "mlh: option eta must be a number >= 0"),
+        (lambda: MLH(8, eta=float("inf")), "mlh: option eta must be a number >= 0"),
+        (lambda: MLH(8, n_epochs=10**20), "mlh: option n_epochs must be an integer"),
         (lambda: MLH(8, rho=9), "mlh: option rho must be at most bits = 8, got 9"),
         (lambda: MLH(8, rho=2.5), "mlh: option rho must be an integer"),
         (lambda: MLH(8, lam=1.5), r"mlh: option lam .* must be in \[0, 1\]"),

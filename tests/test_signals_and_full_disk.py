@@ -232,3 +232,27 @@ def test_signal_while_a_command_starts_is_one_line(inputs, tmp_path, signum, del
     assert code == 128 + signum and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == ("terminated" if signum == signal.SIGTERM else "interrupted")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_the_process_group_with_loader_workers(inputs, tmp_path, signum):
+    """Ctrl-C in a terminal reaches the loader workers too: they leave, the command reports one
+    line (no "worker exited unexpectedly" after it) and removes its temporary output."""
+    many = tmp_path / "many.txt"
+    many.write_text(open(inputs / "list.txt").read() * 40)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "reproduce.encode", "--checkpoint", str(inputs / "dhn.pth"),
+                             "--list", str(many), "--root", str(inputs / "imgs"), "--workers", "2", "--device",
+                             "cpu", "--out", str(out / "codes.h5")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
+    deadline = time.time() + 120
+    while not any(n.startswith(".tmp") for n in os.listdir(out)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None
+    time.sleep(0.3)                                       # batches in flight
+    os.killpg(proc.pid, signum)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("encode:")]
+    assert proc.returncode == 128 + signum and lines == ["interrupted" if signum == signal.SIGINT else "terminated"], err
+    assert os.listdir(out) == []

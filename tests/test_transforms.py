@@ -1,4 +1,6 @@
 """Caffe's image pipeline against OpenCV (cv2.imread / cv2.resize) and plain references."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -295,3 +297,19 @@ def test_load_test_image_equals_opencv_pipeline(tmp_path, rng):
     assert ten.shape == (10, 3, CROP_SIZE, CROP_SIZE)
     np.testing.assert_array_equal(ten[4], blob)                  # the centre crop
     np.testing.assert_array_equal(ten[9], blob[:, :, ::-1])      # and its mirror
+
+
+def test_decoding_prints_no_warnings(tmp_path, monkeypatch):
+    """PIL's warnings (a large image, a corrupt EXIF block) would be lines beside the command's
+    one line: decoding is silent, and the image decodes as before."""
+    from reproduce.transforms import decode_image
+    path = tmp_path / "big.png"
+    Image.fromarray(np.full((40, 50, 3), 7, np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)     # 2,000 pixels: PIL warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # a warning would fail here
+        got = decode_image(path, np.asarray)
+    assert got.shape == (40, 50, 3) and (got == 7).all()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 999)      # over twice the bound: refused
+    with pytest.raises(UserError, match="big.png: cannot decode image"):
+        decode_image(path, np.asarray)

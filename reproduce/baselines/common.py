@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import scipy.linalg
 
-from ..errors import UserError
+from ..errors import FLOAT32_MAX, INT_MAX, UserError
 
 ENCODE_CHUNK = 8192           # rows converted to float64 at a time in project/encode (memory bound)
 MATLAB_EPS = np.finfo(np.float64).eps   # MATLAB's `eps`, used by trainSH.m's box
@@ -127,9 +127,11 @@ class Baseline:
         """Validate an option (>= low) and return it; UserError names the method and option."""
         ok = (isinstance(value, (int, np.integer)) if integer
               else isinstance(value, (int, float, np.number))) and not isinstance(value, bool)
-        if not ok or value < low:
+        high = INT_MAX if integer else FLOAT32_MAX       # bounded as every number a user passes
+        if not ok or not low <= value <= high:           # (NaN fails this test too)
             kind = "an integer" if integer else "a number"
-            raise UserError(f"{self.name}: option {key} must be {kind} >= {low}, got {value!r}")
+            raise UserError(f"{self.name}: option {key} must be {kind} >= {low} and <= {high:{'d' if integer else 'g'}}, "
+                            f"got {value!r}")
         return int(value) if integer else float(value)
 
     def settings(self):
