@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .checkpoint import check_state_dict
-from .errors import UserError
+from .errors import UserError, printable
 from .nets import (ARCHS, CONV_LAYERS, FC_LAYERS, FEATURE_LAYERS, HASH_LAYER, INPUT_SIZE, MAX_BITS,
                    expected_shapes)
 
@@ -191,7 +191,7 @@ def caffe_to_state_dict(blobs, arch, source):
         if name not in FEATURE_LAYERS and name not in hash_names:
             what = "ImageNet classifier" if name in CLASSIFIER_LAYERS else "not part of the network"
             shapes = ", ".join("x".join(map(str, b.shape)) for b in blobs[name])
-            notes.append(f"dropped layer '{name}' ({shapes}): {what}")
+            notes.append(f"dropped layer '{printable(name)}' ({shapes}): {what}")   # names from the file
     check_state_dict(state_dict, bits, source)
     return state_dict, notes
 

@@ -121,7 +121,7 @@ def _pick(shapes, key, candidates, path, what, option):
     if found is None and what == "codes":
         have = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items()) or "nothing"
         raise UserError(f"{path}: no codes (looked for {', '.join(candidates)}; it has: {have}); "
-                        f"name them with {option}")
+                        + (f"name them with {option}" if option else "save them under one of those names"))
     return found
 
 
@@ -226,13 +226,14 @@ def _unpacked_float32(codes, fmt, bits, path):
     return codes, packed
 
 
-def read_codes(path, codes_key=None, labels_key=None, labels=None, bits=None):
+def read_codes(path, codes_key=None, labels_key=None, labels=None, bits=None,
+               key_option="--query-codes-key / --database-codes-key"):
     """Read and orient one code file (see the module docstring). labels: an external (N, C) or
-    (N,) array that replaces the file's; bits: K of packed uint8 codes (default 8 x bytes)."""
+    (N,) array that replaces the file's; bits: K of packed uint8 codes (default 8 x bytes);
+    key_option: the command's option that names the codes variable (None: it has none)."""
     path = os.fspath(path)
     fmt, shapes, load, attrs = _open(path)
-    ckey = None if fmt == "npy" else _pick(shapes, codes_key, CODE_KEYS, path, "codes",
-                                          "--query-codes-key / --database-codes-key")
+    ckey = None if fmt == "npy" else _pick(shapes, codes_key, CODE_KEYS, path, "codes", key_option)
     lkey = None if labels is not None or fmt == "npy" else \
         _pick(shapes, labels_key, LABEL_KEYS, path, "labels", None)
     try:

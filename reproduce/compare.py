@@ -88,6 +88,9 @@ def _plan(args, records):
             raise UserError(f"{planned[i][0]} {planned[i][1]} bits is asked for twice "
                             f"(--import / --baselines); both would be {f}")
     known_bits = [int(k) for _, k in planned if str(k).isdigit()] + [r["bits"] for r in records]
+    if args.curve_bits is not None and args.curve_bits not in known_bits:
+        raise UserError(f"--curve-bits {args.curve_bits}: no run, import or baseline has that length "
+                        f"(they have {', '.join(map(str, sorted(set(known_bits)))) or 'none'})")
     curve_bits = args.curve_bits or default_curve_bits([{"bits": b} for b in known_bits])
     for p in [os.path.join(f, "metrics.json") for f in folders] + comparison_outputs(args.out, curve_bits):
         if os.path.exists(p) and not args.force:

@@ -148,12 +148,12 @@ def load_import(spec, sign=False, labels=None):
     name, bits, paths = parts[0], int(parts[1]), parts[2:]
     files = []
     for which, path in enumerate(paths):
-        f = read_codes(path)
+        f = read_codes(path, key_option=None)
         if f.labels is None:
             if labels is None:
                 raise UserError(f"{path}: holds no labels; give them with --labels QUERY DB "
                                 "(or --features TRAIN QUERY DB)")
-            f = read_codes(path, labels=labels[which])
+            f = read_codes(path, labels=labels[which], key_option=None)
         if f.codes.shape[1] != bits:
             raise UserError(f"{path}: codes of {f.codes.shape[1]} bits, but --import says {name} "
                             f"has {bits}")

@@ -191,6 +191,7 @@ def run_cli(main, argv=None):
         check_signal()
     except UserError as e:
         if _MAIN["signal"] is None:
+            _close_progress_bars()          # an image found undecodable mid-run: the line stands alone
             print(f"error: {printable(str(e))}", file=sys.stderr)
             sys.exit(2)
         _exit_on_signal()

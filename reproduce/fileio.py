@@ -67,6 +67,14 @@ def require_file(path, what="file"):
     return path
 
 
+def refuse_special(path, what="file"):
+    """UserError if `path` exists but is a folder, a device, a FIFO or a socket (reading one hangs
+    or never ends: /dev/zero); a missing path is left to the caller's own message."""
+    if os.path.lexists(path):
+        require_file(path, what)
+    return path
+
+
 def _refuse_special(path):
     """A device, FIFO or socket is never replaced by an output (a rename onto /dev/null as root
     would remove the device node); a symbolic link to a regular file is replaced as a file."""
@@ -182,6 +190,7 @@ def _commit(stage, out_dir, remove):
 def read_json(path, what):
     """The JSON document in `path`; every way it can be unreadable (missing, not UTF-8, invalid,
     an integer of > 4,300 digits, absurd nesting) is a UserError naming the file and `what`."""
+    refuse_special(path, what)
     try:
         with open(path) as f:
             return json.load(f)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UserError
-from .fileio import write_text_atomic
+from .fileio import refuse_special, write_text_atomic
 
 MAX_CLASSES = 100_000            # class indices 0..99999 (ImageNet-21k has 21,841 classes)
 MAX_LABEL_BYTES = 1 << 32        # 4 GiB of uint8 one-hot labels (ImageNet: 1.28M x 1000 = 1.2 GiB)
@@ -111,6 +111,7 @@ def read_list(path, num_labels=None):
     num_labels: the dataset's C; a list of another label dimension is refused. With a single
     integer label per line, num_labels (or max class + 1) sets the one-hot width.
     """
+    refuse_special(path, "list file")
     try:
         with open(path) as f:
             lines = f.read().splitlines()

@@ -5,6 +5,7 @@ import io
 from importlib import resources
 
 from .errors import UserError
+from .fileio import refuse_special
 
 PAPER_DATASETS = ("nus_wide", "cifar10", "flickr")
 DATASET_TITLES = {"nus_wide": "NUS-WIDE", "cifar10": "CIFAR-10", "flickr": "Flickr"}
@@ -31,6 +32,7 @@ def load_paper_tables():
 def read_paper_numbers(path, dataset=None):
     """Published numbers a user gives (`--paper-numbers CSV`, the layout of data/paper_tables.csv:
     table,method,dataset,bits,map); with `dataset`, only its rows, of which there must be some."""
+    refuse_special(path, "published-numbers file")
     try:
         with open(path, encoding="utf-8-sig") as f:      # a spreadsheet's byte-order mark
             text = f.read()

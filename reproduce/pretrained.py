@@ -4,6 +4,7 @@ reproduce.weights fetch ARCH` and `python -m reproduce.convert_weights FILE`.
 """
 import contextlib
 import hashlib
+import http.client
 import os
 import socket
 import time
@@ -15,9 +16,9 @@ from tqdm import tqdm
 
 from .caffe_format import read_caffemodel
 from .caffe_net import caffe_to_state_dict, detect_arch
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import UserError
-from .fileio import atomic_output, check_output_file, sha1_file
+from .fileio import atomic_output, check_output_file, require_file, sha1_file
 from .nets import ARCHS, HASH_LAYER
 
 DEFAULT_WEIGHTS_DIR = "weights"
@@ -82,14 +83,16 @@ def fetch(arch, weights_dir=DEFAULT_WEIGHTS_DIR, verify=True, url=None, force=Fa
     """Download (unless present) and convert the published model of `arch`; returns the .pth path."""
     model = PRETRAINED[arch]
     out = checkpoint_path(arch, weights_dir)
-    if os.path.exists(out) and not force:
+    if os.path.lexists(out) and not force:
+        load_checkpoint(out)           # an empty file or a folder there is named, not reported as done
         log(f"{out} already exists (use --force to convert again)")
         return out
+    check_output_file(out, overwrite=force)          # before a download of 233 MB
     caffemodel = os.path.join(weights_dir, model.filename)
     url = url or model.url
-    downloaded = not os.path.exists(caffemodel)
+    downloaded = not os.path.lexists(caffemodel)
     if not downloaded:
-        have = sha1_file(caffemodel)
+        have = sha1_file(require_file(caffemodel, "caffemodel"))   # a FIFO or device would hang here
         if have != model.sha1 and verify:
             raise UserError(f"{caffemodel}: sha1 {have}, but the published file has {model.sha1}; "
                             "remove it (it will be downloaded again), or pass --no-verify to use it")
@@ -101,8 +104,9 @@ def fetch(arch, weights_dir=DEFAULT_WEIGHTS_DIR, verify=True, url=None, force=Fa
         except urllib.error.HTTPError as e:
             raise UserError(f"{url}: download failed (HTTP {e.code} {e.reason}); "
                             f"{_manual_steps(model, weights_dir)}") from None
-        except (urllib.error.URLError, socket.timeout, ConnectionError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
+        except (urllib.error.URLError, socket.timeout, ConnectionError, ValueError,
+                http.client.HTTPException) as e:           # a reply that is not HTTP, a cut body
+            reason = getattr(e, "reason", None) or f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
             raise UserError(f"{url}: network unreachable or address not readable ({reason}); "
                             f"{_manual_steps(model, weights_dir)}") from None
         if have != model.sha1:

@@ -4,6 +4,7 @@ import math
 import re
 
 from .errors import UserError
+from .fileio import refuse_special
 from .solver import PRESETS, SolverSettings
 
 # solver.prototxt keys (caffe.proto SolverParameter) and how each is read.
@@ -106,6 +107,7 @@ def read_solver_prototxt(path, defaults=None):
     protobuf-text numbers; NaN and infinities are refused.
     """
     defaults = PRESETS["dhn-caffe"] if defaults is None else defaults
+    refuse_special(path, "solver prototxt")
     try:
         with open(path) as f:
             lines = f.read().splitlines()

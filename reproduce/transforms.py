@@ -66,6 +66,11 @@ def decode_image(path, convert):
 
 def _pil_to_bgr(im):
     mode = im.mode
+    if mode == "F" or (mode == "I" and 32 in (getattr(im, "tag_v2", None) or {}).get(258, ())):
+        # 32-bit integer or floating-point samples (TIFF): OpenCV's imread, which Caffe's ImageData
+        # layer calls, returns no image for them ("can not handle images with 32-bit samples")
+        raise ValueError("32-bit integer or floating-point pixels, which OpenCV's imread (Caffe's "
+                         "ImageData layer) cannot read")
     if mode == "CMYK":
         # PIL stores Adobe-inverted CMYK (rawmode "CMYK;I"); OpenCV gets libjpeg's raw values,
         # i.e. 255 - PIL's, and converts with v' = k - ((255 - v) * k >> 8) (grfmt utils.cpp).

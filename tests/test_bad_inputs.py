@@ -9,6 +9,7 @@ SIGTERM; tests/test_fuzz_parsers.py fuzzes the file parsers.
 """
 import json
 import os
+import re
 
 import h5py
 import numpy as np
@@ -21,6 +22,9 @@ from reproduce.checkpoint import save_checkpoint
 from reproduce.datasets import cifar10, coco, custom, flickr, imagenet100, nus_wide
 from reproduce.errors import run_cli
 from reproduce.nets import DHNNet
+
+PROGRESS = re.compile(r"^\w+: +\d+%\|")       # a tqdm line: "encode:  50%|#####     | 1/2 ..."
+
 
 class Call:
     """A pickled object whose loading would call a function: weights_only loading never does."""
@@ -121,6 +125,16 @@ def world(tmp_path_factory):
         f["labels"] = np.eye(3, dtype=np.uint8)[np.arange(6) % 3]
     (d / "wide_numbers.csv").write_text("table,method,dataset,bits,map\n1," + "x" * 200000 + ",mine,12,0.5\n")
     (d / "pipe_numbers.csv").write_text("table,method,dataset,bits,map\n1,a|b,mine,12,0.5\n")
+    # a fourth attempt: special files where text is read, images OpenCV cannot read, fetch
+    os.mkfifo(d / "fifo_list.txt")
+    (d / "wfifo").mkdir()
+    os.mkfifo(d / "wfifo" / "bvlc_reference_caffenet.caffemodel")
+    (d / "wempty").mkdir()
+    (d / "wempty" / "caffenet.pth").write_bytes(b"")
+    Image.fromarray(np.arange(2000, dtype=np.int32).reshape(40, 50) * 100000).save(d / "imgs" / "i32.tif")
+    Image.fromarray(np.zeros((40, 50), np.float32)).save(d / "imgs" / "f32.tif")
+    (d / "tif_list.txt").write_text("0.png 1 0\ni32.tif 0 1\n")
+    (d / "float_list.txt").write_text("f32.tif 0 1\n")
     (d / "corrupt_run").mkdir()
     (d / "corrupt_run" / "config.json").write_text("{ not json")
     (d / "corrupt_run" / "snapshot_iter_4.pth").write_bytes(b"x")
@@ -294,6 +308,15 @@ def cases(w):
                     for a in (f"--{s}-list", lst)] + ["--topk", "all", "--paper-numbers", str(w / "pipe_numbers.csv")]
          + smoke + ["--out", str(w / "res")], "without '|'"),
         ("cifar10", ["--root", str(w / "afile"), "--no-download"] + smoke, "is a file, not the dataset's folder"),
+        # a fourth attempt
+        ("encode", ["--list", str(w / "fifo_list.txt")] + enc[:2] + enc[4:], "fifo_list.txt: is not a regular file"),
+        ("encode", ["--list", str(w / "tif_list.txt")] + enc[:2] + enc[4:], "i32.tif: cannot decode image"),
+        ("encode", ["--list", str(w / "float_list.txt")] + enc[:2] + enc[4:], "OpenCV's imread"),
+        ("weights", ["fetch", "caffenet", "--dir", str(w / "wfifo")], "caffemodel: is not a regular file"),
+        ("weights", ["fetch", "caffenet", "--dir", str(w / "wempty")], "caffenet.pth: not a readable checkpoint"),
+        ("compare", ["--dataset", "cifar10", "--features", *(str(w / f"{n}.h5") for n in ("ftr", "fq", "fdb")),
+                     "--baselines", "lsh", "--bits", "8", "--curve-bits", "16", "--out", out],
+         "--curve-bits 16: no run, import or baseline has that length"),
     ]
 
 
@@ -311,7 +334,8 @@ def test_bad_input_is_one_line_exit_2_and_damages_nothing(world, capsys, index):
     command, argv, fragment = cases(world)[index]
     before = snapshot(world / "out")
     code, err = run(command, argv, capsys)
-    lines = err.strip().splitlines()
+    # progress bars (an image found undecodable while encoding) are display, not message lines
+    lines = [line for line in err.replace("\r", "\n").strip().splitlines() if not PROGRESS.match(line)]
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert fragment in lines[0], err
@@ -340,3 +364,40 @@ def test_error_lines_are_printable_and_bounded(tmp_path, capsys):
         run_cli(main, [])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and len(err) < MAX_MESSAGE + 100 and "\\ufeff" in err
+
+
+def test_fetch_from_a_server_that_does_not_speak_http(tmp_path, capsys):
+    """A reply that is not HTTP (a proxy's banner, a cut connection) is the network's failure:
+    one line with the manual steps, nothing kept."""
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def reply():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b"HELLO THERE\r\n\r\n")
+        conn.close()
+    thread = threading.Thread(target=reply, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/x"
+    code, err = run("weights", ["fetch", "caffenet", "--dir", str(tmp_path / "w"), "--url", url], capsys)
+    thread.join(10)
+    server.close()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "BadStatusLine" in lines[0] and "manual" in lines[0].lower(), err
+    assert not (tmp_path / "w").exists() or os.listdir(tmp_path / "w") == []
+
+
+def test_flickr_annotation_number_of_thousands_of_digits(tmp_path):
+    from reproduce.datasets.flickr import LABEL_NAMES, read_annotations
+    from reproduce.errors import UserError
+    for name in LABEL_NAMES:
+        (tmp_path / f"{name}.txt").write_text("1\n2\n")
+    (tmp_path / "animals.txt").write_text("1\n" + "1" * 5000 + "\n")
+    with pytest.raises(UserError, match=r"animals.txt:2: '1111.*' is not an image number"):
+        read_annotations(tmp_path, num_images=40)
+    (tmp_path / "animals.txt").write_text("1\x0b\n2\n")          # a vertical tab is not a line end
+    assert read_annotations(tmp_path, num_images=40)[:2].sum() > 0

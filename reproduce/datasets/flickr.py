@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import POSITIVE, UserError
+from ..fileio import refuse_special
 from ..lists import ImageList
 from ..reproduction import Preset, run_preset
 from .common import rank_candidates, split_bit_generator, write_split
@@ -72,8 +73,9 @@ def read_annotations(annotation_dir, num_images=NUM_IMAGES):
     labels = np.zeros((num_images, NUM_LABELS), dtype=np.uint8)
     for c, name in enumerate(LABEL_NAMES):
         path = folder / f"{name}.txt"
+        refuse_special(path, "concept file")
         try:
-            lines = path.read_text(encoding="ascii").splitlines()
+            lines = path.read_text(encoding="ascii").split("\n")   # not splitlines: \v, \f are no line ends
         except FileNotFoundError:
             raise UserError(f"{path}: missing concept file") from None
         except (OSError, UnicodeDecodeError) as e:
@@ -82,8 +84,8 @@ def read_annotations(annotation_dir, num_images=NUM_IMAGES):
             text = line.strip()
             if not text:
                 continue
-            if not text.isdigit():
-                raise UserError(f"{path}:{lineno}: {text!r} is not an image number")
+            if not text.isdigit() or len(text) > 9:
+                raise UserError(f"{path}:{lineno}: {text[:40]!r} is not an image number")
             number = int(text)
             if not 1 <= number <= num_images:
                 raise UserError(f"{path}:{lineno}: image number {number} is outside 1..{num_images}")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..fileio import write_text_atomic
+from ..fileio import refuse_special, write_text_atomic
 from ..lists import ImageList, read_list
 from ..reproduction import Preset, run_preset
 from .common import check_paths, relative_to, sample_per_label, write_split
@@ -101,6 +101,7 @@ def _check_same_prefix(src):
 
 def _read_lines(path, what):
     """Lines of a text file with trailing blank lines dropped; a blank line inside is an error."""
+    refuse_special(path, f"NUS-WIDE {what}")
     try:
         with open(path, encoding="utf-8", errors="strict") as f:
             lines = f.read().splitlines()
