@@ -97,6 +97,15 @@ def prepare_run_dir(cfg, resume):
     return 0, None
 
 
+def _make_method(cfg):
+    """The deep baseline of `cfg` (None: DHN), checked against the batch size it needs."""
+    method = cfg.method.make(cfg.model.bits) if cfg.method else None
+    if method is not None and cfg.solver.batch_size < method.min_batch_size:
+        raise UserError(f"--batch-size {cfg.solver.batch_size}: {method.name} needs batches of at least "
+                        f"{method.min_batch_size} images")
+    return method
+
+
 def _build_model(cfg, ckpt, method):
     weights = cfg.model.weights
     ckpt = ckpt or load_checkpoint(weights)
@@ -129,16 +138,17 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
     start, snapshot_path = prepare_run_dir(cfg, resume)
     image_list = read_list(data.train_list, num_labels=data.num_labels)
     mean = load_mean_file(data.mean_file) if data.mean_file else mean_array(data.mean)
-    method = cfg.method.make(cfg.model.bits) if cfg.method else None
+    method = _make_method(cfg)
     model = model if model is not None else _build_model(cfg, ckpt, method)
     snap = load_checkpoint(snapshot_path) if snapshot_path else None
+    # a method's rows carry their own targets (CNNH: its stage-1 codes) instead of the labels;
+    # computed (and checked) before the image cache is written into the run folder
+    targets = method.prepare_targets(image_list.labels, cfg.model.bits, cfg.seed) if method else None
     _prepare_images(data, image_list, ddp, progress)
     model.to(device)
     head = getattr(model, "head", None)
     solver = cfg.solver.make_optimizer(caffe_param_groups(
         model, lr_mults=head.lr_mults("head.") if method is not None else None))
-    # a method's rows carry their own targets (CNNH: its stage-1 codes) instead of the labels
-    targets = method.prepare_targets(image_list.labels, cfg.model.bits, cfg.seed) if method else None
     torch.manual_seed(cfg.seed + ddp.rank)   # dropout masks
     log_path = os.path.join(run_dir, "log.jsonl")
     records = _restore(snap, model, solver, ddp, log_path, start, snapshot_path)

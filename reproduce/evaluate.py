@@ -22,6 +22,9 @@ from .metrics import DEFAULT_NS, TIES, ZERO_HIT
 from .records import evaluate_record, protocol, write_record
 
 
+MAX_NS = 1000    # cut-offs of precision@N (the paper plots 20; our bound)
+
+
 def get_args_parser():
     p = ArgumentParser(prog="python -m reproduce.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +76,9 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if (args.topk is not None and args.topk < 1) or args.radius < 0 or min(args.ns) < 1:
         raise UserError("--topk and --ns must be positive, --radius at least 0")
+    if len(args.ns) > MAX_NS:     # the precision@N table is queries x cut-offs (8 bytes each)
+        raise UserError(f"--ns: {len(args.ns)} cut-offs; at most {MAX_NS}")
+    args.ns = sorted(set(args.ns))   # the curve's rows, once each, in order
     files = []
     for who, path in (("query", args.query), ("database", args.database)):
         ext = getattr(args, f"{who}_labels")

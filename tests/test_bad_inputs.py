@@ -135,6 +135,7 @@ def world(tmp_path_factory):
     Image.fromarray(np.zeros((40, 50), np.float32)).save(d / "imgs" / "f32.tif")
     (d / "tif_list.txt").write_text("0.png 1 0\ni32.tif 0 1\n")
     (d / "float_list.txt").write_text("f32.tif 0 1\n")
+    (d / "same_label_list.txt").write_text("".join(f"{i}.png 1 0\n" for i in range(4)))
     (d / "corrupt_run").mkdir()
     (d / "corrupt_run" / "config.json").write_text("{ not json")
     (d / "corrupt_run" / "snapshot_iter_4.pth").write_bytes(b"x")
@@ -317,6 +318,11 @@ def cases(w):
         ("compare", ["--dataset", "cifar10", "--features", *(str(w / f"{n}.h5") for n in ("ftr", "fq", "fdb")),
                      "--baselines", "lsh", "--bits", "8", "--curve-bits", "16", "--out", out],
          "--curve-bits 16: no run, import or baseline has that length"),
+        # a fifth attempt
+        ("train", tr + ["--out", str(w / "r"), "--method", "dnnh"], "--batch-size 2: dnnh needs batches of at least 3"),
+        ("train", ["--train-list", str(w / "same_label_list.txt")] + tr[2:] + ["--out", str(w / "r"), "--method",
+                   "dnnh", "--batch-size", "4"], "form no triplet"),
+        ("evaluate", ev + ["--ns", *map(str, range(1, 1002))], "--ns: 1001 cut-offs; at most 1000"),
     ]
 
 

@@ -528,3 +528,17 @@ def test_short_training_learns_codes(one_thread, name, options, base_lr, multi):
     random = mean_average_precision(np.where(rng.random(qc.shape) < 0.5, 1, -1),
                                     np.where(rng.random(db.shape) < 0.5, 1, -1), Lq, Ltr)
     assert learned > 0.8 and learned > random + 0.3
+
+
+def test_cnnh_stage1_size_is_bounded_before_allocation(monkeypatch):
+    """Stage 1 holds an n x n similarity: a training list too long for it is refused before the
+    matrix is allocated (the bound is a module constant)."""
+    from reproduce.errors import UserError
+    from reproduce.methods import cnnh
+    monkeypatch.setattr(cnnh, "MAX_STAGE1_BYTES", 99)
+    labels = np.eye(2, dtype=np.uint8)[np.arange(10) % 2]          # 100 bytes of S
+    for method in (cnnh.CNNH(8), cnnh.CNNHStar(8)):
+        if getattr(method, "stage", None) == "one":
+            continue                                                 # CNNH*: no stage-1 matrix
+        with pytest.raises(UserError, match="stage 1 of 10 training images"):
+            method.prepare_targets(labels, 8)

@@ -53,6 +53,8 @@ AUTHORS_FILES = {"train": "train.txt", "query": "test.txt", "database": "databas
 def common_directory(paths):
     """Longest common directory prefix of POSIX paths, with a trailing '/' ("" if none)."""
     dirs = {posixpath.dirname(p) for p in paths}
+    if len({d.startswith("/") for d in dirs}) > 1:       # absolute and relative paths: none shared
+        return ""
     prefix = posixpath.commonpath(list(dirs)) if dirs else ""
     if prefix in ("", "."):
         return ""

@@ -113,6 +113,7 @@ class DeepMethod:
 
     name = ""
     settings = {}
+    min_batch_size = 1      # images a batch needs for the loss to see anything (DNNH: 3)
 
     def __init__(self, bits):
         bits = int(bits) if isinstance(bits, (int, np.integer)) else bits

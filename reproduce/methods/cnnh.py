@@ -30,6 +30,10 @@ ACTIVATIONS = ("linear", "tanh")
 
 
 # ----------------------------------------------------------------------------- stage 2
+# n^2 bytes of stage 1's similarity: 2 GiB is n = 46,340 training images (the paper's lists have
+# 5,000 to 13,000; our choice of bound, so that a long list is refused before it exhausts memory)
+MAX_STAGE1_BYTES = 2 << 30
+
 class CNNHHead(Head):
     """fc7 -> [hash_layer(fc7) (K), label_layer(fc7) (C, CNNH+ only)]: InnerProduct layers, the
     code outputs linear (or tanh), the label outputs raw scores. Filler gaussian(0, filler_std) / 0;
@@ -201,6 +205,11 @@ class CNNH(DeepMethod):
         """Stage 1 on the training set's S; the rows' targets: codes (+ labels with use_labels).
         The Stage1Result is kept as `self.stage1_`."""
         labels = check_train_labels(train_labels, self.name)
+        n = labels.shape[0]
+        if n * n > MAX_STAGE1_BYTES:   # stage 1 holds S as an n x n int8 matrix (cnnh_stage1)
+            raise UserError(f"{self.name}: stage 1 of {n} training images holds an {n} x {n} similarity "
+                            f"matrix ({n * n / 2**30:.1f} GiB), above the {MAX_STAGE1_BYTES >> 30} GiB this "
+                            "package allows; train on a subset (the paper's lists have 5,000-13,000)")
         if self.use_labels and labels.shape[1] != self.num_labels:
             raise UserError(f"{self.name}: num_labels is {self.num_labels} but the labels have "
                             f"{labels.shape[1]} columns")

@@ -29,6 +29,7 @@ with i (the labels' rule of this reproduction: similar = share >= 1 label; an un
 similar to nothing); the loss is the mean over those triplets, an anchor without a positive or a
 negative partner in the batch adds none, a batch without any triplet gives 0.
 """
+import numpy as np
 import torch
 from torch import nn
 
@@ -57,6 +58,19 @@ def slice_sizes(in_features, bits):
     base, extra = divmod(in_features, bits)
     return [base + (1 if k < extra else 0) for k in range(bits)]
 
+
+
+def _can_form_triplets(labels, max_patterns=4096):
+    """Whether (n, C) 0/1 labels hold an anchor with a positive (sharing a label) and a negative
+    (sharing none), computed over the distinct label rows (u x u, not n x n)."""
+    patterns, counts = np.unique(labels, axis=0, return_counts=True)
+    if len(patterns) > max_patterns:
+        return True                          # thousands of label patterns: surely some triplet
+    P = patterns.astype(np.int64)
+    share = P @ P.T > 0                      # u x u; the diagonal: the pattern has a label
+    positive = (share & ~np.eye(len(P), dtype=bool)).any(axis=1) | (np.diagonal(share) & (counts >= 2))
+    negative = (~share).any(axis=1)
+    return bool((positive & negative).any())
 
 class DivideEncodeHead(Head):
     """fc7 (N x in_features) -> b = g(sigmoid(ip_s<k>(slice k))), k = 1..K, N x K in [0, 1].
@@ -176,6 +190,7 @@ class DNNH(DeepMethod):
     """
 
     name = "dnnh"
+    min_batch_size = 3      # an anchor, a positive and a negative
     settings = {
         "loss": ("mean over in-batch triplets of max(0, ||b-b+||^2 - ||b-b-||^2 + margin)",
                  "paper Sec. 3 (triplet ranking loss, relaxed); HYPJUDY/caffe-dnnh "
@@ -215,7 +230,13 @@ class DNNH(DeepMethod):
         return TripletRankingLoss(self.margin)
 
     def prepare_targets(self, train_labels, bits=None, seed=0):
-        return check_train_labels(train_labels, self.name).astype("float32")
+        labels = check_train_labels(train_labels, self.name)
+        if not _can_form_triplets(labels):
+            # a triplet needs an image, one that shares a label with it and one that shares none:
+            # without any, the ranking loss is 0 at every iteration and nothing is learned
+            raise UserError(f"{self.name}: the {labels.shape[0]} training images form no triplet (no "
+                            "pair shares a label, or every image shares one with all others)")
+        return labels.astype("float32")
 
     def codes(self, outputs):
         """2b - 1: its sign (>= 0 -> +1) is the code bit b >= 0.5."""
