@@ -66,6 +66,11 @@ def number(low=None, high=None, low_open=False, high_open=False):
     return parse
 
 
+def is_finite_number(value):
+    """A finite int or float that is not a bool (a value read from JSON or given as an option)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _bounds(low, high, low_open=False, high_open=False):
     parts = []
     if low is not None:
@@ -75,8 +80,9 @@ def _bounds(low, high, low_open=False, high_open=False):
     return " and ".join(parts)
 
 
-# Every integer a user passes is a count, an index or a seed: bounded by Caffe's int32 (its solver
-# fields max_iter, stepsize, snapshot, display and its blob dimensions are int32 in caffe.proto),
+# Every integer a user passes is a count, an index or a seed: bounded by Caffe's int32 (the solver
+# fields max_iter, stepsize, snapshot, display are int32 in caffe.proto; Blob::Reshape bounds blob
+# dimensions by INT_MAX),
 # so that no value reaches numpy or torch as an overflow or as an impossible allocation.
 INT_MAX = 2 ** 31 - 1
 # Caffe's real-valued settings (base_lr, gamma, momentum, weight_decay ...) and blobs are float32.

@@ -47,7 +47,7 @@ def check_output_file(path, overwrite=False, hint="remove it or choose another o
     path = os.fspath(path)
     if os.path.isdir(path):
         raise UserError(f"{path}: is a folder; give a file name for the output")
-    _refuse_special(path)
+    _refuse_replacing_special(path)
     if os.path.exists(path) and not overwrite:
         raise UserError(f"{path}: already exists; refusing to overwrite it ({hint})")
     check_output_folder(os.path.dirname(os.path.abspath(path)), path)
@@ -75,7 +75,7 @@ def refuse_special(path, what="file"):
     return path
 
 
-def _refuse_special(path):
+def _refuse_replacing_special(path):
     """A device, FIFO or socket is never replaced by an output (a rename onto /dev/null as root
     would remove the device node); a symbolic link to a regular file is replaced as a file."""
     if os.path.lexists(path) and not os.path.isdir(path) and not os.path.isfile(path):
@@ -172,7 +172,7 @@ def _commit(stage, out_dir, remove):
             rel = os.path.relpath(os.path.join(root, name), stage)
             moves.append((os.path.join(stage, rel), os.path.join(out_dir, rel)))
     for _, target in moves:
-        _refuse_special(target)
+        _refuse_replacing_special(target)
     with deferred_signals():
         for name in remove:             # stale outputs (files or folders) go first
             stale = os.path.join(out_dir, name)

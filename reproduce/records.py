@@ -12,11 +12,10 @@ here and read here (by reproduce.evaluate, the per-dataset engine, compare, the 
 `collect_records` read them back as flat records for the tables and figures.
 """
 import json
-import math
 import os
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, is_finite_number
 from .fileio import read_json, staged_outputs
 from .metrics import DEFAULT_NS, evaluate_codes
 from .paper import RADIUS, canonical_method
@@ -131,7 +130,7 @@ def read_record(path):
     if not isinstance(metrics, dict) or "map" not in metrics:
         raise UserError(f"{path}: 'metrics' must be an object with a 'map' entry")
     value = metrics["map"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    if not (is_finite_number(value) and 0.0 <= value <= 1.0):
         raise UserError(f"{path}: metrics.map must be a number in [0, 1], got {value!r}")
     conventions = doc.get("conventions", {})
     if conventions is None:
@@ -144,17 +143,13 @@ def read_record(path):
             "metrics": metrics, "path": path}
 
 
-def _is_number(v):
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-
-
 def _check_curves(metrics, path):
     """The numbers the tables and figures read: precisions and recalls finite in [0, 1] (or
     null, where a ranking has none), radii and cut-offs non-negative integers. A record from
     elsewhere may hold anything; evaluate_codes writes only these."""
     for key in ("precision_within_radius", "recall_within_radius"):
         value = metrics.get(key)
-        if value is not None and not (_is_number(value) and 0 <= value <= 1):
+        if value is not None and not (is_finite_number(value) and 0 <= value <= 1):
             raise UserError(f"{path}: metrics.{key} must be a number in [0, 1] or null, got {value!r:.80}")
     for key, axis in (("pr_curve", "radius"), ("precision_at_n", "n")):
         curve = metrics.get(key)
@@ -166,10 +161,10 @@ def _check_curves(metrics, path):
             raise UserError(f"{path}: metrics.{key} has lists of different lengths")
         for name, values in curve.items():
             if name == axis:
-                ok = all(_is_number(v) and v >= 0 and v == int(v) for v in values)
+                ok = all(is_finite_number(v) and v >= 0 and v == int(v) for v in values)
                 what = "non-negative integers"
             else:
-                ok = all(v is None or (_is_number(v) and 0 <= v <= 1) for v in values)
+                ok = all(v is None or (is_finite_number(v) and 0 <= v <= 1) for v in values)
                 what = "numbers in [0, 1] (or null)"
             if not ok:
                 raise UserError(f"{path}: metrics.{key}.{name} must hold {what}")

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from .datasets.common import write_split
-from .errors import FLOAT32_MAX, UserError
+from .errors import FLOAT32_MAX, UserError, is_finite_number
 from .fileio import read_json, write_text_atomic
 from .paper import canonical_method
 
@@ -56,8 +56,7 @@ def _best(table, keys):
     doc = read_json(table, "sweep table")
     best = doc.get("best") if isinstance(doc, dict) else None
     if not isinstance(best, dict) or not all(
-            not isinstance(best.get(k), bool) and isinstance(best.get(k), (int, float))
-            and math.isfinite(best[k]) and (0 if k == "quant_weight" else 1e-300) <= best[k] <= FLOAT32_MAX
+            is_finite_number(best.get(k)) and 0 <= best[k] <= FLOAT32_MAX and (best[k] > 0 or k == "quant_weight")
             for k in keys):
         raise UserError(f"{table}: no valid 'best' {', '.join(keys)}; remove the "
                         "file to run the sweep again")

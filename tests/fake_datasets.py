@@ -239,3 +239,19 @@ def make_fake_hashnet(root, dataset, counts=(("train.txt.gz", 32), ("test.txt.gz
                     Image.fromarray(_tiny_image(rng, 12)).save(path, format="JPEG")
                     made.append(rel)
     return made
+
+
+def make_command_inputs(d, rng, n_images):
+    """What the per-command tests start from, in folder d: n_images random 40x50 PNGs in imgs/,
+    list.txt with two labels (alternating), dhn.pth (a random CaffeNet with an 8-bit hash layer)
+    and base.pth (without one). Images are drawn from rng; the networks from torch seed 0."""
+    import torch
+    from reproduce.checkpoint import save_checkpoint
+    from reproduce.nets import DHNNet
+    (d / "imgs").mkdir()
+    for i in range(n_images):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(d / "imgs" / f"{i}.png")
+    (d / "list.txt").write_text("".join(f"{i}.png {i % 2} {(i + 1) % 2}\n" for i in range(n_images)))
+    torch.manual_seed(0)
+    save_checkpoint(d / "dhn.pth", DHNNet("caffenet", bits=8).state_dict(), "caffenet", 8)
+    save_checkpoint(d / "base.pth", DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0)

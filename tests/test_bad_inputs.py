@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import fake_datasets
 from reproduce import compare, convert_weights, demo, encode, evaluate, train, weights
 from reproduce.checkpoint import save_checkpoint
 from reproduce.datasets import cifar10, coco, custom, flickr, imagenet100, nus_wide
@@ -44,13 +45,7 @@ def world(tmp_path_factory):
     """Images, lists, checkpoints, code files, metrics and outputs that already exist."""
     d = tmp_path_factory.mktemp("bad_inputs")
     rng = np.random.default_rng(0)
-    (d / "imgs").mkdir()
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(d / "imgs" / f"{i}.png")
-    (d / "list.txt").write_text("".join(f"{i}.png {i % 2} {(i + 1) % 2}\n" for i in range(4)))
-    torch.manual_seed(0)
-    save_checkpoint(d / "dhn.pth", DHNNet("caffenet", bits=8).state_dict(), "caffenet", 8)
-    save_checkpoint(d / "base.pth", DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0)
+    fake_datasets.make_command_inputs(d, rng, 4)
     nan = DHNNet("caffenet", bits=8).state_dict()
     nan["fc7.weight"][3, 5] = float("nan")
     save_checkpoint(d / "nan.pth", nan, "caffenet", 8)

@@ -12,12 +12,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
+import fake_datasets
 from reproduce.caffe_writer import write_caffemodel
-from reproduce.checkpoint import save_checkpoint
-from reproduce.nets import DHNNet, expected_shapes
+from reproduce.nets import expected_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,13 +34,7 @@ def files(folder):
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("disk_inputs")
     rng = np.random.default_rng(0)
-    (d / "imgs").mkdir()
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(d / "imgs" / f"{i}.png")
-    (d / "list.txt").write_text("".join(f"{i}.png {i % 2} {(i + 1) % 2}\n" for i in range(8)))
-    torch.manual_seed(0)
-    save_checkpoint(d / "dhn.pth", DHNNet("caffenet", bits=8).state_dict(), "caffenet", 8)
-    save_checkpoint(d / "base.pth", DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0)
+    fake_datasets.make_command_inputs(d, rng, 8)
     codes = np.where(rng.standard_normal((300, 16)) > 0, 1, -1)
     np.savez(d / "codes.npz", codes=codes, labels=np.eye(4, dtype=np.uint8)[np.arange(300) % 4])
     return d
