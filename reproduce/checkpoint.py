@@ -43,14 +43,15 @@ def save_checkpoint(path, state_dict, arch, bits, meta=None, overwrite=False, ex
             raise OSError(errno.ENOSPC if free < (1 << 20) else errno.EIO, reason) from None
 
 
-def load_checkpoint(path):
-    """Read a checkpoint with weights_only=True; any problem is a one-line UserError naming the file."""
+def load_checkpoint(path, mmap=False):
+    """Read a checkpoint with weights_only=True; any problem is a one-line UserError naming the file.
+    mmap: map the tensors instead of reading them (for its meta alone: milliseconds)."""
     path = os.fspath(path)
     require_file(path, "checkpoint file")
     try:
         with warnings.catch_warnings():      # torch warns about old pickle protocols: one line only
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:   # torch raises many types on foreign or truncated files (KeyError, ...)
         text = str(e).strip()
         if text.startswith("Weights only load failed"):
@@ -105,6 +106,12 @@ def check_state_dict(state_dict, arch_bits, source, allow_missing_hash=False):
             bad = int((~torch.isfinite(v)).sum())
             raise UserError(f"{source}: {k} holds {bad} NaN or infinite value(s); refusing weights "
                             "that would give NaN codes")
+
+
+def checkpoint_method_name(ckpt):
+    """The registry name of the deep baseline a checkpoint was trained as, or None."""
+    spec = ckpt.get("meta", {}).get("method")
+    return spec.get("name") if isinstance(spec, dict) and isinstance(spec.get("name"), str) else None
 
 
 def checkpoint_method(ckpt, source):

@@ -62,9 +62,13 @@ class MethodSettings:
         return make_method(self.name, bits, **self.options)
 
 
-# Fields that may change between a run and its --resume without changing its trajectory.
-RESUME_MAY_DIFFER = ("data.workers", "data.cache", "data.root", "device", "keep_snapshots",
-                     "solver.max_iter", "solver.snapshot", "solver.display", "out")
+# Fields that change where and how a run runs, not what it computes: not part of its identity.
+# The list file, the dataset root, the weights and mean files are identified by content instead
+# (reproduce.identity: the list's entries, the root and every image's size and mtime; sha1s).
+RUNTIME_FIELDS = ("data.workers", "data.cache", "data.train_list", "data.root", "data.mean_file",
+                  "model.weights", "device", "keep_snapshots", "solver.snapshot", "solver.display", "out")
+# ... and max_iter may grow on --resume: the run continues on the same trajectory (see engine).
+RESUME_MAY_DIFFER = RUNTIME_FIELDS + ("solver.max_iter",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +127,11 @@ class RunConfig:
             else:
                 out[key] = value
         return out
+
+    def identity_settings(self):
+        """What this run computes, as flat settings: every field but RUNTIME_FIELDS (the files
+        they name enter a run's identity by content, as its inputs: reproduce.engine.run_identity)."""
+        return {k: v for k, v in self.flat().items() if k not in RUNTIME_FIELDS}
 
     def resume_differences(self, other):
         """The settings (section.key) in which `other` would continue this run on another

@@ -83,15 +83,18 @@ class _ResizedImages(torch.utils.data.Dataset):
         return i, load_resized(self.image_list, self.root, i)
 
 
-def build_cache(image_list, root, cache_path, workers=2, progress=True):
+def build_cache(image_list, root, cache_path, workers=2, progress=True, images=None, attrs=None):
     """Decode and resize every image of `image_list` once into `cache_path` (HDF5).
 
     Datasets: `images` uint8 N x 256 x 256 x 3 (BGR), `labels` uint8 N x C, `done` bool N.
-    An existing complete cache is checked against the list and reused; an interrupted build
-    (`<cache_path>.partial`) resumes where it stopped.
+    images: the identity hex of the list's images (reproduce.identity.images_identity: root,
+    sizes, mtimes), recorded as the attribute `images` and checked by open_cache; attrs: further
+    attributes (the plan's job identity). An existing complete cache is checked against the list
+    and reused; an interrupted build (`<cache_path>.partial`) resumes where it stopped, if it was
+    made from the same list and images.
     """
     if os.path.exists(cache_path):
-        open_cache(cache_path, image_list).close()
+        open_cache(cache_path, image_list, images).close()
         return cache_path
     partial = cache_path + ".partial"
     digest, n = list_digest(image_list), len(image_list)
@@ -100,15 +103,16 @@ def build_cache(image_list, root, cache_path, workers=2, progress=True):
             f = h5py.File(partial, "r+")
         except OSError:
             raise UserError(f"{partial}: unreadable partial cache; remove it to start the build again") from None
-        if f.attrs.get("list_sha1") != digest:
+        if f.attrs.get("list_sha1") != digest or (images is not None and f.attrs.get("images") != images):
             f.close()
-            raise UserError(f"{partial}: partial cache of another list; remove it to start again")
+            raise UserError(f"{partial}: partial cache of another list or other images; remove it to start again")
     else:
         make_folder(os.path.dirname(os.path.abspath(cache_path)), cache_path)
         require_free_space(partial, int(n * NEW_SIZE * NEW_SIZE * 3 * 1.02) + (1 << 20))
         f = h5py.File(partial, "w")
         f.attrs.update(format=CACHE_FORMAT, list_sha1=digest, list_source=image_list.source,
                        root=os.path.abspath(root), size=NEW_SIZE)
+        f.attrs.update({k: v for k, v in dict(attrs or {}, images=images).items() if v is not None})
         f.create_dataset("images", (n, NEW_SIZE, NEW_SIZE, 3), dtype=np.uint8,
                          chunks=(1, NEW_SIZE, NEW_SIZE, 3))
         f.create_dataset("labels", data=image_list.labels)
@@ -129,8 +133,9 @@ def build_cache(image_list, root, cache_path, workers=2, progress=True):
     return cache_path
 
 
-def open_cache(cache_path, image_list):
-    """Open a complete cache read-only, checking that it was built from `image_list`."""
+def open_cache(cache_path, image_list, images=None):
+    """Open a complete cache read-only, checking that it was built from `image_list` (and, given
+    their identity hex `images`, from these images: the same root, sizes and mtimes)."""
     try:
         f = h5py.File(cache_path, "r")
     except OSError:
@@ -145,6 +150,11 @@ def open_cache(cache_path, image_list):
     if not f["done"][:].all():
         f.close()
         raise UserError(f"{cache_path}: cache is incomplete; rebuild it")
+    if images is not None and f.attrs.get("images") != images:
+        built = f.attrs.get("root")
+        f.close()
+        raise UserError(f"{cache_path}: cache was built from other images (under {built}, or before "
+                        "they changed) than the list's now; remove it to rebuild")
     return f
 
 

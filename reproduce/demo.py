@@ -1,40 +1,50 @@
-"""`python -m reproduce.demo [--out results/demo]`: the whole method, offline, in a minute on a CPU.
+"""`python -m reproduce.demo [--out results/demo]`: the whole method, offline, in minutes on a CPU.
 
 The paper's setting needs ImageNet weights and a GPU; neither ships with a package. This demo runs
 the same loss (reproduce.losses.DHNLoss), solver (reproduce.solver.CaffeSGD with the authors'
 multipliers), training loop (reproduce.engine.fit), batch order (reproduce.data.BatchOrder),
-evaluation (reproduce.metrics), tables and figures (reproduce.comparison.build_comparison) on a real
-dataset that ships with scikit-learn: the handwritten digits (1,797 images of 8 x 8 pixels, 10
-classes), split as the paper splits CIFAR-10. DHN is compared with the five shallow baselines on
-the same features. What differs from the paper is printed (DIFFERENCES) and in the README.
+evaluation (reproduce.metrics), tables and figures (reproduce.comparison) on a real dataset that
+ships with scikit-learn: the handwritten digits (1,797 images of 8 x 8 pixels, 10 classes), split
+as the paper splits CIFAR-10. Its work is the per-dataset commands' job plan (reproduce.grid: the
+same grid, names, identities, states, --plan and --rerun-stale), with jobs that train the small
+network below on the pixels; trainings and codes go to --work (runs/demo), results to --out.
+What differs from the paper is printed (DIFFERENCES) and in the README.
 """
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import time
 
+import h5py
 import numpy as np
 import torch
 from torch import nn
 
+from . import identity as ids
 from .baselines import BASELINES, make_baseline
+from .codes import ENCODE_FORMAT
 from .comparison import evaluate_method, write_comparison
 from .config import VARIANTS
 from .data import BatchOrder
 from .datasets.common import sample_per_label
 from .engine import fit
 from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, run_cli
-from .fileio import staged_outputs, write_text_atomic
+from .fileio import atomic_output, staged_outputs, write_text_atomic
 from .figures import default_curve_bits
+from .grid import GridBuilder, GridSpec, SweepSpec, make_sweep_job, run_name
+from .jobs import require_identity, sweep_markdown
+from .locks import writer_lock
 from .losses import LossSettings
 from .methods import DEEP_METHODS, make_method
 from .metrics import mean_average_precision
 from .nets import BITS
 from .paper import PAPER_BITS, canonical_method
+from .plan import Job, Plan, plan_main
 from .provenance import git_revision, versions
-from .records import check_records, collect_records, protocol, write_record
+from .records import check_records, protocol, read_record, write_record
 from .solver import SolverSettings, caffe_param_groups
-from .sweep import search
 
 DATASET = "digits"
 PROTOCOL = protocol(topk=None)       # MAP over the whole database, as the paper's CIFAR-10
@@ -43,6 +53,7 @@ HIDDEN = 256
 SWEEP_LRS = (1e-3, 1e-2, 1e-1)   # base_lr candidates, chosen per variant and bits on a validation split
 SWEEP_LR_LIMITS = (1e-5, 10.0)   # how far reproduce.sweep.search may extend them past an edge
 VALIDATION_PER_CLASS = 10        # of the 50 training images per class
+STEPSIZE = 500                   # the step policy's stepsize at the demo's 1,500 iterations
 
 DIFFERENCES = """\
 What this demo changes from the paper's setup (everything else is the reproduction's code):
@@ -126,7 +137,7 @@ def train_dhn(x, labels, train, bits, seed, max_iter=1500, base_lr=0.01, progres
     model = PixelHashNet(bits, method=method)
     # The authors' solver (momentum 0.9, weight decay 5e-4, step policy, gamma 0.3, batch 64),
     # shorter: stepsize 500 and max_iter iterations.
-    settings = SolverSettings(base_lr=base_lr, stepsize=500, max_iter=max_iter)
+    settings = SolverSettings(base_lr=base_lr, stepsize=STEPSIZE, max_iter=max_iter)
     solver = settings.make_optimizer(caffe_param_groups(
         model, lr_mults=model.head.lr_mults("head.") if method else None))
     order = BatchOrder(len(train), settings.batch_size, seed)
@@ -140,27 +151,201 @@ def train_dhn(x, labels, train, bits, seed, max_iter=1500, base_lr=0.01, progres
     return model.eval(), log
 
 
-def choose_lr(x, labels, train, loss, bits, lrs=SWEEP_LRS, max_iter=1500, method=None):
-    """The paper's cross-validation, reduced to base_lr: best validation MAP, first of equals;
-    a best at the edge of the grid extends it (reproduce.sweep.search). Returns (best, rows of
-    (lr, MAP, extended))."""
+def validation_split(labels, train):
+    """The sweep's split of the training images (the query set is never used): 10 per class as
+    validation queries, the other 400 as training images and database. (val, rest) indices
+    into `train`."""
     val = sample_per_label(labels[train], (VALIDATION_PER_CLASS,), 1, source="digits training")[0]
-    rest = np.setdiff1d(np.arange(len(train)), val)
+    return val, np.setdiff1d(np.arange(len(train)), val)
 
-    def score(lr):
-        model, _ = train_dhn(x, labels, train[rest], bits, 0, max_iter=max_iter, base_lr=lr, loss=loss,
-                             method=method)
-        with torch.no_grad():
-            b = np.where(model.codes(torch.from_numpy(x[train])).numpy() >= 0, 1, -1).astype(np.int8)
-        return mean_average_precision(b[val], b[rest], labels[train][val], labels[train][rest])
 
-    return search(lrs, score, SWEEP_LR_LIMITS)
+def data_identity():
+    """The demo's data as a source: the digits, their split and scaling (sha1 of the arrays)."""
+    x, labels, split = load_digits_split()
+    h = hashlib.sha1()
+    for a in (x, labels, *split.values()):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return ids.source_identity("data/digits", {"sha1": h.hexdigest(), "hidden": HIDDEN})
+
+
+# ---------------------------------------------------------------------------- the demo's jobs
+# Module-level functions with JSON arguments (reproduce.plan.Job): any executor can run them.
+
+def _loss(trained):
+    """The LossSettings of a trained variant (Table 2); None for a deep baseline (its own loss)."""
+    return VARIANT_LOSS[VARIANTS[trained].method] if trained in VARIANTS else None
+
+
+def _train(trained, x, labels, train, bits, seed, max_iter, base_lr):
+    method = None if trained in VARIANTS else trained
+    return train_dhn(x, labels, train, bits, seed, max_iter=max_iter, base_lr=base_lr,
+                     loss=_loss(trained) or LossSettings(), method=method)
+
+
+def demo_train(identity, trained, bits, seed, max_iter, out, base_lr=None, sweep=None):
+    """Job: one training on the digits; final.pth holds the state dict, the log's ends, base_lr."""
+    from .grid import sweep_choice
+    if sweep:
+        base_lr = sweep_choice(sweep["path"], sweep["hex"])["base_lr"]
+    x, labels, split = load_digits_split()
+    model, log = _train(trained, x, labels, split["train"], bits, seed, max_iter, base_lr)
+    meta = {"identity": identity, "base_lr": base_lr, "first_loss": log[0]["total"], "last_loss": log[-1]["total"]}
+    with atomic_output(os.path.join(out, "final.pth"), overwrite=True) as tmp:
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    print(f"{trained} {bits} bits seed {seed}: base_lr {base_lr:g}, loss {log[0]['total']:.3f} -> "
+          f"{log[-1]['total']:.3f}")
+
+
+def _load_model(checkpoint, trained, bits):
+    require_identity(checkpoint["path"], checkpoint["hex"], "trained model")
+    ckpt = torch.load(checkpoint["path"], map_location="cpu", weights_only=True)
+    method = None if trained in VARIANTS else make_method(trained, bits)
+    model = PixelHashNet(bits, method=method)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt["meta"]
+
+
+def demo_encode(identity, checkpoint, trained, bits, query, database):
+    """Job: the codes of every digit in one forward pass, written as the query and database code
+    files (reproduce.encode's format: real codes, labels, the sign rule applied when read)."""
+    x, labels, split = load_digits_split()
+    model, meta = _load_model(checkpoint, trained, bits)
+    with torch.no_grad():
+        z = model.codes(torch.from_numpy(x)).numpy()
+    for part, path in (("query", query), ("database", database)):   # the database is the stamp
+        rows = split[part]
+        with atomic_output(path, overwrite=True) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs.update(format=ENCODE_FORMAT, bits=bits, identity=ids.to_attr(identity),
+                           training=json.dumps({k: meta[k] for k in ("base_lr", "first_loss", "last_loss")}))
+            f.create_dataset("codes", data=z[rows].astype(np.float32))
+            f.create_dataset("labels", data=labels[rows].astype(np.uint8))
+            f.create_dataset("paths", data=[f"digits/{i}" for i in rows], dtype=h5py.string_dtype("utf-8"))
+
+
+def demo_trial(identity, trained, bits, max_iter, base_lr, quant_weight, out):
+    """Job: one value of a sweep: train at seed 0 on the training images but the validation
+    queries, and the MAP of the validation queries against the rest (out/metrics.json)."""
+    x, labels, split = load_digits_split()
+    train = split["train"]
+    val, rest = validation_split(labels, train)
+    model, _ = _train(trained, x, labels, train[rest], bits, 0, max_iter, base_lr)
+    with torch.no_grad():
+        b = np.where(model.codes(torch.from_numpy(x[train])).numpy() >= 0, 1, -1).astype(np.int8)
+    score = mean_average_precision(b[val], b[rest], labels[train][val], labels[train][rest])
+    doc = {"method": canonical_method(trained) if trained not in VARIANTS else VARIANTS[trained].method,
+           "dataset": DATASET, "bits": bits, "seed": 0, "metrics": {"map": float(score)}, "identity": identity}
+    write_text_atomic(os.path.join(out, "metrics.json"), json.dumps(doc, indent=1) + "\n")
+
+
+def demo_baseline(identity, name, bits, seed, out):
+    """Job: a shallow baseline fitted on the training pixels, evaluated (metrics.json)."""
+    x, labels, split = load_digits_split()
+    q, db = split["query"], split["database"]
+    model = make_baseline(name, bits, seed=seed)
+    model.fit(x[split["train"]], labels=labels[split["train"]] if model.supervised else None)
+    codes = model.encode(x)
+    doc = evaluate_method(name, DATASET, codes[q], codes[db], labels[q], labels[db], seed=seed,
+                          inputs={"baseline": model.settings()}, protocol=PROTOCOL)
+    write_record(out, dict(doc, identity=identity), force=True)
+    print(f"{doc['method']} {bits} bits: MAP {doc['metrics']['map']:.4f}")
+
+
+def demo_summary(identity, records, sweeps, out, run):
+    """Job: the tables, figures and sweep.md of the demo's evaluations, and run.json (last)."""
+    loaded = []
+    for spec in records:
+        require_identity(spec["path"], spec["hex"], "evaluation")
+        loaded.append(read_record(spec["path"]))
+    loaded = check_records(loaded, DATASET)
+    with staged_outputs(out) as stage:
+        write_comparison(loaded, DATASET, stage, default_curve_bits(loaded), dataset_title="Digits (demo)")
+        with open(os.path.join(stage, "sweep.md"), "w", encoding="utf-8") as f:
+            f.write(sweep_markdown(sweeps))
+    doc = dict(run, identity=identity, versions=versions(), git_revision=git_revision(),
+               seconds=round(time.time() - run["started"], 1))
+    write_text_atomic(os.path.join(out, "run.json"), json.dumps(doc, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------- the plan
+class DemoGrid(GridBuilder):
+    """The grid of reproduce.grid with the demo's jobs: PixelHashNet on the digits."""
+
+    def __init__(self, spec, out, work, max_iter, run_info):
+        super().__init__(spec)
+        self.out, self.work, self.max_iter, self.run_info = out, work, max_iter, run_info
+        self.data = data_identity()
+
+    def _settings(self, trained, bits):
+        loss = _loss(trained)
+        return {"trained": trained, "bits": bits, "max_iter": self.max_iter, "stepsize": STEPSIZE,
+                "loss": None if loss is None else dataclasses.asdict(loss)}
+
+    def train_job(self, run, sweep):
+        out = os.path.join(self.work, "train", run.folder)
+        settings = dict(self._settings(run.name, run.bits), seed=run.seed, base_lr=f"chosen by {sweep.name}")
+        stamp = os.path.join(out, "final.pth")
+        return Job(f"train/{run.folder}", "train", settings, "reproduce.demo:demo_train",
+                   {"trained": run.name, "bits": run.bits, "seed": run.seed, "max_iter": self.max_iter, "out": out,
+                    "sweep": {"path": sweep.stamp, "hex": sweep.identity["hex"]}},
+                   stamp=stamp, outputs=(out, stamp), inputs={"data/digits": self.data, sweep.name: sweep.identity},
+                   deps=(sweep.name,), verb="trained")
+
+    def encode_jobs(self, run, train):
+        paths = {p: os.path.join(self.work, "codes", f"{run.folder}_{p}.h5") for p in ("query", "database")}
+        job = Job(f"encode/{run.folder}", "encode", {"parts": ["query", "database"]}, "reproduce.demo:demo_encode",
+                  {"checkpoint": {"path": train.stamp, "hex": train.identity["hex"]}, "trained": run.name,
+                   "bits": run.bits, **paths},
+                  stamp=paths["database"], outputs=(paths["query"], paths["database"]),
+                  inputs={train.name: train.identity}, deps=(train.name,), verb="encoded")
+        return [job], {p: (job, path) for p, path in paths.items()}
+
+    def evaluate_job(self, label, run, codes, binary):
+        label = label or canonical_method(run.name)
+        name = run_name(label, run.bits, run.seed)
+        out = os.path.join(self.out, "metrics", name)
+        encode = codes["query"][0]          # one job wrote both files
+        return Job(f"evaluate/{name}", "evaluate",
+                   {"method": label, "binary": binary, "seed": run.seed, "protocol": PROTOCOL},
+                   "reproduce.jobs:evaluate_run",
+                   {"dataset": DATASET, "method": label, "seed": run.seed, "binary": binary, "protocol": PROTOCOL,
+                    "out": out, **{p: {"path": path, "hex": encode.identity["hex"]} for p, (_, path) in codes.items()}},
+                   stamp=os.path.join(out, "metrics.json"), outputs=(out, os.path.join(out, "metrics.json")),
+                   inputs={encode.name: encode.identity}, deps=(encode.name,), verb="evaluated")
+
+    def trial_template(self, unit):
+        return {"func": "reproduce.demo:demo_trial", "folder": os.path.join(self.work, "sweep", unit.name),
+                "settings": dict(self._settings(unit.trained, unit.bits), validation=VALIDATION_PER_CLASS),
+                "inputs": {"data/digits": self.data},
+                "args": {"trained": unit.trained, "bits": unit.bits, "max_iter": self.max_iter}}
+
+    def sweep_job(self, unit, trials):
+        return make_sweep_job(unit, trials, self.trial_template(unit),
+                              os.path.join(self.out, "sweep", f"{unit.name}.json"))
+
+    def baseline_job(self, name, bits, seed, features):
+        folder = run_name(name.upper(), bits, seed)
+        out = os.path.join(self.out, "metrics", folder)
+        return Job(f"baseline/{folder}", "baseline", {"baseline": name, "bits": bits, "seed": seed, "protocol": PROTOCOL},
+                   "reproduce.demo:demo_baseline", {"name": name, "bits": bits, "seed": seed, "out": out},
+                   stamp=os.path.join(out, "metrics.json"), outputs=(out, os.path.join(out, "metrics.json")),
+                   inputs={"data/digits": self.data}, verb="fitted")
+
+    def summary_job(self, evaluations, sweeps):
+        return Job("summary", "summary", {"dataset": DATASET}, "reproduce.demo:demo_summary",
+                   {"records": [{"path": j.stamp, "hex": j.identity["hex"]} for j in evaluations],
+                    "sweeps": [{"path": j.stamp, "hex": j.identity["hex"]} for j in sweeps],
+                    "out": self.out, "run": self.run_info},
+                   stamp=os.path.join(self.out, "run.json"),
+                   inputs={j.name: j.identity for j in evaluations + sweeps},
+                   deps=tuple(j.name for j in evaluations + sweeps), summary=True, lineage=False)
 
 
 def get_args_parser():
     p = ArgumentParser("python -m reproduce.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join("results", "demo"), help="results folder (default results/demo)")
+    p.add_argument("--work", default=os.path.join("runs", "demo"),
+                   help="trainings, codes and sweep trials (default runs/demo)")
     p.add_argument("--bits", type=BITS, nargs="+", default=list(PAPER_BITS), help="code lengths (paper: 12 24 32 48)")
     p.add_argument("--seeds", type=NON_NEGATIVE, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES),
@@ -168,110 +353,37 @@ def get_args_parser():
     p.add_argument("--methods", nargs="*", choices=list(DEEP_METHODS), default=list(DEEP_METHODS),
                    help="deep baselines on the same small network (default: all)")
     p.add_argument("--max-iter", type=POSITIVE, default=1500)
+    p.add_argument("--plan", action="store_true", help="print every job with its state and output; run nothing")
+    p.add_argument("--rerun-stale", action="store_true",
+                   help="recompute outputs made with other settings (and what depends on them) instead of stopping")
     return p
 
 
-def sweep_lrs(args, x, labels, split, start):
-    """base_lr per (variant, bits), chosen on the validation split; the sweep table's lines."""
-    lr_of, lines = {}, ["| variant | bits | base_lr | validation MAP | |", "|---|---|---|---|---|"]
-    for bits in args.bits:
-        for method, loss in VARIANT_LOSS.items():
-            lr_of[method, bits], rows = choose_lr(x, labels, split["train"], loss, bits, max_iter=args.max_iter)
-            lines += [f"| {method} | {bits} | {lr:g} | {m:.4f} | {'added: best at the edge' if ext else ''} |"
-                      for lr, m, ext in rows]
-            print(f"{method} {bits} bits: base_lr {lr_of[method, bits]:g} (validation MAP " +
-                  ", ".join(f"{lr:g}: {m:.4f}" for lr, m, _ in rows) + f")  [{time.time() - start:.0f} s]")
-    return lr_of, lines
-
-
-def run_variants(args, x, labels, split, lr_of, save, start):
-    """Train and evaluate every variant at every bit length and seed (DHN-B: DHN's codes unsigned)."""
-    q, db = split["query"], split["database"]
-    for seed in args.seeds:
-        for bits in args.bits:
-            for method, loss in VARIANT_LOSS.items():
-                model, log = train_dhn(x, labels, split["train"], bits, seed, max_iter=args.max_iter,
-                                       base_lr=lr_of[method, bits], loss=loss)
-                with torch.no_grad():
-                    z = model(torch.from_numpy(x)).numpy()
-                b = np.where(z >= 0, 1, -1).astype(np.int8)
-                inputs = {"training": {"base_lr": lr_of[method, bits], "first_loss": log[0]["total"],
-                                       "last_loss": log[-1]["total"]}}
-                doc = evaluate_method(method, DATASET, b[q], b[db], labels[q], labels[db], seed=seed, inputs=inputs,
-                                      protocol=PROTOCOL)
-                save(doc, method, bits, seed)
-                if method == "DHN":
-                    save(evaluate_method("DHN-B", DATASET, z[q], z[db], labels[q], labels[db], seed=seed,
-                                         inputs=inputs, binary=False, protocol=PROTOCOL), "DHN-B", bits, seed)
-                print(f"{method} {bits} bits seed {seed}: loss {log[0]['total']:.3f} -> {log[-1]['total']:.3f}, "
-                      f"MAP {doc['metrics']['map']:.4f}  [{time.time() - start:.0f} s]")
-
-
-def run_methods(args, x, labels, split, save, start):
-    """The deep baselines of Table 1 on the same small network, solver and split as DHN, each
-    with its base_lr chosen on the validation split as DHN's, once, at the largest code length
-    (as the per-dataset commands' --sweep-bits)."""
-    q, db = split["query"], split["database"]
-    for name in args.methods:
-        label = canonical_method(name)
-        lr, _ = choose_lr(x, labels, split["train"], LossSettings(), max(args.bits), max_iter=args.max_iter,
-                          method=name)
-        for bits in args.bits:
-            for seed in args.seeds:
-                model, log = train_dhn(x, labels, split["train"], bits, seed, max_iter=args.max_iter,
-                                       base_lr=lr, method=name)
-                with torch.no_grad():
-                    b = np.where(model.codes(torch.from_numpy(x)).numpy() >= 0, 1, -1).astype(np.int8)
-                doc = evaluate_method(label, DATASET, b[q], b[db], labels[q], labels[db], seed=seed, protocol=PROTOCOL,
-                                      inputs={"training": {"base_lr": lr, "first_loss": log[0]["total"],
-                                                           "last_loss": log[-1]["total"]}})
-                save(doc, label, bits, seed)
-                print(f"{label} {bits} bits seed {seed}: base_lr {lr:g}, loss {log[0]['total']:.3f} -> "
-                      f"{log[-1]['total']:.3f}, MAP {doc['metrics']['map']:.4f}  [{time.time() - start:.0f} s]")
-
-
-def run_baselines(args, x, labels, split, save):
-    """The shallow baselines on the same pixels (first seed only: they are not trained by SGD)."""
-    q, db, seed = split["query"], split["database"], args.seeds[0]
-    for bits in args.bits:
-        for name in args.baselines:
-            model_b = make_baseline(name, bits, seed=seed)
-            model_b.fit(x[split["train"]], labels=labels[split["train"]] if model_b.supervised else None)
-            codes = model_b.encode(x)
-            doc_b = evaluate_method(name, DATASET, codes[q], codes[db], labels[q], labels[db], seed=seed,
-                                    inputs={"baseline": model_b.settings()}, protocol=PROTOCOL)
-            save(doc_b, doc_b["method"], bits, seed)
-            print(f"{doc_b['method']} {bits} bits: MAP {doc_b['metrics']['map']:.4f}")
+def make_plan(args, started=None):
+    """The demo's job plan: every variant at every bits and seed, base_lr chosen per variant and
+    bits (deep baselines: once, at the longest code), the shallow baselines at the first seed."""
+    spec = GridSpec(DATASET, tuple(args.bits), tuple(args.seeds), tuple(VARIANTS), tuple(args.methods),
+                    tuple(args.baselines), tuple(args.seeds[:1]),
+                    SweepSpec(SWEEP_LRS, None, None, max(args.bits), SWEEP_LR_LIMITS, SWEEP_LR_LIMITS, per_bits=True))
+    run_info = {"command": "python -m reproduce.demo", "config": vars(args), "started": started or time.time(),
+                "differences_from_paper": DIFFERENCES.splitlines()}
+    jobs = DemoGrid(spec, args.out, args.work, args.max_iter, run_info).jobs()
+    return Plan(jobs, os.path.join(args.work, "jobs"))
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     start = time.time()
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    if args.plan:
+        plan_main(make_plan(args, start), args)
+        return
     print(DIFFERENCES + "\n")
-    x, labels, split = load_digits_split()
-    # Everything is written into a staging folder and replaces the previous results together
-    # (the old metrics/ included) when the whole demo has succeeded.
-    with staged_outputs(args.out, remove=["metrics"]) as out:
-        metrics_dir = os.path.join(out, "metrics")
-
-        def save(doc, name, bits, seed):
-            write_record(os.path.join(metrics_dir, f"{name}_{bits}bits_seed{seed}"), doc, force=True)
-
-        lr_of, sweep_lines = sweep_lrs(args, x, labels, split, start)
-        write_text_atomic(os.path.join(out, "sweep.md"), "\n".join(sweep_lines) + "\n")
-        run_variants(args, x, labels, split, lr_of, save, start)
-        run_methods(args, x, labels, split, save, start)
-        run_baselines(args, x, labels, split, save)
-        records = check_records(collect_records([metrics_dir]), DATASET)
-        write_comparison(records, DATASET, out, default_curve_bits(records), dataset_title="Digits (demo)")
-        write_text_atomic(os.path.join(out, "run.json"), json.dumps(
-            {"command": "python -m reproduce.demo", "config": vars(args), "split": {k: len(v) for k, v in split.items()},
-             "base_lr": {f"{m} {b}": lr for (m, b), lr in lr_of.items()},
-             "differences_from_paper": DIFFERENCES.splitlines(), "versions": versions(),
-             "git_revision": git_revision(), "seconds": round(time.time() - start, 1)}, indent=2) + "\n")
+    with writer_lock(args.out, "--out"), writer_lock(args.work, "--work"):
+        plan_main(make_plan(args, start), args, log=lambda text: print(f"{text}  [{time.time() - start:.0f} s]"))
     print(f"\nwrote {args.out}/table1.md, table2.md, figures and metrics in {time.time() - start:.0f} s")
-    print(open(os.path.join(args.out, "table1.md")).read())
+    with open(os.path.join(args.out, "table1.md"), encoding="utf-8") as f:
+        print(f.read())
 
 
 if __name__ == "__main__":

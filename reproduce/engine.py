@@ -20,12 +20,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from . import identity as ids
+from .checkpoint import checkpoint_method_name, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import read_run_config
 from .data import BatchOrder, TrainBatches, build_cache, check_images_exist, make_loader, open_cache
 from .arrayfiles import one_line
 from .errors import UserError, check_signal, deferred_signals
-from .fileio import check_output_folder, write_text_atomic
+from .fileio import check_output_folder, read_json, write_text_atomic
 from .lists import read_list
 from .nets import pick_device
 from .solver import caffe_param_groups
@@ -73,28 +74,102 @@ def _write_log(path, records):
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def prepare_run_dir(cfg, resume):
-    """Refuse to clobber an existing run; with `resume` check its settings and return (iteration,
-    snapshot path or None) to continue from."""
+FINISHED = object()        # prepare_run_dir: the run is complete at cfg's max_iter
+
+
+def run_identity(cfg, name="train", image_list=None, inputs=None):
+    """The identity (reproduce.identity) of training run `cfg`: its settings
+    (RunConfig.identity_settings) made from the weights file, the training list and its images,
+    the mean file, and `inputs` (identity documents that replace those or add to them, e.g. the
+    sweep that chose its base_lr). image_list: the list already read (default: read it)."""
+    docs = {"weights": ids.file_identity("weights", cfg.model.weights)}
+    if "lists/train" not in (inputs or {}):
+        image_list = image_list or read_list(cfg.data.train_list, num_labels=cfg.data.num_labels)
+        docs["lists/train"] = ids.images_identity("lists/train", image_list, cfg.data.root)
+    if cfg.data.mean_file:
+        docs["mean_file"] = ids.file_identity("mean_file", cfg.data.mean_file)
+    docs.update(inputs or {})
+    return ids.make_identity(name, "train", cfg.identity_settings(), docs)
+
+
+def recorded_run(run_dir):
+    """(RunConfig, identity document or None) of a run folder's config.json; (None, None) if none."""
+    cfg = read_run_config(run_dir)
+    if cfg is None:
+        return None, None
+    doc = read_json(os.path.join(run_dir, "config.json"), "run configuration")
+    return cfg, ids.checked(doc.get("identity"))
+
+
+def final_iteration(path):
+    """The iteration a final.pth or snapshot holds (its meta), read memory-mapped."""
+    return load_checkpoint(path, mmap=True).get("meta", {}).get("iteration")
+
+
+def prepare_run_dir(cfg, resume, identity=None, log=print):
+    """Refuse to clobber an existing run; with `resume` check what it resumes and return
+    (iteration, snapshot path or None) to continue from, or FINISHED. A resume continues only the
+    same run: same settings, weights, list, root and images (`identity`, with or without a
+    cache); max_iter may grow (not below the last snapshot), a finished run continues from the
+    snapshot at its end, and is left as it is when max_iter is reached."""
     run_dir = cfg.out
     check_output_folder(run_dir, "--out")
     found = snapshots(run_dir)
-    has_run = bool(found) or os.path.exists(os.path.join(run_dir, "final.pth"))
-    if has_run and not resume:
+    final = os.path.join(run_dir, "final.pth")
+    if (found or os.path.exists(final)) and not resume:
         raise UserError(f"{run_dir}: already holds a training run; pass --resume to continue it, "
                         "or choose another --out")
-    if resume:
-        old = read_run_config(run_dir)
-        differ = old.resume_differences(cfg) if old else []
-        if differ:
-            k = differ[0]
-            raise UserError(f"{os.path.join(run_dir, 'config.json')}: the run was started with "
-                            f"{k}={old.flat().get(k)!r}, now {cfg.flat().get(k)!r} ({len(differ)} "
-                            "setting(s) differ); resume with the same settings or use another --out")
-    if resume and found:
-        it = max(found)
-        return it, found[it]
+    if not resume:
+        return 0, None
+    _check_same_run(cfg, identity)
+    if os.path.exists(final):
+        done = final_iteration(final)
+        if done == cfg.solver.max_iter:
+            log(f"{run_dir}: finished at iteration {done}; nothing to do")
+            return FINISHED
+        if not isinstance(done, int) or done > cfg.solver.max_iter:
+            raise UserError(f"{final}: the run finished at iteration {done}; --max-iter "
+                            f"{cfg.solver.max_iter} is below it (use another --out)")
+        if done not in found:
+            raise UserError(f"{final}: the run finished at iteration {done}; continuing it to "
+                            f"{cfg.solver.max_iter} needs snapshot_iter_{done}.pth (weights, momentum, "
+                            "random state), which is not there (removed); start a new run instead")
+        log(f"{run_dir}: continuing the finished run from iteration {done} to {cfg.solver.max_iter}")
+    if found:
+        last = max(found)
+        held = final_iteration(found[last])
+        if held != last:
+            raise UserError(f"{found[last]}: holds iteration {held!r}, but its name says {last}; the "
+                            "snapshot was renamed or damaged (remove it to resume from the one before)")
+        if last > cfg.solver.max_iter:
+            raise UserError(f"{found[last]}: the run is already at iteration {last}, beyond --max-iter "
+                            f"{cfg.solver.max_iter}; its final weights would not be those of iteration "
+                            f"{cfg.solver.max_iter} (use another --out)")
+        return last, found[last]
     return 0, None
+
+
+def _check_same_run(cfg, identity):
+    """UserError unless `cfg` (and `identity`) continue the run recorded in cfg.out."""
+    run_dir = cfg.out
+    old, old_identity = recorded_run(run_dir)
+    path = os.path.join(run_dir, "config.json")
+    if old is None:
+        return
+    differ = old.resume_differences(cfg)
+    if differ:
+        k = differ[0]
+        raise UserError(f"{path}: the run was started with {k}={old.flat().get(k)!r}, now "
+                        f"{cfg.flat().get(k)!r} ({len(differ)} setting(s) differ); resume with the same "
+                        "settings or use another --out")
+    if old.solver.max_iter != cfg.solver.max_iter and cfg.solver.lr_policy == "poly":
+        raise UserError(f"{path}: lr_policy poly depends on max_iter ({old.solver.max_iter}, now "
+                        f"{cfg.solver.max_iter}): a longer run is another trajectory; use another --out")
+    if identity is not None:
+        change = ids.differences(old_identity, identity, ignore=("solver.max_iter",))
+        if change:
+            raise UserError(f"{path}: this run was {change}; it cannot be resumed with other "
+                            "inputs (use another --out)")
 
 
 def _make_method(cfg):
@@ -109,6 +184,13 @@ def _make_method(cfg):
 def _build_model(cfg, ckpt, method):
     weights = cfg.model.weights
     ckpt = ckpt or load_checkpoint(weights)
+    trained_as = checkpoint_method_name(ckpt)
+    wanted = cfg.method.name if cfg.method else None
+    if trained_as is not None and (wanted or "").lower() != trained_as.lower():
+        # Its head is that method's: another loss on it trains something no paper describes.
+        raise UserError(f"{weights}: a checkpoint trained as the deep baseline {trained_as}; it cannot "
+                        f"be the --weights of {'--method ' + wanted if wanted else 'DHN'} (start from the "
+                        "ImageNet weights, or pass --method " + trained_as.lower() + ")")
     return model_from_checkpoint(ckpt, weights, bits=cfg.model.bits, arch=cfg.model.arch,
                                  dropout=cfg.model.dropout, method=method,
                                  generator=torch.Generator().manual_seed(cfg.seed))
@@ -125,17 +207,22 @@ def _train_loader(cfg, image_list, mean, start, ddp, targets, device):
         return iter(make_loader(batches, workers=data.workers, pin_memory=device.type == "cuda"))
 
 
-def train(cfg, model=None, ckpt=None, resume=False, progress=True):
+def train(cfg, model=None, ckpt=None, resume=False, progress=True, identity=None):
     """Run (or, with `resume`, continue) the training run `cfg` (a reproduce.config.RunConfig).
 
     `model` may be given to train another network with the same loop (tests use a tiny one);
-    otherwise it is built from `ckpt` (or cfg.model.weights). Every input is checked before
-    anything is written. Returns the path of final.pth (None on ranks > 0).
+    otherwise it is built from `ckpt` (or cfg.model.weights). identity: the run's identity
+    (run_identity), recorded in config.json, the snapshots and final.pth, and checked on resume.
+    Every input is checked before anything is written. Returns the path of final.pth (None on
+    ranks > 0).
     """
     device = pick_device(cfg.device)
     ddp = Distributed(device)
     run_dir, is_main, data = cfg.out, ddp.rank == 0, cfg.data
-    start, snapshot_path = prepare_run_dir(cfg, resume)
+    resumed = prepare_run_dir(cfg, resume, identity, log=print if is_main else (lambda text: None))
+    if resumed is FINISHED:
+        return os.path.join(run_dir, "final.pth") if is_main else None
+    start, snapshot_path = resumed
     image_list = read_list(data.train_list, num_labels=data.num_labels)
     mean = load_mean_file(data.mean_file) if data.mean_file else mean_array(data.mean)
     method = _make_method(cfg)
@@ -144,7 +231,7 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
     # a method's rows carry their own targets (CNNH: its stage-1 codes) instead of the labels;
     # computed (and checked) before the image cache is written into the run folder
     targets = method.prepare_targets(image_list.labels, cfg.model.bits, cfg.seed) if method else None
-    _prepare_images(data, image_list, ddp, progress)
+    _prepare_images(data, image_list, ddp, progress, _images_hex(cfg, image_list, identity))
     model.to(device)
     head = getattr(model, "head", None)
     solver = cfg.solver.make_optimizer(caffe_param_groups(
@@ -155,7 +242,7 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
     if is_main:
         os.makedirs(run_dir, exist_ok=True)
         write_text_atomic(os.path.join(run_dir, "config.json"),
-                          json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+                          json.dumps(dict(cfg.to_dict(), identity=identity), indent=2, sort_keys=True) + "\n")
         _write_log(log_path, records)
 
     net = model
@@ -173,7 +260,7 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
             batch_size=cfg.solver.batch_size, display=cfg.solver.display, device=device,
             gather=ddp.gather, world_size=ddp.world_size, log=log if is_main else None,
             snapshot_every=cfg.solver.snapshot,
-            snapshot=lambda done: _snapshot(model, solver, cfg, done, ddp, is_main),
+            snapshot=lambda done: _snapshot(model, solver, cfg, done, ddp, is_main, identity),
             progress=progress and is_main)
     except NonFiniteLoss as e:
         good = max(snapshots(run_dir), default=None)
@@ -183,27 +270,39 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
         return None
     final = os.path.join(run_dir, "final.pth")
     save_checkpoint(final, model.state_dict(), model.arch, model.bits,
-                    meta=_meta(cfg, "dhn", cfg.solver.max_iter), overwrite=True)
+                    meta=_meta(cfg, "dhn", cfg.solver.max_iter, identity), overwrite=True)
     return final
 
 
-def _prepare_images(data, image_list, ddp, progress):
-    """Check that every image is there (or that the cache was built from this very list) before
-    anything is written; then build the cache if there is none yet."""
+def _images_hex(cfg, image_list, identity):
+    """The identity hex of the training images (the run's input `lists/train`), for the cache."""
+    if cfg.data.cache is None:
+        return None
+    if identity is not None and "lists/train" in identity.get("inputs", {}):
+        return identity["inputs"]["lists/train"]
+    check_images_exist(image_list, cfg.data.root)
+    return ids.images_identity("lists/train", image_list, cfg.data.root)["hex"]
+
+
+def _prepare_images(data, image_list, ddp, progress, images=None):
+    """Check that every image is there (or that the cache was built from this very list and
+    these images) before anything is written; then build the cache if there is none yet."""
     if data.cache is not None and os.path.exists(data.cache):
-        open_cache(data.cache, image_list).close()
+        open_cache(data.cache, image_list, images).close()
     else:
         check_images_exist(image_list, data.root)
     if data.cache is not None:
         if ddp.rank == 0 and not os.path.exists(data.cache):
-            build_cache(image_list, data.root, data.cache, workers=data.workers, progress=progress)
+            build_cache(image_list, data.root, data.cache, workers=data.workers, progress=progress,
+                        images=images)
         if ddp.enabled:      # every process waits for the cache (same branch on every rank)
             dist.barrier()
 
 
-def _meta(cfg, kind, iteration):
-    """A checkpoint's meta: the run configuration, and the method it is (encode rebuilds it)."""
-    meta = {"kind": kind, "iteration": iteration, "config": cfg.to_dict()}
+def _meta(cfg, kind, iteration, identity=None):
+    """A checkpoint's meta: the run configuration and identity, and the method it is (encode
+    rebuilds it)."""
+    meta = {"kind": kind, "iteration": iteration, "config": cfg.to_dict(), "identity": identity}
     if cfg.method is not None:
         meta["method"] = {"name": cfg.method.name, "options": dict(cfg.method.options)}
     return meta
@@ -308,7 +407,7 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
     bar.close()
 
 
-def _snapshot(model, solver, cfg, done, ddp, is_main):
+def _snapshot(model, solver, cfg, done, ddp, is_main, identity=None):
     """snapshot_iter_<done>.pth (Caffe's _iter_<N> naming): weights, solver history and RNG states."""
     rng = torch.get_rng_state()
     rngs = [torch.empty_like(rng) for _ in range(ddp.world_size)] if ddp.enabled else [rng]
@@ -319,7 +418,7 @@ def _snapshot(model, solver, cfg, done, ddp, is_main):
     run_dir = cfg.out
     path = os.path.join(run_dir, f"snapshot_iter_{done}.pth")
     save_checkpoint(path, model.state_dict(), model.arch, model.bits,
-                    meta=_meta(cfg, "dhn-snapshot", done), overwrite=True,
+                    meta=_meta(cfg, "dhn-snapshot", done, identity), overwrite=True,
                     extra={"solver": solver.state_dict(), "rng": rngs})
     keep = cfg.keep_snapshots
     if keep:

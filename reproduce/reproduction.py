@@ -1,49 +1,48 @@
 """From nothing to `results/<dataset>/`: the engine behind `python -m reproduce.<dataset>`.
 
-One configuration = (variant, bits, seed). For each: train (reproduce.engine, skipped when the run
-folder holds final.pth, resumed when it holds snapshots), encode query and database
-(reproduce.encode, skipped when the codes exist), evaluate with the dataset's protocol (skipped
-when metrics.json exists). DHN-B is the DHN run ranked by its continuous codes. The shallow
-baselines are fitted on the fc7 features of the ImageNet network (no fine-tuning), as in the
-paper's Table 1. Then Table 1, Table 2 and Figures (a)-(c) are written next to the paper's
-numbers (reproduce.comparison.build_comparison), and run.json records the whole configuration.
+The command prepares what the plan is made from — the lists (built, checked, reported), the
+images on disk, the ImageNet weights (fetched if absent), the sweep's validation split — and then
+lays the reproduction out as a job plan (reproduce.dataset_plan, reproduce.grid): image caches,
+every configuration (variant or deep baseline, bits, seed) trained, encoded and evaluated with the
+dataset's protocol, fc7 features and the shallow baselines, the tables and figures next to the
+paper's numbers. Each job has an identity (its settings and everything it is made from), which its
+outputs record: a job whose outputs carry its identity is done and skipped, an interrupted
+training resumes from its last snapshot, and an output made with other settings stops the command
+before any work, with one line saying what changed, unless --rerun-stale (reproduce.plan).
+--plan prints the plan with each job's state and runs nothing. The command holds the writer
+locks of --out and --work while it runs (reproduce.locks).
 
-The dataset modules (reproduce.datasets.cifar10, nus_wide, flickr) are presets over this engine:
-how to get the lists, and nothing else; `python -m reproduce.<dataset>` runs their `main`.
+The dataset modules (reproduce.datasets.<name>) are presets over this engine: how to get the
+lists, and nothing else; `python -m reproduce.<dataset>` runs their `main`.
 """
 import dataclasses
-import json
 import os
 import sys
 import time
 
-import h5py
 import numpy as np
 
+from . import identity as ids
 from .baselines import BASELINES, make_baseline
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .comparison import build_comparison, dataset_protocol, evaluate_baselines, evaluate_method
-from .config import VARIANTS, DataSettings, MethodSettings, ModelSettings, RunConfig
+from .comparison import dataset_protocol
+from .config import VARIANTS
+from .dataset_plan import DatasetGrid, DatasetSetup, ListSource
 from .datasets.common import build_report, format_report, require_images, write_split
-from .encoding import PIPELINES, encode_list
-from .engine import snapshots, train
+from .encoding import PIPELINES
 from .errors import BATCH_SIZE, NON_NEGATIVE, POSITIVE, WORKERS, ArgumentParser, UserError, number
-from .fileio import read_json, sha1_file, write_text_atomic
+from .grid import GridSpec, SweepSpec
 from .lists import ImageList
+from .locks import writer_lock
 from .losses import LOSS_PRESETS
 from .nets import ARCHS, BITS, FC_LAYERS
 from .methods import DEEP_METHODS
-from .paper import PAPER_BITS, canonical_method
-from .provenance import git_revision, versions
-from .records import collect_records, read_record, write_record
+from .paper import PAPER_BITS
+from .plan import Plan, plan_main
+from .pretrained import checkpoint_path, ensure_pretrained
 from .solver import PRESETS
-from .sweep import SWEEP_LRS, SWEEP_QUANT_WEIGHTS, Sweeps
-from .pretrained import ensure_pretrained
+from .sweep import LR_LIMITS, QUANT_WEIGHT_LIMITS, SWEEP_LRS, SWEEP_QUANT_WEIGHTS
 
 SMOKE = dict(train=32, query=8, database=40, max_iter=3, batch_size=8)
-# Settings that define what a results folder holds; a re-run with other values is refused.
-IDENTITY_KEYS = ("dataset", "lists", "arch", "preset", "max_iter", "batch_size", "base_lr", "quant_weight",
-                 "protocol", "smoke", "sweep", "oversample", "pipeline", "database_excludes_train")
 
 
 @dataclasses.dataclass
@@ -115,6 +114,12 @@ def get_args_parser(preset):
     g.add_argument("--sweep-quant-weights", type=number(0), nargs="+", default=list(SWEEP_QUANT_WEIGHTS))
     g.add_argument("--validation-fraction", type=number(0, 1, low_open=True, high_open=True), default=0.1,
                    help="share of the training list held out as validation queries (default 0.1)")
+    g = p.add_argument_group("the plan (reproduce.plan)")
+    g.add_argument("--plan", action="store_true",
+                   help="print every job with its state (done, pending, stale, failed) and output; run nothing")
+    g.add_argument("--rerun-stale", action="store_true",
+                   help="recompute outputs made with other settings (and what depends on them) instead "
+                        "of stopping")
     preset.add_arguments(p)
     return p
 
@@ -124,8 +129,12 @@ def subset(image_list, n):
     return image_list.subset(np.arange(min(n, len(image_list))))
 
 
-class Reproduction(Sweeps):
-    """One dataset's reproduction: folders, the identity check, and every configuration."""
+class NotPrepared(Exception):
+    """--plan: what the plan is made from is not there yet (it would be fetched or downloaded)."""
+
+
+class Reproduction:
+    """One dataset's reproduction: what its plan is made from, the plan, and running it."""
 
     def __init__(self, preset, args):
         self.preset, self.args = preset, args
@@ -135,9 +144,10 @@ class Reproduction(Sweeps):
         self.protocol = preset.protocol or dataset_protocol(preset.name)
         self.log = print
 
-    # ------------------------------------------------------------------------------ setup
-    def prepare(self):
-        """Lists, report, images on disk, weights, identity of the results folder: all before training."""
+    # ------------------------------------------------------------------------------ sources
+    def prepare_lists(self):
+        """The train / query / database lists (written into the work folder), the build report,
+        every image on disk: all before any job. {split: ImageList}."""
         a = self.args
         if os.path.exists(a.root) and not os.path.isdir(a.root):
             raise UserError(f"--root {a.root}: is a file, not the dataset's folder")
@@ -148,19 +158,18 @@ class Reproduction(Sweeps):
             lists = {k: subset(v, max(SMOKE[k], need) if k == "train" else SMOKE[k]) for k, v in lists.items()}
             lists_dir = os.path.join(self.work, "lists_smoke")
             write_split(lists, lists_dir, overwrite=True)
-        self.lists = {k: ImageList(v.paths, v.labels, os.path.join(lists_dir, f"{k}.txt"), None)
-                      for k, v in lists.items()}
-        self.num_labels = self.preset.num_labels or self.lists["train"].labels.shape[1]
-        report = build_report(self.lists, a.root)
-        self.log(format_report(report))
-        require_images(self.lists, a.root)
-        if len(self.lists["train"]) < need:
-            raise UserError(f"{self.lists['train'].source}: {len(self.lists['train'])} training images, but "
+        lists = {k: ImageList(v.paths, v.labels, os.path.join(lists_dir, f"{k}.txt"), None)
+                 for k, v in lists.items()}
+        self.num_labels = self.preset.num_labels or lists["train"].labels.shape[1]
+        self.log(format_report(build_report(lists, a.root)))
+        require_images(lists, a.root)
+        if len(lists["train"]) < need:
+            raise UserError(f"{lists['train'].source}: {len(lists['train'])} training images, but "
                             f"the shallow baselines at {max(a.bits)} bits need {need} (use fewer --bits, "
                             "more images, or leave those --baselines out)")
-        self.weights = a.weights or ensure_pretrained(a.arch, a.weights_dir)
-        self.identity = self._identity()
-        self._check_identity()
+        if a.sweep:
+            lists.update(self.validation_split(lists["train"]))
+        return lists
 
     def _baseline_samples(self):
         """The fewest training images every requested shallow baseline can be fitted with."""
@@ -168,35 +177,27 @@ class Reproduction(Sweeps):
         return max([make_baseline(name, bits).min_train_samples(dim)
                     for name in self.args.baselines for bits in self.args.bits], default=0)
 
-    def _identity(self):
+    def validation_split(self, train_list):
+        """The sweep's split of the training list (the query set is never used): a seeded
+        validation_fraction of it as queries, the rest as training images and database;
+        written to work/sweep/lists. {"sweep-train", "sweep-query": ImageList}."""
+        order = np.random.default_rng([0, len(train_list)]).permutation(len(train_list))
+        n_val = max(1, int(round(self.args.validation_fraction * len(train_list))))
+        split = {"train": train_list.subset(np.sort(order[n_val:])), "query": train_list.subset(np.sort(order[:n_val]))}
+        folder = os.path.join(self.work, "sweep", "lists")
+        written = write_split(split, folder, overwrite=True)
+        return {f"sweep-{k}": ImageList(v.paths, v.labels, written[k], None) for k, v in split.items()}
+
+    def weights(self, dry):
+        """The ImageNet checkpoint (fetched if absent, unless `dry`)."""
         a = self.args
-        return {"dataset": self.preset.name, "arch": a.arch, "preset": a.preset, "smoke": a.smoke,
-                "lists": {k: sha1_file(v.source) for k, v in self.lists.items()},
-                "max_iter": SMOKE["max_iter"] if a.smoke else a.max_iter,
-                "batch_size": SMOKE["batch_size"] if a.smoke else a.batch_size,
-                "base_lr": a.base_lr, "quant_weight": a.quant_weight, "oversample": a.oversample,
-                "protocol": self.protocol, "sweep": a.sweep, "pipeline": a.pipeline,
-                "database_excludes_train": getattr(a, "database_excludes_train", False)}
+        if a.weights:
+            return a.weights
+        if dry and not os.path.exists(checkpoint_path(a.arch, a.weights_dir)):
+            raise NotPrepared(f"the {a.arch} weights are not fetched yet ({checkpoint_path(a.arch, a.weights_dir)})")
+        return ensure_pretrained(a.arch, a.weights_dir)
 
-    def _check_identity(self):
-        path = os.path.join(self.out, "run.json")
-        if not os.path.exists(path):
-            return
-        try:
-            old = read_json(path, "run.json")
-        except UserError as e:
-            raise UserError(f"{e}; this results folder cannot be checked against the configuration: "
-                            "use another --out (nothing was changed)") from None
-        old = old.get("identity") if isinstance(old, dict) else None
-        if not isinstance(old, dict):
-            raise UserError(f"{path}: no 'identity' object; use another --out (nothing was changed)")
-        differ = [k for k in IDENTITY_KEYS if old.get(k) != self.identity.get(k)]
-        if differ:
-            raise UserError(f"{path}: this results folder was written with another configuration "
-                            f"({differ[0]}: {old.get(differ[0])!r}, now {self.identity.get(differ[0])!r}); "
-                            "use another --out (nothing was changed)")
-
-    # ------------------------------------------------------------------------------ pieces
+    # ------------------------------------------------------------------------------ the plan
     def settings(self):
         """(SolverSettings, LossSettings) of every run: the preset with the command's overrides."""
         a = self.args
@@ -210,144 +211,50 @@ class Reproduction(Sweeps):
             loss = dataclasses.replace(loss, quant_weight=a.quant_weight)
         return solver, loss
 
-    def run_config(self, run_dir, list_path, bits, seed, solver, loss, method=None):
-        """The RunConfig of one training run of this reproduction."""
+    def grid_spec(self):
         a = self.args
-        # one cache per list content: the sweep's training list is another list
-        cache = os.path.join(self.work, "cache", f"train-{sha1_file(list_path)[:16]}.h5")
-        try:
-            return RunConfig(DataSettings(list_path, a.root, self.num_labels, cache, workers=a.workers),
-                             ModelSettings(self.weights, a.arch, bits), out=run_dir, solver=solver,
-                             loss=loss, seed=seed, device=a.device, keep_snapshots=1,
-                             method=MethodSettings(method) if method else None)
-        except ValueError as e:
-            raise UserError(f"settings: {e}") from None
+        sweep = None
+        if a.sweep:
+            sweep = SweepSpec(tuple(a.sweep_lrs), tuple(a.sweep_quant_weights), a.sweep_bits, a.sweep_bits,
+                              LR_LIMITS, QUANT_WEIGHT_LIMITS)
+        return GridSpec(self.preset.name, tuple(a.bits), tuple(a.seeds), tuple(a.variants), tuple(a.methods),
+                        tuple(a.baselines), tuple(a.seeds), sweep)
 
-    def run_training(self, cfg):
-        final = os.path.join(cfg.out, "final.pth")
-        if os.path.exists(final):
-            self.log(f"{final}: done, skipped")
-            return final
-        train(cfg, resume=True)
-        # A finished run is never resumed: its snapshot (weights + solver history, twice the
-        # model's size) is not kept beside final.pth.
-        for path in snapshots(cfg.out).values():
-            os.remove(path)
-        return final
+    def setup(self, lists, weights):
+        a = self.args
+        solver, loss = self.settings()
+        sources = {name: ListSource(il.source, self.num_labels, ids.images_identity(f"lists/{name}", il, a.root))
+                   for name, il in lists.items()}
+        run_info = {"command": [sys.executable, "-m", f"reproduce.{self.preset.name}"] + sys.argv[1:],
+                    "config": {k: v for k, v in vars(a).items()}, "seeds": a.seeds, "bits": a.bits,
+                    "variants": a.variants, "methods": a.methods, "baselines": a.baselines, "weights": weights,
+                    "work": self.work, "lists": {k: {"path": v.source, "images": len(v)} for k, v in lists.items()},
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        paper = self.preset.paper
+        return DatasetSetup(
+            self.preset.name, self.preset.title, self.out, self.work, a.root, solver, loss, a.arch, weights,
+            ids.file_identity("weights", weights), sources, self.protocol, a.pipeline, a.oversample, a.workers,
+            a.device, a.sweep_max_iter, paper_csv=getattr(a, "paper_numbers", None), paper_default=paper is None,
+            run_info=run_info)
 
-    def encode(self, checkpoint, split, out_path, features=False, image_list=None):
-        if os.path.exists(out_path):
-            return out_path
-        ckpt = load_checkpoint(checkpoint)
-        model = model_from_checkpoint(ckpt, checkpoint)
-        image_list = image_list or self.lists[split]
-        return encode_list(model, image_list, self.args.root, out_path, oversample=self.args.oversample,
-                           features=features, workers=self.args.workers, pipeline=self.args.pipeline,
-                           device=None if self.args.device == "auto" else self.args.device,
-                           attrs={"checkpoint": checkpoint, "checkpoint_sha1": sha1_file(checkpoint),
-                                  "dataset": self.preset.name, "split": split})
+    def plan(self, dry=False):
+        """The reproduction's job plan (reproduce.plan.Plan); dry: fetch nothing (--plan)."""
+        lists = self.prepare_lists()
+        weights = self.weights(dry)
+        jobs = DatasetGrid(self.grid_spec(), self.setup(lists, weights)).jobs()
+        return Plan(jobs, os.path.join(self.work, "jobs"))
 
-    def evaluate(self, method, bits, seed, codes, binary=True, out_dir=None):
-        """metrics.json + curves of query/database code files, with the dataset's protocol."""
-        out_dir = out_dir or os.path.join(self.out, "metrics", f"{method}_{bits}bits_seed{seed}")
-        if os.path.exists(os.path.join(out_dir, "metrics.json")):     # a finished evaluation
-            return read_record(os.path.join(out_dir, "metrics.json"))
-        arrays = []
-        for path in codes:
-            with h5py.File(path, "r") as f:
-                c = f["codes"][()]
-                arrays.append((np.where(c >= 0, 1, -1).astype(np.int8) if binary else c, f["labels"][()]))
-        doc = evaluate_method(method, self.preset.name, arrays[0][0], arrays[1][0], arrays[0][1],
-                              arrays[1][1], seed=seed, binary=binary, protocol=self.protocol,
-                              inputs={k: {"path": p, "sha1": sha1_file(p)} for k, p in zip(("query", "database"), codes)})
-        write_record(out_dir, doc, force=True)
-        self.log(f"{method} {bits} bits seed {seed}: MAP {doc['metrics']['map']:.4f}")
-        return doc
-
-    # ------------------------------------------------------------------------------ stages
     def run(self):
-        a = self.args
-        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.prepare()
-        os.makedirs(self.out, exist_ok=True)
-        self._write_run_json(started, finished=None)
-        chosen = self.sweep() if a.sweep else None
-        self.run_variants(chosen)
-        self.run_methods(chosen)
-        if a.baselines:
-            self.run_baselines()
-        records = collect_records([os.path.join(self.out, "metrics")])
-        written = build_comparison(self.preset.name, records, self.out, overwrite=True,
-                                   dataset_title=self.preset.title, paper=self.preset.paper)
-        self._write_run_json(started, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), chosen=chosen)
-        self.log("wrote " + ", ".join(os.path.relpath(p, self.out) for p in written) + f" in {self.out}")
-
-    def run_variants(self, chosen):
-        """Train every variant the requested ones need, encode, evaluate (Table 2's DHN-B ranks
-        the DHN run's codes without sign)."""
-        a = self.args
-        solver, loss = self.settings()
-        if chosen:
-            solver = dataclasses.replace(solver, base_lr=chosen["base_lr"])
-            loss = dataclasses.replace(loss, quant_weight=chosen["quant_weight"])
-        train_path = os.path.join(self.work, "lists_smoke" if a.smoke else "lists", "train.txt")
-        codes_dir = os.path.join(self.out, "codes")
-        trained = dict.fromkeys(VARIANTS[v].trained_as or v for v in a.variants)
-        for seed in a.seeds:
-            for bits in a.bits:
-                for name in trained:
-                    run_dir = os.path.join(self.work, "train", f"{name}_{bits}bits_seed{seed}")
-                    cfg = self.run_config(run_dir, train_path, bits, seed, solver, VARIANTS[name].loss(loss))
-                    final = self.run_training(cfg)
-                    codes = [self.encode(final, s, os.path.join(codes_dir, f"{name}_{bits}bits_seed{seed}_{s}.h5"))
-                             for s in ("query", "database")]
-                    for v in a.variants:
-                        if (VARIANTS[v].trained_as or v) == name:
-                            self.evaluate(VARIANTS[v].method, bits, seed, codes, binary=VARIANTS[v].binary)
-
-    def run_methods(self, chosen):
-        """Train, encode and evaluate every deep baseline (with --sweep: its own base_lr, chosen on
-        the validation split as DHN's; else the DHN solver's, the same for every method)."""
-        a = self.args
-        solver, loss = self.settings()
-        train_path = os.path.join(self.work, "lists_smoke" if a.smoke else "lists", "train.txt")
-        for name in a.methods:
-            method_solver = solver
-            if chosen:
-                method_solver = dataclasses.replace(solver, base_lr=self.sweep_method(name))
-            label, folder = canonical_method(name), name.replace("*", "-star")
-            for seed in a.seeds:
-                for bits in a.bits:
-                    run_dir = os.path.join(self.work, "train", f"{folder}_{bits}bits_seed{seed}")
-                    final = self.run_training(self.run_config(run_dir, train_path, bits, seed, method_solver,
-                                                              loss, method=name))
-                    codes = [self.encode(final, s, os.path.join(self.out, "codes", f"{folder}_{bits}bits_seed{seed}_{s}.h5"))
-                             for s in ("query", "database")]
-                    self.evaluate(label, bits, seed, codes)
-
-    def run_baselines(self):
-        """The shallow baselines, fitted on the fc7 features of the ImageNet network."""
-        a = self.args
-        features = [self.encode(self.weights, s, os.path.join(self.work, "features", f"{s}.h5"), features=True)
-                    for s in ("train", "query", "database")]
-        for seed in a.seeds:
-            todo = [(n, b) for n in a.baselines for b in a.bits if not os.path.exists(
-                os.path.join(self.out, "metrics", f"{n.upper()}_{b}bits_seed{seed}", "metrics.json"))]
-            for name, bits in todo:
-                doc = evaluate_baselines(self.preset.name, [name], [bits], features, seed=seed, log=self.log,
-                                         protocol=self.protocol)[0]
-                write_record(os.path.join(self.out, "metrics", f"{name.upper()}_{bits}bits_seed{seed}"), doc, force=True)
-
-    def _write_run_json(self, started, finished, chosen=None):
-        a = self.args
-        doc = {"identity": self.identity, "command": [sys.executable, "-m", f"reproduce.{self.preset.name}"] + sys.argv[1:],
-               "config": {k: v for k, v in vars(a).items()}, "seeds": a.seeds, "bits": a.bits,
-               "variants": a.variants, "baselines": a.baselines, "weights": self.weights,
-               "weights_sha1": sha1_file(self.weights), "work": self.work,
-               "lists": {k: {"path": v.source, "images": len(v)} for k, v in self.lists.items()},
-               "sweep_choice": chosen, "versions": versions(), "git_revision": git_revision(),
-               "started": started, "finished": finished}
-        write_text_atomic(os.path.join(self.out, "run.json"), json.dumps(doc, indent=2, default=str) + "\n")
+        if self.args.plan:
+            try:
+                plan = self.plan(dry=True)
+            except NotPrepared as e:
+                print(f"{e}: every job is pending; the plan is made once it is there")
+                return
+            plan_main(plan, self.args, self.log)
+            return
+        with writer_lock(self.out, "--out", self.log), writer_lock(self.work, "--work", self.log):
+            plan_main(self.plan(), self.args, self.log)
 
 
 def run_preset(preset, argv=None):

@@ -6,12 +6,15 @@ Multi-GPU / multi-node: `torchrun --nproc_per_node G -m reproduce.train ...` —
 the global batch (64, as in Caffe) and is split across the processes.
 """
 import argparse
+import contextlib
 import dataclasses
 import os
 
 from .checkpoint import load_checkpoint
 from .config import DataSettings, MethodSettings, ModelSettings, RunConfig
-from .engine import train
+from .data import check_images_exist
+from .engine import run_identity, train
+from .locks import writer_lock
 from .errors import BATCH_SIZE, NON_NEGATIVE, POSITIVE, WORKERS, ArgumentParser, UserError, number, run_cli
 from .lists import read_list
 from .losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
@@ -119,7 +122,13 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     ckpt = load_checkpoint(args.weights)
     cfg = config_from_args(args, ckpt)
-    final = train(cfg, ckpt=ckpt, resume=args.resume, progress=args.progress)
+    image_list = read_list(cfg.data.train_list, num_labels=cfg.data.num_labels)
+    check_images_exist(image_list, cfg.data.root)
+    identity = run_identity(cfg, image_list=image_list)
+    # One writer per run folder; under torchrun only rank 0 writes it (and holds the lock).
+    lock = writer_lock(cfg.out, "--out") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with lock:
+        final = train(cfg, ckpt=ckpt, resume=args.resume, progress=args.progress, identity=identity)
     if final:
         print(f"wrote {final}")
 

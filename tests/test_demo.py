@@ -2,13 +2,18 @@
 import json
 import os
 
+import pytest
+import torch
+
 from reproduce import demo
+from reproduce.errors import UserError
 from conftest import REPO
 
 
 def test_demo_runs_the_whole_chain(tmp_path, capsys):
-    demo.main(["--out", str(tmp_path), "--bits", "12", "--seeds", "0", "--max-iter", "300",
-               "--baselines", "lsh", "itq-cca", "--methods", "cnnh"])
+    argv = ["--out", str(tmp_path), "--work", str(tmp_path / "work"), "--bits", "12", "--seeds", "0",
+            "--max-iter", "300", "--baselines", "lsh", "itq-cca", "--methods", "cnnh"]
+    demo.main(argv)
     printed = capsys.readouterr().out
     assert "What this demo changes from the paper's setup" in printed
     for name in ("table1.md", "table1.csv", "table1.tex", "table2.md", "fig_a_precision_radius2.png",
@@ -21,7 +26,21 @@ def test_demo_runs_the_whole_chain(tmp_path, capsys):
     lsh = json.load(open(tmp_path / "metrics" / "LSH_12bits_seed0" / "metrics.json"))
     assert dhn["metrics"]["num_queries"] == 100 and dhn["metrics"]["num_database"] == 1697
     assert dhn["metrics"]["map"] > lsh["metrics"]["map"] + 0.2      # the learned codes beat random projections
-    assert dhn["inputs"]["training"]["last_loss"] < dhn["inputs"]["training"]["first_loss"]
+    final = tmp_path / "work" / "train" / "dhn_12bits_seed0" / "final.pth"
+    meta = torch.load(final, weights_only=True)["meta"]
+    assert meta["last_loss"] < meta["first_loss"]
+    assert "train/dhn_12bits_seed0" in dhn["identity"]["lineage"]       # the metrics know their model
+    # Built from the plan: a re-run finds every job done and changes nothing; --plan says so.
+    stamp = final.stat().st_mtime_ns
+    demo.main(argv)
+    assert final.stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    demo.main(argv + ["--plan"])
+    assert capsys.readouterr().out.splitlines()[-1].endswith("jobs: 32 done")
+    # Other settings into the same folders: refused before any work, saying what changed.
+    with pytest.raises(UserError, match=r"sweep/dhn_12bits/lr0.001: trained with max_iter 300, now 200"):
+        demo.main([a if a != "300" else "200" for a in argv])
+    assert final.stat().st_mtime_ns == stamp
 
 
 def test_committed_demo_output_is_complete():

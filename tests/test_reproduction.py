@@ -34,7 +34,7 @@ def test_cifar10_smoke_and_rerun(tmp_path, random_caffenet, monkeypatch):
     assert sorted(os.listdir(tmp_path / "res" / "metrics")) == [
         "DHN-B_12bits_seed0", "DHN_12bits_seed0", "DNNH_12bits_seed0", "ITQ_12bits_seed0", "LSH_12bits_seed0"]
     run = json.load(open(tmp_path / "res" / "run.json"))
-    assert run["identity"]["smoke"] and run["finished"] and run["versions"]["torch"]
+    assert run["config"]["smoke"] and run["finished"] and run["versions"]["torch"] and run["identity"]["hex"]
     assert run["lists"]["query"]["images"] == 8 and run["lists"]["database"]["images"] == 40
     table = open(tmp_path / "res" / "table1.md").read()
     assert "DHN" in table and "0.555" in table          # the paper's CIFAR-10 12-bit number beside ours
@@ -43,9 +43,12 @@ def test_cifar10_smoke_and_rerun(tmp_path, random_caffenet, monkeypatch):
     stamp = os.stat(final).st_mtime_ns
     cifar10.main(argv)
     assert os.stat(final).st_mtime_ns == stamp
-    # Another configuration into the same results folder is refused before anything runs.
-    with pytest.raises(UserError, match="written with another configuration .*base_lr"):
+    # Another configuration into the same folders is refused before anything runs, naming the
+    # first output and what changed.
+    with pytest.raises(UserError, match=r"work/train/dhn_12bits_seed0: trained with solver.base_lr 2e-05, now 0.1 "
+                                        r"\(\d+ more stale"):
         cifar10.main(argv + ["--base-lr", "0.1"])
+    assert os.stat(final).st_mtime_ns == stamp
 
 
 def test_nus_wide_smoke_from_authors_lists(tmp_path, random_caffenet):
@@ -63,7 +66,7 @@ def test_flickr_smoke_with_sweep(tmp_path, random_caffenet):
                                 "--num-images", "60", "--weights", random_caffenet, "--out", str(tmp_path / "res"),
                                 "--work", str(tmp_path / "work"), "--sweep", "--sweep-bits", "12",
                                 "--sweep-lrs", "1e-3", "--sweep-quant-weights", "0.1", "10"] + FAST)
-    sweep = json.load(open(tmp_path / "res" / "sweep.json"))
+    sweep = json.load(open(tmp_path / "res" / "sweep" / "dhn.json"))
     grid = [(r["base_lr"], r["quant_weight"]) for r in sweep["rows"] if not r["extended"]]
     assert grid == [(1e-3, 0.1), (1e-3, 10.0)]
     for r in sweep["rows"]:               # a best at an edge of λ extends λ alone (one lr: no edge)
@@ -74,6 +77,7 @@ def test_flickr_smoke_with_sweep(tmp_path, random_caffenet):
     # the validation split is carved out of the training list: no query image is in it
     query = set(open(tmp_path / "work" / "lists_smoke" / "query.txt").read().split("\n"))
     held_out = open(tmp_path / "work" / "sweep" / "lists" / "query.txt").read().split("\n")
+    assert "added: the best was at an edge" in open(tmp_path / "res" / "sweep.md").read()
     assert not query & set(filter(None, held_out))
 
 
@@ -151,9 +155,9 @@ def test_custom_dataset_smoke_with_its_own_numbers(tmp_path, random_caffenet):
     doc = json.load(open(tmp_path / "res" / "metrics" / "DHN_12bits_seed0" / "metrics.json"))
     assert doc["dataset"] == "shapes" and doc["conventions"]["topk"] == 20
     run = json.load(open(tmp_path / "res" / "run.json"))
-    assert run["identity"]["dataset"] == "shapes" and run["identity"]["protocol"]["topk"] == 20
-    # another configuration into the same folder is refused before anything runs
-    with pytest.raises(UserError, match="written with another configuration .*protocol"):
+    assert run["config"]["name"] == "shapes" and run["config"]["topk"] == 20
+    # another evaluation protocol into the same folder is refused before anything runs
+    with pytest.raises(UserError, match="metrics/DHN_12bits_seed0: evaluated with protocol.topk 20, now 30"):
         custom.main([a if a != "20" else "30" for a in argv])
     with pytest.raises(UserError, match="--name 'a b'"):
         custom.main(["--name" if a == "--name" else ("a b" if a == "shapes" else a) for a in argv])
