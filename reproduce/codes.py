@@ -77,6 +77,59 @@ class CodeFile:
         return onehot
 
 
+# What makes codes (or features) of one model comparable: written by reproduce.encode.
+ENCODING_ATTRS = ("checkpoint_sha1", "arch", "pipeline", "transform", "resize", "mean", "mean_file_sha1")
+
+
+def encoding_difference(files, what="codes"):
+    """None if the reproduce.encode files `files` ([(path, attrs)]) come from one checkpoint with
+    one pipeline, mean and crop; else one phrase naming both files and the first difference.
+    Files of other programs record none of these and are not compared."""
+    ours = [(p, a) for p, a in files if a.get("format") == ENCODE_FORMAT or "checkpoint_sha1" in a]
+    for (p1, a1), (p2, a2) in zip(ours, ours[1:]):
+        for key in ENCODING_ATTRS:
+            v1, v2 = a1.get(key), a2.get(key)
+            if not np.array_equal(np.asarray(v1, dtype=object), np.asarray(v2, dtype=object)):
+                return (f"{p1} and {p2}: {what} of different models or image pipelines ({key} "
+                        f"{_short(v1)} vs {_short(v2)})")
+    return None
+
+
+def _short(value):
+    text = str(value.tolist() if isinstance(value, np.ndarray) else value)
+    return text if len(text) <= 50 else text[:47] + "..."
+
+
+def code_paths(path):
+    """The image paths stored in a code file (reproduce.encode's `paths`), or None."""
+    if not h5py.is_hdf5(path):
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            d = f.get("paths")
+            if not isinstance(d, h5py.Dataset) or d.ndim != 1:
+                return None
+            return [p.decode("utf-8", "replace") if isinstance(p, bytes) else str(p) for p in d[()]]
+    except (OSError, ValueError):
+        return None
+
+
+def labels_by_path(list_path, paths, code_path):
+    """The labels of a list file in the order of a code file's `paths` (matched by path, not by
+    row); UserError naming the path the list lacks or holds twice."""
+    image_list = read_list(list_path)
+    row = {}
+    for i, p in enumerate(image_list.paths):
+        if p in row:
+            raise UserError(f"{image_list.where(i)}: {p} is listed twice; its labels for {code_path} "
+                            "would be ambiguous")
+        row[p] = i
+    missing = next((p for p in paths if p not in row), None)
+    if missing is not None:
+        raise UserError(f"{list_path}: has no line for {missing}, an image of {code_path}")
+    return image_list.labels[[row[p] for p in paths]]
+
+
 def _text(value):
     value = value.decode() if isinstance(value, bytes) else value
     return value.item() if isinstance(value, np.generic) else value
@@ -125,11 +178,22 @@ def _pick(shapes, key, candidates, path, what, option):
     return found
 
 
-def _sample_count(codes_shape, labels, path):
+def _label_orientation(labels, n, orientation, codes_shape):
+    """A square label matrix (as many classes as items) is stored as the codes are: the stated
+    orientation, else the one the codes' shape shows; any other label matrix tells by itself."""
+    if labels.shape[0] != labels.shape[1] or orientation is not None:
+        return orientation
+    a, b = codes_shape
+    return "NxK" if a == n != b else "KxN" if b == n != a else None
+
+
+def _sample_count(codes_shape, labels, path, orientation=None):
     """N: the labels' sample count (a vector's length; of a matrix, the dimension shared with the
-    codes, the larger one if both are)."""
+    codes — the stated orientation's if both are, the larger one if the codes are not square)."""
     if labels.ndim == 1:
         return labels.shape[0]
+    if orientation is not None:
+        return codes_shape[0] if orientation == "NxK" else codes_shape[1]
     shared = {labels.shape[0], labels.shape[1]} & set(codes_shape)
     if not shared:
         raise UserError(f"{path}: codes are {codes_shape[0]} x {codes_shape[1]} and labels "
@@ -137,14 +201,27 @@ def _sample_count(codes_shape, labels, path):
     return max(shared)
 
 
-def _orient(matrix, n, path, what):
-    """(matrix as N x D, orientation text); n None: the larger dimension is N."""
+ORIENTATIONS = ("NxK", "KxN")     # --orientation: samples x bits (rows are items) or bits x samples
+
+
+def _orient(matrix, n, path, what, orientation=None):
+    """(matrix as N x D, orientation text); n None: the larger dimension is N. A square matrix
+    (as many bits, or classes, as items) cannot tell: `orientation` (NxK, KxN) must say it."""
     a, b = matrix.shape
+    if orientation is not None:
+        matrix, text = (matrix, "N x K (given)") if orientation == "NxK" else (matrix.T, "K x N, transposed (given)")
+        if n is not None and matrix.shape[0] != n:
+            raise UserError(f"{path}: {what} read as {text} are {matrix.shape[0]} x {matrix.shape[1]}, "
+                            f"but there are {n} samples (labels)")
+        return matrix, text
+    if a == b and (n is None or a == n):
+        raise UserError(f"{path}: {what} are {a} x {b}: the samples could be the rows or the columns; "
+                        "say which with --orientation NxK (rows) or KxN (columns)")
     if n is None:
-        return (matrix, "N x K (assumed: more rows than columns)") if a >= b else \
+        return (matrix, "N x K (assumed: more rows than columns)") if a > b else \
             (matrix.T, "K x N, transposed (assumed: more columns than rows)")
     if a == n:
-        return matrix, "N x K" + (" (square: rows assumed)" if b == n else "")
+        return matrix, "N x K"
     if b == n:
         return matrix.T, "K x N, transposed"
     raise UserError(f"{path}: {what} are {a} x {b}, but there are {n} samples (labels)")
@@ -186,7 +263,7 @@ def read_external_labels(path):
     return labels
 
 
-def _oriented_labels(labels, codes_shape, path):
+def _oriented_labels(labels, codes_shape, path, orientation=None):
     """External or stored labels checked and oriented to (N, C) / (N,); returns (labels, N or None)."""
     if labels is None:
         return None, None
@@ -196,9 +273,9 @@ def _oriented_labels(labels, codes_shape, path):
                         f"{labels.dtype} {labels.shape}")
     if labels.ndim == 2 and 1 in labels.shape and 1 not in codes_shape:
         labels = labels.reshape(-1)   # MATLAB class vectors are 1 x N or N x 1 (N > 1 codes)
-    n = _sample_count(codes_shape, labels, path)
+    n = _sample_count(codes_shape, labels, path, orientation)
     if labels.ndim == 2:
-        labels = _orient(labels, n, path, "labels")[0]
+        labels = _orient(labels, n, path, "labels", _label_orientation(labels, n, orientation, codes_shape))[0]
     return _check_labels(labels, path), n
 
 
@@ -227,10 +304,11 @@ def _unpacked_float32(codes, fmt, bits, path):
 
 
 def read_codes(path, codes_key=None, labels_key=None, labels=None, bits=None,
-               key_option="--query-codes-key / --database-codes-key"):
+               key_option="--query-codes-key / --database-codes-key", orientation=None):
     """Read and orient one code file (see the module docstring). labels: an external (N, C) or
     (N,) array that replaces the file's; bits: K of packed uint8 codes (default 8 x bytes);
-    key_option: the command's option that names the codes variable (None: it has none)."""
+    key_option: the command's option that names the codes variable (None: it has none);
+    orientation: NxK or KxN for a file whose shape cannot tell (as many bits as items)."""
     path = os.fspath(path)
     fmt, shapes, load, attrs = _open(path)
     ckey = None if fmt == "npy" else _pick(shapes, codes_key, CODE_KEYS, path, "codes", key_option)
@@ -246,13 +324,15 @@ def read_codes(path, codes_key=None, labels_key=None, labels=None, bits=None,
         raise UserError(f"{path}: codes must be a numeric matrix, got {codes.dtype} {codes.shape}")
     if codes.size == 0:
         raise UserError(f"{path}: the code set is empty ({codes.shape[0]} x {codes.shape[1]})")
-    labels, n = _oriented_labels(labels, codes.shape, path)
+    if fmt == "reproduce.encode":      # written N x K by reproduce.encode
+        orientation = "NxK"
+    labels, n = _oriented_labels(labels, codes.shape, path, orientation)
     if fmt == "reproduce.encode":
         orientation = "N x K"
         if labels is not None and labels.shape[0] != codes.shape[0]:
             raise UserError(f"{path}: {codes.shape[0]} codes but {labels.shape[0]} label rows")
     else:
-        codes, orientation = _orient(codes, n, path, "codes")
+        codes, orientation = _orient(codes, n, path, "codes", orientation)
     codes, packed = _unpacked_float32(codes, fmt, bits, path)
     encoded = fmt == "reproduce.encode"     # tanh outputs: always the sign rule, 0 -> +1
     binary01 = not encoded and bool(((codes == 0) | (codes == 1)).all())

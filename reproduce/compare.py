@@ -17,16 +17,18 @@ writes them). Then `--out` receives table1/table2 (.md .csv .tex) and the three 
 (.png .pdf). `build_comparison` is the core the per-dataset commands call.
 """
 import os
-import sys
 
 from .baselines import BASELINES
-from .comparison import (FROM_PRESET, check_dataset_name, comparison_outputs, dataset_protocol, evaluate_baselines, evaluate_method,
-                         load_import, method_dir, parse_baseline_options, read_labels, write_comparison)
+from .codes import ORIENTATIONS
+from .comparison import (FROM_PRESET, check_dataset_name, check_same_source, comparison_outputs, dataset_protocol,
+                         evaluate_baselines, evaluate_method, load_import, method_dir, parse_baseline_options,
+                         read_labels, write_comparison)
 from .errors import NON_NEGATIVE, ArgumentParser, UserError, run_cli
 from .fileio import staged_outputs
 from .nets import BITS
 from .figures import default_curve_bits
-from .paper import PAPER_BITS, PAPER_DATASETS, read_paper_numbers
+from .locks import remove_leftovers, writer_lock
+from .paper import PAPER_BITS, PAPER_DATASETS, canonical_method, read_paper_numbers
 from .records import check_records, collect_records, topk_option, write_record
 
 
@@ -65,6 +67,11 @@ def get_args_parser():
                    help="bit length of figures (b)/(c) (default: the paper's 48 when present, "
                         "else the largest)")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the baselines' randomness (default 0)")
+    p.add_argument("--orientation", choices=ORIENTATIONS, default=None,
+                   help="NxK or KxN: for an imported code file with as many bits as items")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="accept query and database codes (or --features) of different checkpoints, "
+                        "pipelines, means or crops (recorded in metrics.json); refused otherwise")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     return p
 
@@ -98,6 +105,30 @@ def _plan(args, records):
     return bits_list, folders, curve_bits
 
 
+PROTOCOL_KEYS = ("topk", "zero_hit", "ties", "radius")
+
+
+def _check_protocol(record, protocol, dataset):
+    """A run evaluated with other conventions than the table's protocol is refused: its number
+    would stand beside the others as if it were comparable."""
+    conv = record["conventions"]
+    for key in PROTOCOL_KEYS:
+        if key in conv and conv[key] != protocol[key]:
+            raise UserError(f"{record['path']}: evaluated with {key}={conv[key]!r}, but the {dataset} "
+                            f"protocol here is {key}={protocol[key]!r}; evaluate it again with the table's "
+                            "protocol (reproduce.evaluate --topk/--zero-hit/--ties/--radius, or --topk here)")
+
+
+def _check_import_names(imports, records):
+    """An imported method named like a run's method would be averaged in as another seed."""
+    have = {r["method"] for r in records}
+    for spec in imports:
+        name = canonical_method(spec.split(":", 1)[0].strip())
+        if name in have:
+            raise UserError(f"--import {spec}: the runs already hold {name}; give the import another "
+                            f"name (e.g. {name}-imported:{spec.split(':', 1)[1] if ':' in spec else '...'})")
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.baselines and not args.features:
@@ -108,9 +139,10 @@ def main(argv=None):
     paper = read_paper_numbers(args.paper_numbers, args.dataset) if args.paper_numbers else None
     records = check_records(collect_records(args.runs), args.dataset) if args.runs else []
     for r in records:
-        if r["conventions"].get("topk", protocol["topk"]) != protocol["topk"]:
-            print(f"note: {r['path']}: evaluated with topk={r['conventions']['topk']}, the "
-                  f"{args.dataset} protocol is topk={protocol['topk']}", file=sys.stderr)
+        _check_protocol(r, protocol, args.dataset)
+    _check_import_names(args.imports, records)
+    if args.features:
+        check_same_source(args.features, "features", args.allow_mixed)
     bits_list, folders, curve_bits = _plan(args, records)
     # Results of an earlier compare in the methods folders made again now are replaced.
     redo = {os.path.realpath(f) for f in folders}
@@ -123,14 +155,21 @@ def main(argv=None):
         labels = [read_labels(p) for p in args.features[1:]]
     docs = []
     for spec in args.imports:
-        name, bits, ((qc, ql), (dc, dl)), inputs = load_import(spec, args.sign, labels)
+        name, bits, ((qc, ql), (dc, dl)), inputs = load_import(spec, args.sign, labels, args.orientation,
+                                                               args.allow_mixed)
         docs.append(evaluate_method(name, args.dataset, qc, dc, ql, dl, inputs=inputs, protocol=protocol))
         print(f"{name} {bits} bits: MAP {docs[-1]['metrics']['map']:.4f}")
     if args.baselines:
         docs += evaluate_baselines(args.dataset, args.baselines, bits_list, args.features, args.seed,
                                    parse_baseline_options(args.baseline_option), protocol=protocol)
     # Every output (methods/*, tables, figures) is written into one staging folder and moved
-    # into place together: a failure at any point leaves --out as it was.
+    # into place together: a failure at any point leaves --out as it was. One writer at a time.
+    with writer_lock(args.out, "--out"):
+        remove_leftovers([args.out])          # what a killed compare left is never read
+        _write_outputs(args, folders, docs, records, curve_bits, paper)
+
+
+def _write_outputs(args, folders, docs, records, curve_bits, paper):
     with staged_outputs(args.out) as stage:
         for folder, doc in zip(folders, docs):
             rel = os.path.relpath(folder, args.out)

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from .baselines import make_baseline
-from .codes import read_codes, read_external_labels
+from .codes import encoding_difference, read_codes, read_external_labels
 from .errors import FLOAT32_MAX, UserError
 from .fileio import require_file, sha1_file, staged_outputs
 from .figures import default_curve_bits, figure_names, write_figures
@@ -136,9 +136,28 @@ def read_labels(path):
     return read_external_labels(path)
 
 
-def load_import(spec, sign=False, labels=None):
+def check_same_source(paths, what, allow_mixed=False):
+    """UserError unless the reproduce.encode files `paths` come from one checkpoint, pipeline,
+    mean and crop (codes.encoding_difference); with allow_mixed the difference is returned."""
+    attrs = []
+    for p in paths:
+        if os.path.isfile(p) and h5py.is_hdf5(p):
+            try:
+                with h5py.File(p, "r") as f:
+                    attrs.append((p, {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}))
+            except (OSError, ValueError) as e:
+                raise UserError(f"{p}: not a readable HDF5 file ({e})") from None
+    mixed = encoding_difference(attrs, what)
+    if mixed and not allow_mixed:
+        raise UserError(f"{mixed}; pass --allow-mixed to use them together anyway")
+    return mixed
+
+
+def load_import(spec, sign=False, labels=None, orientation=None, allow_mixed=False):
     """`NAME:BITS:QUERY_CODES:DB_CODES` -> (name, bits, [query, database] as (codes (N, K) int8,
-    labels (N, C) uint8), inputs). Labels: the code file's own, else labels[0] / labels[1]."""
+    labels (N, C) uint8), inputs). Labels: the code file's own, else labels[0] / labels[1].
+    Query and database codes of different models (reproduce.encode files) are refused unless
+    allow_mixed."""
     parts = spec.split(":", 3)
     if len(parts) != 4 or not parts[0].strip() or not parts[1].isdigit() or int(parts[1]) < 1:
         raise UserError(f"--import {spec}: expected NAME:BITS:QUERY_CODES:DB_CODES with BITS a "
@@ -148,12 +167,12 @@ def load_import(spec, sign=False, labels=None):
     name, bits, paths = parts[0], int(parts[1]), parts[2:]
     files = []
     for which, path in enumerate(paths):
-        f = read_codes(path, key_option=None)
+        f = read_codes(path, key_option=None, orientation=orientation)
         if f.labels is None:
             if labels is None:
                 raise UserError(f"{path}: holds no labels; give them with --labels QUERY DB "
                                 "(or --features TRAIN QUERY DB)")
-            f = read_codes(path, labels=labels[which], key_option=None)
+            f = read_codes(path, labels=labels[which], key_option=None, orientation=orientation)
         if f.codes.shape[1] != bits:
             raise UserError(f"{path}: codes of {f.codes.shape[1]} bits, but --import says {name} "
                             f"has {bits}")
@@ -166,6 +185,11 @@ def load_import(spec, sign=False, labels=None):
         raise UserError(f"{paths[0]}: labels have {sets[0][1].shape[1]} classes, but {paths[1]} "
                         f"labels have {sets[1][1].shape[1]}")
     inputs = {w: dict(f.info, sha1=sha1_file(f.path)) for w, f in zip(("query", "database"), files)}
+    mixed = encoding_difference([(f.path, f.attrs) for f in files])
+    if mixed and not allow_mixed:
+        raise UserError(f"--import {spec}: {mixed}; pass --allow-mixed to evaluate them together anyway")
+    if mixed:
+        inputs["mixed"] = mixed
     return name, bits, sets, inputs
 
 

@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 
+from . import identity as ids
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import check_images_exist
 from .encoding import PIPELINES, encode_list
@@ -35,6 +36,7 @@ from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR
 from .errors import BATCH_SIZE, WORKERS, ArgumentParser, UserError, run_cli
 from .fileio import check_output_file, sha1_file
 from .lists import read_list
+from .locks import file_lock, remove_leftovers
 from .transforms import MEAN_VALUE, format_mean, load_mean_file, parse_mean_value
 
 
@@ -71,6 +73,18 @@ def get_args_parser():
     return p
 
 
+def encode_identity(args, ckpt, image_list):
+    """What the output is made from: the checkpoint (the identity its training recorded, else its
+    sha1), the list and its images, and the pipeline's settings."""
+    model = ids.checked(ckpt.get("meta", {}).get("identity")) or ids.file_identity("checkpoint", args.checkpoint)
+    inputs = {"checkpoint": model, "list": ids.images_identity("list", image_list, args.root)}
+    if args.mean_file:
+        inputs["mean_file"] = ids.file_identity("mean_file", args.mean_file)
+    settings = {"pipeline": args.pipeline, "oversample": args.oversample, "features": args.features,
+                "mean": args.mean}
+    return ids.make_identity("encode", "encode", settings, inputs)
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     # Cheap checks first: output, options, mean, list, images; then the (large) checkpoint.
@@ -90,9 +104,12 @@ def main(argv=None):
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint)
     attrs.update(checkpoint=os.path.abspath(args.checkpoint), checkpoint_sha1=sha1_file(args.checkpoint))
-    encode_list(model, image_list, args.root, args.out, batch_size=args.batch_size,
-                oversample=args.oversample, features=args.features, mean=mean, workers=args.workers,
-                device=args.device, attrs=attrs, overwrite=args.force, pipeline=args.pipeline)
+    attrs["identity"] = ids.to_attr(encode_identity(args, ckpt, image_list))
+    with file_lock(args.out, "--out"):            # one writer of this file at a time
+        remove_leftovers([args.out])
+        encode_list(model, image_list, args.root, args.out, batch_size=args.batch_size,
+                    oversample=args.oversample, features=args.features, mean=mean, workers=args.workers,
+                    device=args.device, attrs=attrs, overwrite=args.force, pipeline=args.pipeline)
     print(f"wrote {args.out}: {len(image_list)} images, "
           + ", ".join(k for k, on in (("codes", model.has_codes), ("features", args.features)) if on))
 

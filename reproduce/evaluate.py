@@ -14,7 +14,10 @@ The accepted code files (this package's .h5, MATLAB .mat, .h5, .npz, .npy; codes
 """
 import argparse
 
-from .codes import LABEL_KEYS, read_codes, read_external_labels
+from . import identity as ids
+from .codes import (LABEL_KEYS, ORIENTATIONS, code_paths, encoding_difference, labels_by_path, read_codes,
+                    read_external_labels)
+from .locks import remove_leftovers, writer_lock
 from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, run_cli
 from .nets import BITS
 from .fileio import sha1_file
@@ -54,6 +57,11 @@ def get_args_parser():
                        help=f"{who} labels from a list file or .npy (default: from the code file)")
         p.add_argument(f"--{who}-codes-key", default=None, help=f"variable holding the {who} codes")
         p.add_argument(f"--{who}-labels-key", default=None, help=f"variable holding the {who} labels")
+    p.add_argument("--orientation", choices=ORIENTATIONS, default=None,
+                   help="NxK (rows are the items) or KxN: for a foreign code file with as many bits as items")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="evaluate query and database codes of different checkpoints, pipelines, means or "
+                        "crops (recorded in metrics.json); refused otherwise")
     p.add_argument("--method", default=None, help="method name (default: the file's 'method' attribute)")
     p.add_argument("--dataset", default=None, help="dataset name (default: the file's 'dataset' attribute)")
     p.add_argument("--seed", type=NON_NEGATIVE, default=None, help="run seed (default: the file's 'seed' attribute)")
@@ -72,6 +80,18 @@ def _attr(files, *names):
     return None
 
 
+def external_labels(source, code_path):
+    """--query-labels / --database-labels: a list file's labels matched to the code file's images
+    by path when it stores them (reproduce.encode's files do), else by row; or a .npy array."""
+    paths = None if str(source).lower().endswith(".npy") else code_paths(code_path)
+    return read_external_labels(source) if paths is None else labels_by_path(source, paths, code_path)
+
+
+def codes_identity(f, who):
+    """What a code file was made from: the identity its encoding recorded, else its content."""
+    return ids.from_attr(f.attrs.get("identity")) or ids.file_identity(who, f.path)
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if (args.topk is not None and args.topk < 1) or args.radius < 0 or min(args.ns) < 1:
@@ -83,7 +103,8 @@ def main(argv=None):
     for who, path in (("query", args.query), ("database", args.database)):
         ext = getattr(args, f"{who}_labels")
         f = read_codes(path, getattr(args, f"{who}_codes_key"), getattr(args, f"{who}_labels_key"),
-                       labels=None if ext is None else read_external_labels(ext), bits=args.bits)
+                       labels=None if ext is None else external_labels(ext, path), bits=args.bits,
+                       orientation=args.orientation)
         if f.labels is None:
             raise UserError(f"{path}: no labels found (looked for {', '.join(LABEL_KEYS)}); give "
                             f"them with --{who}-labels")
@@ -93,6 +114,9 @@ def main(argv=None):
     if q.codes.shape[1] != d.codes.shape[1]:
         raise UserError(f"{q.path}: {q.codes.shape[1]}-bit codes, but {d.path} has "
                         f"{d.codes.shape[1]}-bit codes")
+    mixed = encoding_difference([(q.path, q.attrs), (d.path, d.attrs)])
+    if mixed and not args.allow_mixed:
+        raise UserError(f"{mixed}; pass --allow-mixed to evaluate them together anyway")
     width = None
     if q.labels.ndim == 1 and d.labels.ndim == 1:
         width = int(max(q.labels.max(), d.labels.max())) + 1
@@ -112,10 +136,15 @@ def main(argv=None):
                           protocol(args.topk, args.ties, args.zero_hit, args.radius, args.ns),
                           seed=None if seed is None else int(seed), binary=not args.continuous,
                           inputs={"query": dict(q.info, sha1=sha1_file(q.path)),
-                                  "database": dict(d.info, sha1=sha1_file(d.path))},
+                                  "database": dict(d.info, sha1=sha1_file(d.path)),
+                                  **({"mixed": mixed} if mixed else {})},
                           where=f"{q.path}, {d.path}")
+    doc["identity"] = ids.make_identity("evaluate", "evaluate", dict(doc["conventions"], method=doc["method"]),
+                                        {who: codes_identity(f, who) for who, f in (("query", q), ("database", d))})
     metrics = doc["metrics"]
-    written = write_record(args.out, doc, force=args.force)
+    with writer_lock(args.out, "--out"):
+        remove_leftovers([args.out])
+        written = write_record(args.out, doc, force=args.force)
     at = f"@{args.topk}" if args.topk else ""
     print(f"MAP{at} {metrics['map']:.4f} ({metrics['map_queries_counted']} of "
           f"{metrics['num_queries']} queries counted; {metrics['num_database']} database items, "

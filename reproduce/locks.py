@@ -2,12 +2,11 @@
 of what a killed writer left behind.
 
 `writer_lock(folder)` holds an exclusive POSIX record lock (fcntl.lockf, which NFS locks too) on
-`<folder>/.lock` for as long as the command writes there. The kernel releases it when the
-process ends, however it ends (kill -9 included), so a lock is never left held by a dead
-process; the file itself stays (removing it would let a third writer lock a new file while a
-second still holds the old one) and says who holds it: PID, host and since when. A second
-writer stops with one line naming the holder; a writer that finds the notes of a process that
-is gone (it was killed) takes the lock over and says so in one line.
+`<folder>/.lock` for as long as the command writes there; the file says who holds it: PID, host
+and since when, and is removed when the writer is done. The kernel releases the lock when the
+process ends, however it ends (kill -9 included), so a lock is never left held by a dead process:
+a second writer stops with one line naming a live holder, and a writer that finds the file of a
+process that is gone (it was killed) takes the lock over and says so in one line.
 
 A writer killed mid-way leaves its temporary files (`.tmp-<name>-*`, reproduce.fileio
 atomic_output) and staging folders (`.staging-*`, staged_outputs). Readers never read them (they
@@ -57,33 +56,52 @@ def writer_lock(folder, what=None, log=None, lock_name=LOCK_NAME):
     created = _first_missing(folder)
     make_folder(folder, what)
     path = os.path.join(folder, lock_name)
+    fd = _acquire(path, what or folder)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise UserError(f"{what or folder}: cannot create its lock file {path} ({e.strerror})") from None
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EAGAIN):
-                raise UserError(f"{path}: cannot lock ({e.strerror})") from None
-            raise UserError(f"{what or folder}: in use by {_holder_text(_read_notes(fd))}; wait "
-                            "for it to finish or stop it (one writer at a time)") from None
         previous = _read_notes(fd)
         if previous and previous.get("pid") != os.getpid():
             (log or _note)(f"note: {folder}: took over from {_holder_text(previous)}, which is "
                            "no longer running (it was stopped or killed)")
         notes = {"pid": os.getpid(), "host": socket.gethostname(),
-                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv[:1] + sys.argv[1:4])}
+                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv[:4])}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(notes) + "\n").encode(), 0)
         try:
             yield path
         finally:
-            os.ftruncate(fd, 0)            # released: the next writer finds no notes to report
-            _remove_if_unused(created, folder, path)
+            # Removed while still held: a process that opened it meanwhile finds, once it gets
+            # the lock, that the name no longer leads to it, and starts again (_acquire).
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            _remove_if_unused(created, folder)
     finally:
         os.close(fd)                       # closing releases the lock
+
+
+def _acquire(path, what):
+    """An open descriptor of `path` holding its exclusive lock, the file being the one the name
+    leads to (not one removed by its last holder meanwhile)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(f"{what}: cannot create its lock file {path} ({e.strerror})") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            notes = _read_notes(fd)
+            os.close(fd)
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise UserError(f"{path}: cannot lock ({e.strerror})") from None
+            raise UserError(f"{what}: in use by {_holder_text(notes)}; wait for it to finish or "
+                            "stop it (one writer at a time)") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
 
 
 def _first_missing(folder):
@@ -94,15 +112,12 @@ def _first_missing(folder):
     return missing
 
 
-def _remove_if_unused(created, folder, lock_path):
+def _remove_if_unused(created, folder):
     """A command that stopped before writing anything leaves no folder behind: the folders this
-    lock created are removed again when they hold nothing but the lock file."""
+    lock created are removed again when they are empty."""
     if created is None:
         return
     try:
-        if os.listdir(folder) != [os.path.basename(lock_path)]:
-            return
-        os.remove(lock_path)
         folder = os.path.abspath(folder)
         while True:
             os.rmdir(folder)

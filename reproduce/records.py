@@ -184,7 +184,8 @@ def collect_records(paths):
         elif os.path.isdir(p):
             found = []
             for root, dirs, names in os.walk(p):
-                dirs.sort()
+                # hidden folders are a killed writer's staging folders (.staging-*), never results
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 if METRICS_FILE in names:
                     found.append(os.path.join(root, METRICS_FILE))
             if not found:

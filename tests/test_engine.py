@@ -209,7 +209,7 @@ def test_train_command_decreases_the_loss(random_caffenet, tmp_path):
     train.main(["--train-list", list_path, "--root", root, "--weights", random_caffenet, "--bits", "12",
                 "--out", out, "--batch-size", "8", "--max-iter", "10", "--snapshot", "5", "--display", "1",
                 "--base-lr", "0.0002", "--dropout", "0", "--workers", "0", "--quiet", "--keep-snapshots", "1"])
-    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == ["config.json", "final.pth", "log.jsonl", "snapshot_iter_10.pth",
+    assert sorted(os.listdir(out)) == ["config.json", "final.pth", "log.jsonl", "snapshot_iter_10.pth",
                                        "train_cache.h5"]
     log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
     assert set(log[0]) >= {"iteration", "lr", "total", "pair_loss", "quantization_loss",
