@@ -201,11 +201,12 @@ class Reproduction:
     def settings(self):
         """(SolverSettings, LossSettings) of every run: the preset with the command's overrides."""
         a = self.args
-        given = {"max_iter": a.max_iter, "batch_size": a.batch_size, "base_lr": a.base_lr}
-        if a.smoke:
-            given.update(max_iter=SMOKE["max_iter"], batch_size=SMOKE["batch_size"],
-                         snapshot=SMOKE["max_iter"], display=1)
-        solver = dataclasses.replace(PRESETS[a.preset], **{k: v for k, v in given.items() if v is not None})
+        given = dict(max_iter=SMOKE["max_iter"], batch_size=SMOKE["batch_size"], snapshot=SMOKE["max_iter"],
+                     display=1) if a.smoke else {}
+        # an option given explicitly wins over the preset and over --smoke's sizes
+        given.update({k: v for k, v in (("max_iter", a.max_iter), ("batch_size", a.batch_size),
+                                         ("base_lr", a.base_lr)) if v is not None})
+        solver = dataclasses.replace(PRESETS[a.preset], **given)
         loss = LOSS_PRESETS[a.preset]
         if a.quant_weight is not None:
             loss = dataclasses.replace(loss, quant_weight=a.quant_weight)
