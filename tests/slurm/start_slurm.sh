@@ -21,7 +21,6 @@
 # the whole node's memory and jobs run one at a time (NOTES.md).
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")" && pwd)
 state=${REPRODUCE_SLURM_STATE:-${XDG_CACHE_HOME:-$HOME/.cache}/reproduce-dhn/slurm}
 cpus=${REPRODUCE_SLURM_CPUS:-4}
 partition=debug
@@ -66,6 +65,7 @@ for p in slurm-wlm munge; do
 done
 if [ -n "$missing" ]; then
   say "installing Debian packages:$missing (log: $state/log/apt.log)"
+  # shellcheck disable=SC2086  # $missing is a list of package names, split on purpose
   { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $missing; } > "$state/log/apt.log" 2>&1 \
     || fail "apt-get could not install:$missing (log: $state/log/apt.log)"
 fi
