@@ -22,6 +22,7 @@ setup(
         "numba>=0.58",               # compiled O(N) Hamming-ranking kernels in reproduce.metrics
         "threadpoolctl>=3",          # KSH's descent runs single-threaded (speed, same rounding everywhere)
         "scikit-learn>=1.2",         # only for the offline demo's dataset (handwritten digits)
+        "submitit>=1.5",             # the SLURM executor: each job of a job plan as a SLURM job (pure Python)
     ],
     extras_require={
         # OpenCV 4.x is the independent reference for Caffe's forward pass and image pipeline in
