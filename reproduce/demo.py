@@ -29,11 +29,11 @@ from .comparison import evaluate_method, write_comparison
 from .config import VARIANTS
 from .data import BatchOrder
 from .datasets.common import sample_per_label
-from .engine import fit
+from .engine import NonFiniteLoss, fit
 from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, run_cli
 from .fileio import atomic_output, staged_outputs, write_text_atomic
 from .figures import default_curve_bits
-from .grid import GridBuilder, GridSpec, SweepSpec, make_sweep_job, run_name
+from .grid import GridBuilder, GridSpec, SweepSpec, make_sweep_job, run_name, write_diverged
 from .jobs import require_identity, sweep_markdown
 from .locks import writer_lock
 from .losses import LossSettings
@@ -41,7 +41,8 @@ from .methods import DEEP_METHODS, make_method
 from .metrics import mean_average_precision
 from .nets import BITS
 from .paper import PAPER_BITS, canonical_method
-from .plan import Job, Plan, plan_main
+from .executors import add_arguments as add_executor_arguments, plan_main
+from .plan import Job, Plan
 from .provenance import git_revision, versions
 from .records import check_records, protocol, read_record, write_record
 from .solver import SolverSettings, caffe_param_groups
@@ -228,7 +229,10 @@ def demo_trial(identity, trained, bits, max_iter, base_lr, quant_weight, out):
     x, labels, split = load_digits_split()
     train = split["train"]
     val, rest = validation_split(labels, train)
-    model, _ = _train(trained, x, labels, train[rest], bits, 0, max_iter, base_lr)
+    try:
+        model, _ = _train(trained, x, labels, train[rest], bits, 0, max_iter, base_lr)
+    except NonFiniteLoss as e:
+        return write_diverged(os.path.join(out, "metrics.json"), identity, e)
     with torch.no_grad():
         b = np.where(model.codes(torch.from_numpy(x[train])).numpy() >= 0, 1, -1).astype(np.int8)
     score = mean_average_precision(b[val], b[rest], labels[train][val], labels[train][rest])
@@ -356,6 +360,7 @@ def get_args_parser():
     p.add_argument("--plan", action="store_true", help="print every job with its state and output; run nothing")
     p.add_argument("--rerun-stale", action="store_true",
                    help="recompute outputs made with other settings (and what depends on them) instead of stopping")
+    add_executor_arguments(p)
     return p
 
 

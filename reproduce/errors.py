@@ -14,7 +14,9 @@ import sys
 
 
 class UserError(Exception):
-    """A problem with the user's input; the message is a single line shown as is."""
+    """A problem with the user's input; the message is a single line shown as is. run_cli exits
+    with `exit_code` (2; 1 for a plan whose jobs failed, reproduce.executors.JobsFailed)."""
+    exit_code = 2
 
 
 class Terminated(BaseException):
@@ -199,7 +201,7 @@ def run_cli(main, argv=None):
         if _MAIN["signal"] is None:
             _close_progress_bars()          # an image found undecodable mid-run: the line stands alone
             print(f"error: {printable(str(e))}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(e.exit_code)
         _exit_on_signal()
     except (KeyboardInterrupt, Terminated):
         _MAIN["signal"] = _MAIN["signal"] or signal.SIGINT

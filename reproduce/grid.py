@@ -20,6 +20,7 @@ trainings it applies to depend on it and read the choice when they run.
 """
 import dataclasses
 import json
+import math
 import os
 
 from . import identity as ids
@@ -237,11 +238,22 @@ def make_sweep_job(unit, trials, template, out):
 
 
 def trial_map(job):
-    """The validation MAP of a trial, running it first unless its metrics.json has its identity."""
+    """The validation MAP of a trial, running it first unless its metrics.json has its identity;
+    None for a trial whose training diverged (`write_diverged`)."""
     found = recorded_identity(job.stamp)
     if not (isinstance(found, dict) and found["hex"] == job.identity["hex"]):
         call(job)
+    with open(job.stamp, encoding="utf-8") as f:
+        if json.load(f).get("diverged"):
+            return None
     return read_record(job.stamp)["map"]
+
+
+def write_diverged(path, identity, error):
+    """A trial whose loss became NaN or infinite: a result of the sweep (that value is too large),
+    not a failure of the command. Recorded with MAP null; the search ranks it below every MAP."""
+    doc = {"identity": identity, "diverged": str(error), "metrics": {"map": None}}
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
 def run_sweep(identity, unit, template, out):
@@ -254,18 +266,18 @@ def run_sweep(identity, unit, template, out):
     def score(lr, qw):
         if (lr, qw) not in scores:
             scores[lr, qw] = trial_map(make_trial(template, unit, lr, qw))
-        return scores[lr, qw]
+        return -math.inf if scores[lr, qw] is None else scores[lr, qw]   # diverged: the worst
 
     grid = [(lr, qw) for lr in unit["lrs"] for qw in unit["quant_weights"]]
     for lr, qw in grid:
         score(lr, qw)
-    best_lr, best_qw = max(grid, key=lambda k: scores[k])
+    best_lr, best_qw = max(grid, key=lambda k: score(*k))
     best_lr, _ = search(unit["lrs"], lambda lr: score(lr, best_qw), tuple(unit["lr_limits"]))
     if best_qw is not None:
         best_qw, _ = search(unit["quant_weights"], lambda qw: score(best_lr, qw),
                             tuple(unit["quant_weight_limits"]))
-    rows = [{"base_lr": lr, "quant_weight": qw, "validation_map": m, "extended": (lr, qw) not in grid}
-            for (lr, qw), m in scores.items()]
+    rows = [{"base_lr": lr, "quant_weight": qw, "validation_map": m, "extended": (lr, qw) not in grid,
+             "diverged": m is None} for (lr, qw), m in scores.items()]
     best = {"base_lr": best_lr, "quant_weight": best_qw, "validation_map": scores[best_lr, best_qw]}
     write_text_atomic(out, json.dumps({"identity": identity, "unit": unit, "rows": rows, "best": best},
                                       indent=1) + "\n")

@@ -22,11 +22,11 @@ from .comparison import evaluate_baselines, evaluate_method, write_comparison
 from .config import RunConfig
 from .data import build_cache, check_images_exist
 from .encoding import encode_list
-from .engine import recorded_run, snapshots, train
+from .engine import NonFiniteLoss, recorded_run, snapshots, train
 from .errors import UserError
 from .fileio import staged_outputs, write_text_atomic
 from .figures import default_curve_bits
-from .grid import sweep_choice
+from .grid import sweep_choice, write_diverged
 from .lists import read_list
 from .paper import load_paper_tables, read_paper_numbers
 from .plan import recorded_identity
@@ -157,7 +157,10 @@ def sweep_trial(identity, config, base_lr, quant_weight, out, train_list, query_
         config["loss"] = dict(config["loss"], quant_weight=quant_weight)
     final = os.path.join(out, "final.pth")
     if not _carries(final, identity):
-        train_run(identity, config, train_list, cache=cache, progress=False)
+        try:
+            train_run(identity, config, train_list, cache=cache, progress=False)
+        except NonFiniteLoss as e:
+            return write_diverged(os.path.join(out, "metrics.json"), identity, e)
     codes = {}
     for split, spec in (("query", query_list), ("database", train_list)):
         codes[split] = {"path": os.path.join(out, f"codes_{split}.h5"), "hex": identity["hex"]}
@@ -227,7 +230,8 @@ def sweep_markdown(sweeps):
         lines += [f"## {unit['trained']} at {unit['bits']} bits", "",
                   "| base_lr | λ | validation MAP | |", "|---|---|---|---|"]
         lines += [f"| {r['base_lr']:g} | {'—' if r['quant_weight'] is None else format(r['quant_weight'], 'g')} "
-                  f"| {r['validation_map']:.4f} | {'added: the best was at an edge of the grid' if r['extended'] else ''} |"
+                  f"| {'diverged' if r['validation_map'] is None else format(r['validation_map'], '.4f')} "
+                  f"| {'added: the best was at an edge of the grid' if r['extended'] else ''} |"
                   for r in doc["rows"]]
         lines += ["", f"best: base_lr {best['base_lr']:g}" + ("" if best["quant_weight"] is None
                                                                else f", λ {best['quant_weight']:g}"), ""]

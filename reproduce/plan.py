@@ -32,7 +32,7 @@ import traceback
 from . import identity as ids
 from .errors import UserError, printable
 from .fileio import read_json, write_text_atomic
-from .locks import remove_leftovers
+from .locks import remove_leftovers, writer_lock
 
 STATES = ("done", "pending", "stale", "running", "failed")
 
@@ -179,19 +179,48 @@ class Plan:
         return "\n".join(lines)
 
     def to_run(self, state):
-        return [j for j in self.jobs if state[j.name] != "done"]
+        """The jobs an executor starts: not done, and not running elsewhere already."""
+        return [j for j in self.jobs if state[j.name] not in ("done", "running")]
 
     # ------------------------------------------------------------------ running
-    def mark(self, job, state, error=None, log=None):
-        """Record a job's outcome beside its log: failed (with the error) or nothing (success)."""
-        path = self.status_path(job)
-        if state == "done":
-            if os.path.exists(path):
-                os.remove(path)
-            return
-        doc = {"state": state, "identity": job.identity["hex"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "error": error, "log": log}
-        write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    def mark(self, job, state, error=None, log=None, **extra):
+        record_status(self.status_path(job), job.identity, state, error, log, **extra)
+
+
+def job_lock(status_path, name):
+    """The lock of one job (`<name>.lock` beside its status file), held by the process running
+    it: two processes never run one job."""
+    folder, base = os.path.split(status_path)
+    return writer_lock(folder, f"job {name}", lock_name=base[:-len(".json")] + ".lock")
+
+
+def lock_held(status_path):
+    """Whether a live process holds a job's lock (it is running, maybe under another command)."""
+    import fcntl
+    path = status_path[:-len(".json")] + ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)        # releases it again at once (it was free)
+    return False
+
+
+def record_status(path, identity, state, error=None, log=None, **extra):
+    """A job's status file: removed on success; else {state (failed, submitted), identity hex,
+    time, error, log, and what the executor adds (the SLURM job id)}."""
+    if state == "done":
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    doc = {"state": state, "identity": identity["hex"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "error": error, "log": log, **extra}
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
 def display_path(path):
@@ -215,7 +244,8 @@ def run_inline(plan, state, log=print):
     for n, job in enumerate(todo, 1):
         log(f"[{n}/{len(todo)}] {job.name}")
         try:
-            call(job)
+            with job_lock(plan.status_path(job), job.name):
+                call(job)
         except BaseException as e:
             text = str(e) if isinstance(e, UserError) else "".join(
                 traceback.format_exception_only(type(e), e)).strip()
@@ -226,18 +256,3 @@ def run_inline(plan, state, log=print):
             raise
         plan.mark(job, "done")
     return todo
-
-
-def plan_main(plan, args, log=print):
-    """What a command does with its plan: --plan prints it; otherwise refuse stale outputs (unless
-    --rerun-stale) and run what is not done. Returns the jobs that ran (None with --plan)."""
-    state, why = plan.states()
-    if getattr(args, "plan", False):
-        print(plan.format(state))
-        stale = [n for n, s in state.items() if s == "stale"]
-        for name in stale[:5]:
-            print(f"stale: {name}: {why[name]}")
-        sys.stdout.flush()
-        return None
-    plan.check_stale(getattr(args, "rerun_stale", False), state, why)
-    return run_inline(plan, state, log)

@@ -37,7 +37,8 @@ from .losses import LOSS_PRESETS
 from .nets import ARCHS, BITS, FC_LAYERS
 from .methods import DEEP_METHODS
 from .paper import PAPER_BITS
-from .plan import Plan, plan_main
+from .executors import add_arguments as add_executor_arguments, plan_main
+from .plan import Plan
 from .pretrained import checkpoint_path, ensure_pretrained
 from .solver import PRESETS
 from .sweep import LR_LIMITS, QUANT_WEIGHT_LIMITS, SWEEP_LRS, SWEEP_QUANT_WEIGHTS
@@ -120,6 +121,7 @@ def get_args_parser(preset):
     g.add_argument("--rerun-stale", action="store_true",
                    help="recompute outputs made with other settings (and what depends on them) instead "
                         "of stopping")
+    add_executor_arguments(p)
     preset.add_arguments(p)
     return p
 

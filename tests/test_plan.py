@@ -15,7 +15,8 @@ from reproduce import identity as ids
 from reproduce.errors import UserError
 from reproduce.lists import ImageList
 from reproduce.locks import writer_lock
-from reproduce.plan import Job, Plan, plan_main, run_inline
+from reproduce.executors import plan_main
+from reproduce.plan import Job, Plan, run_inline
 
 
 def toy_plan(tmp_path, a=1, b=2, scale=1, title="t"):
