@@ -196,3 +196,22 @@ def test_bad_checkpoint_or_existing_output_exit_2(dataset, tmp_path, capsys):
         run_cli(main, ["--checkpoint", str(dataset / "ckpt.pth")] + common)
     assert e.value.code == 2 and "already exists" in capsys.readouterr().err
     assert out.read_bytes() == b"user data"
+
+
+def test_non_utf8_stdout_does_not_crash_the_success_or_error_line(dataset, tmp_path):
+    """Under an ASCII stdout/stderr (PYTHONIOENCODING=ascii) a path with a `ü` is printed with an
+    escape: the success line after the output is written, and an error line, never a traceback."""
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    args = [sys.executable, "-m", "reproduce.encode", "--checkpoint", str(dataset / "ckpt.pth"),
+            "--root", str(dataset / "imgs"), "--workers", "0", "--device", "cpu"]
+    (tmp_path / "list.txt").write_text("c.png 0 0 1\n")
+    out = tmp_path / "dir_ü" / "x.h5"
+    r = subprocess.run(args + ["--list", str(tmp_path / "list.txt"), "--out", str(out)],
+                       capture_output=True, env=env, timeout=300)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
+    assert r.stdout.decode("ascii") == f"wrote {tmp_path}/dir_\\xfc/x.h5: 1 images, codes\n"
+    assert out.exists()
+    r = subprocess.run(args + ["--list", str(tmp_path / "missing_ü.txt"), "--out", str(tmp_path / "y.h5")],
+                       capture_output=True, env=env, timeout=300)
+    assert r.returncode == 2 and b"Traceback" not in r.stderr
+    assert r.stderr.decode("ascii").startswith(f"error: {tmp_path}/missing_\\xfc.txt")
