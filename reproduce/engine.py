@@ -269,6 +269,8 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
     (x: b x ... network input, labels: b x C; a non-empty message stops the run with it); gather: concatenates the rows of every process (multi-process training);
     log(record) at every `display` iterations with Caffe's fields (and, with echo, a line in
     Caffe's style on the console); snapshot(done) every `snapshot_every` iterations and at the end.
+    An interval of 0 means none but the one at the end (Caffe's default snapshot: 0 and display: 0
+    skip the periodic ones, solver.cpp Step; Solve still snapshots after training).
     """
     gather = gather or (lambda t: t)
     bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", disable=not progress)
@@ -293,7 +295,7 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
             raise NonFiniteLoss(f"{e}; stopped") from None
         done = it + 1
         bar.update(1)
-        if log is not None and (done % display == 0 or done == max_iter):
+        if log is not None and (_every(done, display) or done == max_iter):
             now = time.perf_counter()
             rec = {"iteration": done, "lr": lr, **criterion.last,
                    "images_per_s": (done - last_it) * batch_size / max(now - last_time, 1e-9)}
@@ -303,9 +305,15 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
                 parts = ", ".join(f"{k} = {v:.6g}" for k, v in criterion.last.items() if k != "total")
                 bar.write(f"Iteration {done}, lr = {lr:.6g}, loss = {rec['total']:.6g} ({parts}), "
                           f"{rec['images_per_s']:.1f} images/s")
-        if snapshot is not None and (done % snapshot_every == 0 or done == max_iter):
+        if snapshot is not None and (_every(done, snapshot_every) or done == max_iter):
             snapshot(done)
     bar.close()
+
+
+def _every(done, interval):
+    """True at every `interval` iterations; never for interval 0 (Caffe: `param_.snapshot() &&
+    iter_ % param_.snapshot() == 0`, the same for display)."""
+    return interval > 0 and done % interval == 0
 
 
 def _snapshot(model, solver, cfg, done, ddp, is_main):

@@ -265,3 +265,27 @@ def test_resume_of_a_run_from_an_older_version_is_refused(dataset, tmp_path):
     with pytest.raises(UserError, match=r"config.json: not a run configuration of this version .*cannot be resumed"):
         engine.train(cfg, model=tiny_model(8, 0.0), resume=True, progress=False)
     assert sorted(os.listdir(run)) == ["config.json", "snapshot_iter_4.pth"]
+
+
+def test_solver_prototxt_without_snapshot_or_display_trains_as_caffe(dataset, tmp_path):
+    """A solver file without `snapshot` / `display` (Caffe's default 0: no periodic snapshot or
+    display, solver.cpp Step) trains; only the final snapshot and log record are written (Caffe's
+    Solve snapshots after training, snapshot_after_train: true)."""
+    root, list_path = dataset
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('base_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 5\nmomentum: 0.9\n')
+    out = str(tmp_path / "run")
+    args = train.get_args_parser().parse_args([
+        "--train-list", list_path, "--root", root, "--weights", "unused.pth", "--arch", "caffenet",
+        "--out", out, "--bits", "8", "--batch-size", "8", "--workers", "0", "--cache", "none",
+        "--solver-prototxt", str(solver), "--quiet"])
+    cfg = train.config_from_args(args, ckpt={"arch": "caffenet"})
+    assert (cfg.solver.snapshot, cfg.solver.display, cfg.solver.max_iter) == (0, 0, 5)
+    engine.train(cfg, model=tiny_model(8, 0.0), progress=False)
+    assert sorted(n for n in os.listdir(out) if n.endswith(".pth")) == ["final.pth", "snapshot_iter_5.pth"]
+    assert [json.loads(line)["iteration"] for line in open(os.path.join(out, "log.jsonl"))] == [5]
+    # a value the file gives that the run refuses is named with the file and its line
+    solver.write_text('base_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 0\n')
+    args.solver_prototxt = str(solver)
+    with pytest.raises(UserError, match=rf"^{solver}:3: max_iter must be positive, got 0$"):
+        train.config_from_args(args, ckpt={"arch": "caffenet"})
