@@ -192,7 +192,7 @@ def read_json(path, what):
     an integer of > 4,300 digits, absurd nesting) is a UserError naming the file and `what`."""
     refuse_special(path, what)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:     # JSON is UTF-8 (RFC 8259), whatever the locale
             return json.load(f)
     except OSError as e:
         raise UserError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
@@ -207,7 +207,7 @@ def read_json(path, what):
 def write_text_atomic(path, text, overwrite=True):
     """Write a text file atomically (temporary name, then rename)."""
     with atomic_output(path, overwrite=overwrite) as tmp:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:   # not the locale's encoding (LC_ALL=C: ASCII)
             f.write(text)
 
 

@@ -109,7 +109,7 @@ def read_solver_prototxt(path, defaults=None):
     defaults = PRESETS["dhn-caffe"] if defaults is None else defaults
     refuse_special(path, "solver prototxt")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:    # protobuf text format is UTF-8
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or e
