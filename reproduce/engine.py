@@ -27,7 +27,7 @@ from .arrayfiles import one_line
 from .errors import UserError, check_signal, deferred_signals
 from .fileio import check_output_folder, write_text_atomic
 from .lists import read_list
-from .nets import pick_device
+from .nets import pick_device, share_dropout_stream
 from .solver import caffe_param_groups
 from .transforms import load_mean_file, mean_array
 
@@ -149,9 +149,12 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
     head = getattr(model, "head", None)
     solver = cfg.solver.make_optimizer(caffe_param_groups(
         model, lr_mults=head.lr_mults("head.") if method is not None else None))
-    torch.manual_seed(cfg.seed + ddp.rank)   # dropout masks
+    torch.manual_seed(cfg.seed + ddp.rank)   # other randomness (a model's plain nn.Dropout)
+    # drop6/drop7 draw the masks of the global batch from one stream, seeded alike on every
+    # process, each taking its rows: G processes x B/G images train as one process x B
+    dropout = share_dropout_stream(model, cfg.seed, ddp.rank, ddp.world_size)
     log_path = os.path.join(run_dir, "log.jsonl")
-    records = _restore(snap, model, solver, ddp, log_path, start, snapshot_path)
+    records = _restore(snap, model, solver, ddp, log_path, start, snapshot_path, dropout)
     if is_main:
         os.makedirs(run_dir, exist_ok=True)
         write_text_atomic(os.path.join(run_dir, "config.json"),
@@ -173,7 +176,7 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True):
             batch_size=cfg.solver.batch_size, display=cfg.solver.display, device=device,
             gather=ddp.gather, world_size=ddp.world_size, log=log if is_main else None,
             snapshot_every=cfg.solver.snapshot,
-            snapshot=lambda done: _snapshot(model, solver, cfg, done, ddp, is_main),
+            snapshot=lambda done: _snapshot(model, solver, cfg, done, ddp, is_main, dropout),
             progress=progress and is_main)
     except NonFiniteLoss as e:
         good = max(snapshots(run_dir), default=None)
@@ -209,8 +212,9 @@ def _meta(cfg, kind, iteration):
     return meta
 
 
-def _restore(snap, model, solver, ddp, log_path, start, source):
-    """Load a snapshot's weights, solver history and RNG state; the log records up to `start`.
+def _restore(snap, model, solver, ddp, log_path, start, source, dropout):
+    """Load a snapshot's weights, solver history and RNG states (torch's and the `dropout` mask
+    stream's); the log records up to `start`.
     A snapshot that is not what its name says (another iteration, other parameters, non-finite
     values, no solver or RNG state) is a UserError naming `source`: a resume never trains on."""
     if snap is None:
@@ -233,6 +237,9 @@ def _restore(snap, model, solver, ddp, log_path, start, source):
                     raise ValueError(f"a momentum history of shape {tuple(buffer.shape)} for a "
                                      f"parameter of shape {tuple(p.shape)}")
         torch.set_rng_state(snap["rng"][ddp.rank])
+        # A snapshot of an earlier version has no stream: its dropout drew from torch's RNG,
+        # whose state (of rank 0, seeded as the stream) continues the same masks in one process.
+        dropout.set_state(snap.get("dropout_rng", snap["rng"][0]))
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise UserError(f"{source}: not a usable snapshot of this run ({one_line(e)})") from None
     return _read_log(log_path, start)
@@ -316,8 +323,9 @@ def _every(done, interval):
     return interval > 0 and done % interval == 0
 
 
-def _snapshot(model, solver, cfg, done, ddp, is_main):
-    """snapshot_iter_<done>.pth (Caffe's _iter_<N> naming): weights, solver history and RNG states."""
+def _snapshot(model, solver, cfg, done, ddp, is_main, dropout):
+    """snapshot_iter_<done>.pth (Caffe's _iter_<N> naming): weights, solver history and RNG states
+    (torch's of every process, and the dropout mask stream's, the same on every process)."""
     rng = torch.get_rng_state()
     rngs = [torch.empty_like(rng) for _ in range(ddp.world_size)] if ddp.enabled else [rng]
     if ddp.enabled:
@@ -328,7 +336,7 @@ def _snapshot(model, solver, cfg, done, ddp, is_main):
     path = os.path.join(run_dir, f"snapshot_iter_{done}.pth")
     save_checkpoint(path, model.state_dict(), model.arch, model.bits,
                     meta=_meta(cfg, "dhn-snapshot", done), overwrite=True,
-                    extra={"solver": solver.state_dict(), "rng": rngs})
+                    extra={"solver": solver.state_dict(), "rng": rngs, "dropout_rng": dropout.get_state()})
     keep = cfg.keep_snapshots
     if keep:
         for it in sorted(snapshots(run_dir))[:-keep]:
