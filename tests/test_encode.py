@@ -152,17 +152,25 @@ def test_model_without_hash_layer_encodes_features_only(dataset, tmp_path):
         np.testing.assert_allclose(f["features"][:], fc7, rtol=1e-5, atol=1e-5)
 
 
-def test_undecodable_image_names_list_line_and_path(dataset, model, tmp_path):
+@pytest.mark.parametrize("bad", ["broken.jpg", "icon.ico", "image.tga"])
+def test_undecodable_image_names_list_line_and_path(dataset, model, tmp_path, bad):
+    """Also a file PIL reads but OpenCV's imread does not (ICO, TGA): one line naming the list
+    file, line and path, from a loader worker as from the main process."""
     root = tmp_path / "imgs"
     root.mkdir()
     for name in ("a.jpg", "c.png"):
         (root / name).write_bytes((dataset / "imgs" / name).read_bytes())
-    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    (tmp_path / "list.txt").write_text("a.jpg 1 0\nc.png 0 1\n\nbroken.jpg 1 1\n")
+    if bad == "broken.jpg":
+        (root / bad).write_bytes(b"\xff\xd8\xff garbage")
+    else:
+        Image.open(dataset / "imgs" / "c.png").convert("RGB").save(root / bad)
+    assert cv2.imread(str(root / bad)) is None
+    (tmp_path / "list.txt").write_text(f"a.jpg 1 0\nc.png 0 1\n\n{bad} 1 1\n")
     with pytest.raises(UserError) as e:
         encode_list(model, read_list(tmp_path / "list.txt"), root, tmp_path / "out.h5", batch_size=1,
                     workers=1, progress=False)
-    assert str(e.value).startswith(f"{tmp_path / 'list.txt'}:4: {root / 'broken.jpg'}: cannot decode")
+    assert str(e.value).startswith(f"{tmp_path / 'list.txt'}:4: {root / bad}: cannot decode")
+    assert "\n" not in str(e.value)
     assert sorted(os.listdir(tmp_path)) == ["imgs", "list.txt"]      # no output, no temporary file
 
 
