@@ -12,11 +12,12 @@ OpenCV; the tests compare against it (cv2.imread + cv2.resize of OpenCV 4.x).
 import functools
 import io
 import math
+import os
 import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
 
@@ -72,7 +73,10 @@ def _open_as_opencv(path):
     with open(path, "rb") as f:
         head = f.read(len(JPEG_SIGNATURE))
         source = io.BytesIO(head + f.read() + FAKE_EOI) if head == JPEG_SIGNATURE else None
-    im = Image.open(path if source is None else source)
+    try:
+        im = Image.open(path if source is None else source)
+    except UnidentifiedImageError:    # PIL's message would name the in-memory copy, not the file
+        raise UnidentifiedImageError(f"cannot identify image file {os.fspath(path)!r}") from None
     if im.format not in OPENCV_FORMATS:
         im.close()
         raise ValueError(f"{im.format} is a format that OpenCV's imread (Caffe's ImageData layer) "
