@@ -223,3 +223,28 @@ def test_non_utf8_stdout_does_not_crash_the_success_or_error_line(dataset, tmp_p
                        capture_output=True, env=env, timeout=300)
     assert r.returncode == 2 and b"Traceback" not in r.stderr
     assert r.stderr.decode("ascii").startswith(f"error: {tmp_path}/missing_\\xfc.txt")
+
+
+def test_a_failed_encode_leaves_no_folder_it_created(dataset, tmp_path, capsys):
+    """`--out d/x.h5/` names a folder: refused before anything is created (it created d/ and then
+    said that nothing was changed); a failure found later (an undecodable image) removes the
+    folders made for the output again, and leaves a folder that existed."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "c.png").write_bytes((dataset / "imgs" / "c.png").read_bytes())
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "good.txt").write_text("c.png 0 1\n")
+    (tmp_path / "bad.txt").write_text("c.png 0 1\nbroken.jpg 1 0\n")
+    (tmp_path / "existing").mkdir()
+    common = ["--checkpoint", str(dataset / "ckpt.pth"), "--root", str(root), "--workers", "0", "--device", "cpu"]
+    cases = [("good.txt", str(tmp_path / "d" / "x.h5") + "/", "names a folder"),
+             ("good.txt", str(tmp_path / "d" / "x.h5") + "/.", "names a folder"),
+             ("bad.txt", str(tmp_path / "new" / "sub" / "x.h5"), "broken.jpg: cannot decode"),
+             ("bad.txt", str(tmp_path / "existing" / "sub" / "x.h5"), "broken.jpg: cannot decode")]
+    for list_name, out, message in cases:
+        with pytest.raises(SystemExit) as e:
+            run_cli(main, common + ["--list", str(tmp_path / list_name), "--out", out])
+        err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]   # after tqdm's lines
+        assert e.value.code == 2 and err.startswith("error: ") and message in err, err
+        assert sorted(os.listdir(tmp_path)) == ["bad.txt", "existing", "good.txt", "imgs"], out
+        assert os.listdir(tmp_path / "existing") == []
