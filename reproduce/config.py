@@ -86,10 +86,16 @@ class RunConfig:
 
     def __post_init__(self):
         for key, value in (("bits", self.model.bits), ("max_iter", self.solver.max_iter),
-                           ("batch_size", self.solver.batch_size), ("snapshot", self.solver.snapshot),
-                           ("display", self.solver.display)):
+                           ("batch_size", self.solver.batch_size)):
             if value is None or value <= 0:
                 raise ValueError(f"{key} must be positive, got {value}")
+        # Caffe's SolverParameter defaults snapshot and display to 0, which solver.cpp reads as
+        # "no periodic snapshot / display" (Step: `param_.snapshot() && iter_ % ...`); the engine
+        # then snapshots and logs only at the end (Solve: snapshot_after_train, default true).
+        for key in ("snapshot", "display"):
+            value = getattr(self.solver, key)
+            if value is None or value < 0:
+                raise ValueError(f"{key} must be 0 (only at the end) or positive, got {value}")
         if not (isinstance(self.model.dropout, (int, float)) and 0 <= self.model.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.model.dropout}")
 

@@ -28,7 +28,7 @@ from .arrayfiles import one_line
 from .errors import UserError, check_signal, deferred_signals
 from .fileio import check_output_folder, read_json, write_text_atomic
 from .lists import read_list
-from .nets import pick_device
+from .nets import pick_device, share_dropout_stream
 from .solver import caffe_param_groups
 from .transforms import load_mean_file, mean_array
 
@@ -236,9 +236,12 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True, identity=None
     head = getattr(model, "head", None)
     solver = cfg.solver.make_optimizer(caffe_param_groups(
         model, lr_mults=head.lr_mults("head.") if method is not None else None))
-    torch.manual_seed(cfg.seed + ddp.rank)   # dropout masks
+    torch.manual_seed(cfg.seed + ddp.rank)   # other randomness (a model's plain nn.Dropout)
+    # drop6/drop7 draw the masks of the global batch from one stream, seeded alike on every
+    # process, each taking its rows: G processes x B/G images train as one process x B
+    dropout = share_dropout_stream(model, cfg.seed, ddp.rank, ddp.world_size)
     log_path = os.path.join(run_dir, "log.jsonl")
-    records = _restore(snap, model, solver, ddp, log_path, start, snapshot_path)
+    records = _restore(snap, model, solver, ddp, log_path, start, snapshot_path, dropout)
     if is_main:
         os.makedirs(run_dir, exist_ok=True)
         write_text_atomic(os.path.join(run_dir, "config.json"),
@@ -260,12 +263,12 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True, identity=None
             batch_size=cfg.solver.batch_size, display=cfg.solver.display, device=device,
             gather=ddp.gather, world_size=ddp.world_size, log=log if is_main else None,
             snapshot_every=cfg.solver.snapshot,
-            snapshot=lambda done: _snapshot(model, solver, cfg, done, ddp, is_main, identity),
+            snapshot=lambda done: _snapshot(model, solver, cfg, done, ddp, is_main, dropout, identity),
             progress=progress and is_main)
     except NonFiniteLoss as e:
         good = max(snapshots(run_dir), default=None)
-        raise UserError(f"{run_dir}: {e}; " + (f"the last good snapshot is snapshot_iter_{good}.pth"
-                                              if good is not None else "no snapshot was written")) from None
+        raise NonFiniteLoss(f"{run_dir}: {e}; " + (f"the last good snapshot is snapshot_iter_{good}.pth"
+                                                  if good is not None else "no snapshot was written")) from None
     if not is_main:
         return None
     final = os.path.join(run_dir, "final.pth")
@@ -308,8 +311,9 @@ def _meta(cfg, kind, iteration, identity=None):
     return meta
 
 
-def _restore(snap, model, solver, ddp, log_path, start, source):
-    """Load a snapshot's weights, solver history and RNG state; the log records up to `start`.
+def _restore(snap, model, solver, ddp, log_path, start, source, dropout):
+    """Load a snapshot's weights, solver history and RNG states (torch's and the `dropout` mask
+    stream's); the log records up to `start`.
     A snapshot that is not what its name says (another iteration, other parameters, non-finite
     values, no solver or RNG state) is a UserError naming `source`: a resume never trains on."""
     if snap is None:
@@ -332,6 +336,9 @@ def _restore(snap, model, solver, ddp, log_path, start, source):
                     raise ValueError(f"a momentum history of shape {tuple(buffer.shape)} for a "
                                      f"parameter of shape {tuple(p.shape)}")
         torch.set_rng_state(snap["rng"][ddp.rank])
+        # A snapshot of an earlier version has no stream: its dropout drew from torch's RNG,
+        # whose state (of rank 0, seeded as the stream) continues the same masks in one process.
+        dropout.set_state(snap.get("dropout_rng", snap["rng"][0]))
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise UserError(f"{source}: not a usable snapshot of this run ({one_line(e)})") from None
     return _read_log(log_path, start)
@@ -368,6 +375,8 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
     (x: b x ... network input, labels: b x C; a non-empty message stops the run with it); gather: concatenates the rows of every process (multi-process training);
     log(record) at every `display` iterations with Caffe's fields (and, with echo, a line in
     Caffe's style on the console); snapshot(done) every `snapshot_every` iterations and at the end.
+    An interval of 0 means none but the one at the end (Caffe's default snapshot: 0 and display: 0
+    skip the periodic ones, solver.cpp Step; Solve still snapshots after training).
     """
     gather = gather or (lambda t: t)
     bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", disable=not progress)
@@ -392,7 +401,7 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
             raise NonFiniteLoss(f"{e}; stopped") from None
         done = it + 1
         bar.update(1)
-        if log is not None and (done % display == 0 or done == max_iter):
+        if log is not None and (_every(done, display) or done == max_iter):
             now = time.perf_counter()
             rec = {"iteration": done, "lr": lr, **criterion.last,
                    "images_per_s": (done - last_it) * batch_size / max(now - last_time, 1e-9)}
@@ -402,13 +411,20 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
                 parts = ", ".join(f"{k} = {v:.6g}" for k, v in criterion.last.items() if k != "total")
                 bar.write(f"Iteration {done}, lr = {lr:.6g}, loss = {rec['total']:.6g} ({parts}), "
                           f"{rec['images_per_s']:.1f} images/s")
-        if snapshot is not None and (done % snapshot_every == 0 or done == max_iter):
+        if snapshot is not None and (_every(done, snapshot_every) or done == max_iter):
             snapshot(done)
     bar.close()
 
 
-def _snapshot(model, solver, cfg, done, ddp, is_main, identity=None):
-    """snapshot_iter_<done>.pth (Caffe's _iter_<N> naming): weights, solver history and RNG states."""
+def _every(done, interval):
+    """True at every `interval` iterations; never for interval 0 (Caffe: `param_.snapshot() &&
+    iter_ % param_.snapshot() == 0`, the same for display)."""
+    return interval > 0 and done % interval == 0
+
+
+def _snapshot(model, solver, cfg, done, ddp, is_main, dropout, identity=None):
+    """snapshot_iter_<done>.pth (Caffe's _iter_<N> naming): weights, solver history and RNG states
+    (torch's of every process, and the dropout mask stream's, the same on every process)."""
     rng = torch.get_rng_state()
     rngs = [torch.empty_like(rng) for _ in range(ddp.world_size)] if ddp.enabled else [rng]
     if ddp.enabled:
@@ -419,7 +435,7 @@ def _snapshot(model, solver, cfg, done, ddp, is_main, identity=None):
     path = os.path.join(run_dir, f"snapshot_iter_{done}.pth")
     save_checkpoint(path, model.state_dict(), model.arch, model.bits,
                     meta=_meta(cfg, "dhn-snapshot", done, identity), overwrite=True,
-                    extra={"solver": solver.state_dict(), "rng": rngs})
+                    extra={"solver": solver.state_dict(), "rng": rngs, "dropout_rng": dropout.get_state()})
     keep = cfg.keep_snapshots
     if keep:
         for it in sorted(snapshots(run_dir))[:-keep]:

@@ -133,8 +133,21 @@ def install_startup_handlers():
     reproduce.<command>`), before the command's module and its heavy imports (torch) load;
     run_cli replaces these handlers once the command starts."""
     _MAIN["command"] = True
+    tolerate_unencodable_output()
     signal.signal(signal.SIGINT, _on_startup_signal)
     signal.signal(signal.SIGTERM, _on_startup_signal)
+
+
+def tolerate_unencodable_output():
+    """Let stdout and stderr write what their encoding cannot hold as escapes (`\\xfc`) instead
+    of raising UnicodeEncodeError: under an ASCII or Latin-1 locale (PYTHONIOENCODING=ascii,
+    LC_ALL=C on an old Python) a path with a `ü` would otherwise crash the success line of a
+    command whose outputs are already written, or its one-line error."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):   # not a TextIOWrapper (replaced), or closed
+            pass
 
 
 def check_signal():
@@ -189,6 +202,7 @@ def run_cli(main, argv=None):
     to exit status 130 and SIGTERM to 143, each after the outputs being written were removed. An
     error that follows a signal (a loader worker gone) is reported as the signal."""
     _MAIN["pid"] = os.getpid()
+    tolerate_unencodable_output()
     # Both signals are recorded (_MAIN["signal"]) before they raise: a KeyboardInterrupt raised
     # inside compiled code (numba's ranking kernels) surfaces as a SystemError, which is then
     # still reported as the interruption it is.

@@ -26,19 +26,46 @@ def atomic_output(path, overwrite=False):
     path = os.fspath(path)
     check_output_file(path, overwrite)
     folder = os.path.dirname(os.path.abspath(path))
+    created = missing_folders(folder)
     tmp = make_temporary(folder, ".tmp-" + os.path.basename(path) + "-", path)
     try:
         yield tmp
         check_signal()
         os.replace(tmp, path)
     except OSError as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        _discard(tmp, created)
         raise UserError(f"{path}: cannot write ({e.strerror or e}); nothing was changed") from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        _discard(tmp, created)
         raise
+
+
+def _discard(tmp, created):
+    """Remove a failed output's temporary file and the folders made for it (`created`, deepest
+    first): "nothing was changed" holds for the folders too. A folder something else wrote into
+    meanwhile stays."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+    remove_created(created)
+
+
+def remove_created(created):
+    """rmdir the folders of missing_folders(), deepest first, stopping at one that is not empty."""
+    for folder in created:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
+
+
+def missing_folders(folder):
+    """The folders of `folder`'s path that do not exist yet, deepest first (what make_folder
+    creates, and what a failed command removes again)."""
+    missing, folder = [], os.path.abspath(os.fspath(folder))
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
 
 
 def check_output_file(path, overwrite=False, hint="remove it or choose another output"):
@@ -47,6 +74,10 @@ def check_output_file(path, overwrite=False, hint="remove it or choose another o
     path = os.fspath(path)
     if os.path.isdir(path):
         raise UserError(f"{path}: is a folder; give a file name for the output")
+    if os.path.basename(path) in ("", ".", ".."):
+        # `d/x.h5/` names a folder: the rename onto it could only fail, after d/ was created
+        raise UserError(f"{path}: names a folder (it ends in '/', '.' or '..'); give a file name "
+                        "for the output")
     _refuse_replacing_special(path)
     if os.path.exists(path) and not overwrite:
         raise UserError(f"{path}: already exists; refusing to overwrite it ({hint})")
@@ -139,7 +170,7 @@ def staged_outputs(out_dir, remove=()):
     error found late, a full disk, Ctrl-C, SIGTERM — the staging folder is deleted and out_dir is
     left exactly as it was (a folder this call created is removed again)."""
     out_dir = os.fspath(out_dir)
-    created = not os.path.exists(out_dir)
+    created = missing_folders(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"{out_dir}: is a file, not a folder for the outputs")
     make_folder(out_dir)
@@ -158,9 +189,8 @@ def staged_outputs(out_dir, remove=()):
                         "changed") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        if created and not committed:
-            with contextlib.suppress(OSError):
-                os.rmdir(out_dir)
+        if not committed:                 # the folders this call created go again
+            remove_created(created)
 
 
 def _commit(stage, out_dir, remove):
@@ -192,7 +222,7 @@ def read_json(path, what):
     an integer of > 4,300 digits, absurd nesting) is a UserError naming the file and `what`."""
     refuse_special(path, what)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:     # JSON is UTF-8 (RFC 8259), whatever the locale
             return json.load(f)
     except OSError as e:
         raise UserError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
@@ -207,7 +237,7 @@ def read_json(path, what):
 def write_text_atomic(path, text, overwrite=True):
     """Write a text file atomically (temporary name, then rename)."""
     with atomic_output(path, overwrite=overwrite) as tmp:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:   # not the locale's encoding (LC_ALL=C: ASCII)
             f.write(text)
 
 

@@ -113,7 +113,7 @@ def read_list(path, num_labels=None):
     """
     refuse_special(path, "list file")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:    # not the locale's (LC_ALL=C: ASCII)
             lines = f.read().splitlines()
     except OSError as e:
         raise UserError(f"{path}: cannot read list ({e.strerror})") from None

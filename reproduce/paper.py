@@ -25,7 +25,7 @@ def load_paper_tables():
     Both tables are kept: the paper prints DHN CIFAR-10 48 bits as 0.621 in Table 1 and 0.620 in
     Table 2, and each table is compared with its own number.
     """
-    text = resources.files("reproduce").joinpath("data", "paper_tables.csv").read_text()
+    text = resources.files("reproduce").joinpath("data", "paper_tables.csv").read_text(encoding="utf-8")
     return parse_paper_numbers(text, "reproduce/data/paper_tables.csv")
 
 

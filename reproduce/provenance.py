@@ -13,8 +13,10 @@ def git_revision():
     """HEAD of the package's checkout (+ "-dirty" with uncommitted changes), or None outside git."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        rev = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"], capture_output=True, text=True, timeout=10)
+        rev = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             encoding="utf-8", errors="replace", timeout=10)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"], capture_output=True, text=True,
+                               encoding="utf-8", errors="replace", timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else None

@@ -98,7 +98,7 @@ def write_record(out_dir, doc, force=False):
     stale = ["pr_curve.csv"] if force and "pr_curve.csv" not in texts else []
     with staged_outputs(out_dir, remove=stale) as stage:
         for name, text in texts.items():
-            with open(os.path.join(stage, name), "w") as f:
+            with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
                 f.write(text)
     return [os.path.join(out_dir, name) for name in texts]
 

@@ -109,7 +109,7 @@ def read_solver_prototxt(path, defaults=None):
     defaults = PRESETS["dhn-caffe"] if defaults is None else defaults
     refuse_special(path, "solver prototxt")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:    # protobuf text format is UTF-8
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or e
@@ -146,3 +146,16 @@ def read_solver_prototxt(path, defaults=None):
         message = " ".join(str(e).split())
         line = _error_line(message, line_of, stepvalue, stepvalue_lines)
         raise UserError(f"{path}:{line}: {message}" if line else f"{path}: {message}") from None
+
+
+def where(path, key):
+    """"<path>:<line>" of the field `key` in the solver file `path` (an error about a setting it
+    gave that a later check refuses, e.g. RunConfig's max_iter 0), or "<path>" when it is absent
+    (a Caffe default) or the file cannot be read again."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        line = next((n for n, k, _, _ in _fields(path, lines) if k == key), None)
+    except (OSError, UnicodeDecodeError, UserError):
+        line = None
+    return f"{path}:{line}" if line else path

@@ -21,7 +21,7 @@ from .losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
 from .methods import DEEP_METHODS
 from .nets import ARCHS, BITS
 from .solver import LR_POLICIES, PRESETS, SolverSettings
-from .solver_prototxt import read_solver_prototxt
+from .solver_prototxt import read_solver_prototxt, where as solver_where
 from .transforms import MEAN_VALUE, format_mean, load_mean_file, parse_mean_value
 
 DEFAULTS = PRESETS["dhn-caffe"], LOSS_PRESETS["dhn-caffe"]   # quoted in the help texts
@@ -75,9 +75,11 @@ def get_args_parser():
     g.add_argument("--weight-decay", type=number(0))
     g.add_argument("--batch-size", type=BATCH_SIZE,
                    help=f"global batch, over all processes (preset: {DEFAULTS[0].batch_size})")
-    g.add_argument("--snapshot", type=POSITIVE,
-                   help=f"snapshot interval in iterations (preset: {DEFAULTS[0].snapshot})")
-    g.add_argument("--display", type=POSITIVE, help="log interval in iterations")
+    g.add_argument("--snapshot", type=NON_NEGATIVE,
+                   help=f"snapshot interval in iterations (preset: {DEFAULTS[0].snapshot}; 0: only the "
+                        "final snapshot, as Caffe)")
+    g.add_argument("--display", type=NON_NEGATIVE,
+                   help=f"log interval in iterations (preset: {DEFAULTS[0].display}; 0: only at the end)")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run folder")
     g.add_argument("--seed", type=NON_NEGATIVE, default=0, help="drives the batch order, crops, mirrors, dropout, fch filler")
@@ -115,6 +117,10 @@ def config_from_args(args, ckpt=None):
             out=args.out, seed=args.seed, device=args.device, keep_snapshots=args.keep_snapshots,
             method=MethodSettings(args.method) if args.method else None)
     except ValueError as e:
+        # A setting the solver file gave (not overridden by an option) is named with the file.
+        key = str(e).split()[0]
+        if args.solver_prototxt and key in solver.to_dict() and key not in given:
+            raise UserError(f"{solver_where(args.solver_prototxt, key)}: {e}") from None
         raise UserError(f"solver settings: {e}") from None
 
 

@@ -10,12 +10,14 @@ caller (reproduce.data, from its own seeded generator) and passed in. The packag
 OpenCV; the tests compare against it (cv2.imread + cv2.resize of OpenCV 4.x).
 """
 import functools
+import io
 import math
+import os
 import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
 
@@ -37,22 +39,62 @@ def read_image_bgr(path):
     composited, as libpng's strip-alpha in OpenCV); 16-bit images keep their high byte; CMYK JPEGs
     use OpenCV's icvCvt_CMYK2BGR_8u_C4C3R formula. EXIF orientation is *ignored*: Caffe was built
     with OpenCV 2.4, whose imread did not rotate (OpenCV >= 3.1 does unless
-    IMREAD_IGNORE_ORIENTATION). Decoded with PIL; the tests check equality with cv2.imread.
+    IMREAD_IGNORE_ORIENTATION). Only the formats imread reads are accepted (OPENCV_FORMATS), and a
+    truncated JPEG decodes as libjpeg completes it for OpenCV (_open_as_opencv). Decoded with
+    PIL; the tests check equality with cv2.imread.
     A missing or undecodable file raises UserError naming the path.
     """
-    return decode_image(path, _pil_to_bgr)
+    return decode_image(path, _pil_to_bgr, open_image=_open_as_opencv)
 
 
-def decode_image(path, convert):
-    """convert(PIL image) of the file at `path`, with every decoding failure as one UserError
-    naming the path (both pipelines: this module's and reproduce.pycaffe_pipeline's)."""
+# The formats cv::imread reads (its documented list, OpenCV 4.x: Windows bitmaps, GIF, JPEG,
+# JPEG 2000, PNG, WebP, AVIF, PBM/PGM/PPM/PNM/PFM, Sun rasters, TIFF, OpenEXR, Radiance HDR),
+# as PIL names those it can open (MPO: a JPEG with a second picture, which OpenCV reads as JPEG).
+# OpenCV picks its decoder by the file's signature (findDecoder), as PIL does. Everything else PIL
+# opens (ICO, TGA, PCX, PSD, SGI, QOI, headerless DIB ...) imread refuses; OpenEXR, Radiance HDR
+# and PAM files PIL cannot read, so they stay refused here.
+OPENCV_FORMATS = frozenset({"BMP", "GIF", "JPEG", "MPO", "JPEG2000", "PNG", "WEBP", "AVIF", "PPM",
+                            "SUN", "TIFF"})
+JPEG_SIGNATURE = b"\xff\xd8\xff"     # OpenCV's JpegDecoder signature (grfmt_jpeg.cpp), PIL's too
+# libjpeg's file source (jdatasrc.c fill_input_buffer), through which OpenCV reads a JPEG: at a
+# premature end of the file it warns ("Premature end of JPEG file") and inserts a fake EOI marker,
+# again at every further read; the decoder then fills what is missing (baseline: the last DC
+# values, progressive: the scans so far). Appended to the file's bytes, as many fake EOIs as a
+# marker segment can be long (65,535 bytes) let PIL's libjpeg do exactly that: equal to cv2.imread
+# at every cut point of the tests, including the cuts OpenCV refuses (inside a progressive JPEG's
+# marker segment between scans). PIL's LOAD_TRUNCATED_IMAGES instead stops at the end of the data
+# and returns such images too. A complete JPEG ends in its own EOI: what follows is never read.
+FAKE_EOI = b"\xff\xd9" * 32769
+
+
+def _open_as_opencv(path):
+    """Image.open of `path` as cv::imread sees the file: a JPEG followed by libjpeg's fake EOI
+    markers (FAKE_EOI); ValueError for a format imread does not read (OPENCV_FORMATS)."""
+    with open(path, "rb") as f:
+        head = f.read(len(JPEG_SIGNATURE))
+        source = io.BytesIO(head + f.read() + FAKE_EOI) if head == JPEG_SIGNATURE else None
+    try:
+        im = Image.open(path if source is None else source)
+    except UnidentifiedImageError:    # PIL's message would name the in-memory copy, not the file
+        raise UnidentifiedImageError(f"cannot identify image file {os.fspath(path)!r}") from None
+    if im.format not in OPENCV_FORMATS:
+        im.close()
+        raise ValueError(f"{im.format} is a format that OpenCV's imread (Caffe's ImageData layer) "
+                         "does not read")
+    return im
+
+
+def decode_image(path, convert, open_image=Image.open):
+    """convert(PIL image) of the file at `path` opened with `open_image`, with every decoding
+    failure as one UserError naming the path (both pipelines: this module's and
+    reproduce.pycaffe_pipeline's, whose scikit-image decoder reads what PIL reads)."""
     try:
         # PIL warns (stderr) on images of 89-179 megapixels and on corrupt EXIF blocks; such files
         # decode as OpenCV decodes them, so the warnings are not the user's business. Larger
         # images stay refused (DecompressionBombError below): their decoding could exhaust memory.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 im.load()
                 return convert(im)
     except FileNotFoundError:
@@ -71,6 +113,8 @@ def _pil_to_bgr(im):
         # layer calls, returns no image for them ("can not handle images with 32-bit samples")
         raise ValueError("32-bit integer or floating-point pixels, which OpenCV's imread (Caffe's "
                          "ImageData layer) cannot read")
+    if im.format == "GIF" and mode in ("P", "L") and isinstance(im.info.get("transparency"), int):
+        return _gif_to_bgr(im)
     if mode == "CMYK":
         # PIL stores Adobe-inverted CMYK (rawmode "CMYK;I"); OpenCV gets libjpeg's raw values,
         # i.e. 255 - PIL's, and converts with v' = k - ((255 - v) * k >> 8) (grfmt utils.cpp).
@@ -88,6 +132,20 @@ def _pil_to_bgr(im):
             im = im.convert("RGB")   # P, PA, LA, RGBA, 1, YCbCr ...: palette applied, alpha dropped
         return np.ascontiguousarray(np.asarray(im)[:, :, ::-1])
     return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _gif_to_bgr(im):
+    """A GIF's first frame with a transparent colour as OpenCV's GifDecoder gives it
+    (grfmt_gif.cpp readData, code2pixel): drawn on a canvas of the background colour (the global
+    colour table's entry `background`; black without a global table), transparent pixels skipped,
+    so they show that colour (PIL's convert gives them their own palette entry's)."""
+    rgb = np.array(im.convert("RGB"))
+    table = getattr(im, "global_palette", None)
+    colours = np.zeros((0, 3), np.uint8) if table is None else \
+        np.frombuffer(bytes(table.palette), np.uint8)[:len(table.palette) // 3 * 3].reshape(-1, 3)
+    background = im.info.get("background", 0)
+    rgb[np.asarray(im) == im.info["transparency"]] = colours[background] if background < len(colours) else 0
+    return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
 # --------------------------------------------------------------------------- cv::resize, linear

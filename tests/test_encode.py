@@ -152,17 +152,25 @@ def test_model_without_hash_layer_encodes_features_only(dataset, tmp_path):
         np.testing.assert_allclose(f["features"][:], fc7, rtol=1e-5, atol=1e-5)
 
 
-def test_undecodable_image_names_list_line_and_path(dataset, model, tmp_path):
+@pytest.mark.parametrize("bad", ["broken.jpg", "icon.ico", "image.tga"])
+def test_undecodable_image_names_list_line_and_path(dataset, model, tmp_path, bad):
+    """Also a file PIL reads but OpenCV's imread does not (ICO, TGA): one line naming the list
+    file, line and path, from a loader worker as from the main process."""
     root = tmp_path / "imgs"
     root.mkdir()
     for name in ("a.jpg", "c.png"):
         (root / name).write_bytes((dataset / "imgs" / name).read_bytes())
-    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    (tmp_path / "list.txt").write_text("a.jpg 1 0\nc.png 0 1\n\nbroken.jpg 1 1\n")
+    if bad == "broken.jpg":
+        (root / bad).write_bytes(b"\xff\xd8\xff garbage")
+    else:
+        Image.open(dataset / "imgs" / "c.png").convert("RGB").save(root / bad)
+    assert cv2.imread(str(root / bad)) is None
+    (tmp_path / "list.txt").write_text(f"a.jpg 1 0\nc.png 0 1\n\n{bad} 1 1\n")
     with pytest.raises(UserError) as e:
         encode_list(model, read_list(tmp_path / "list.txt"), root, tmp_path / "out.h5", batch_size=1,
                     workers=1, progress=False)
-    assert str(e.value).startswith(f"{tmp_path / 'list.txt'}:4: {root / 'broken.jpg'}: cannot decode")
+    assert str(e.value).startswith(f"{tmp_path / 'list.txt'}:4: {root / bad}: cannot decode")
+    assert "\n" not in str(e.value) and "BytesIO" not in str(e.value)
     assert sorted(os.listdir(tmp_path)) == ["imgs", "list.txt"]      # no output, no temporary file
 
 
@@ -196,3 +204,47 @@ def test_bad_checkpoint_or_existing_output_exit_2(dataset, tmp_path, capsys):
         run_cli(main, ["--checkpoint", str(dataset / "ckpt.pth")] + common)
     assert e.value.code == 2 and "already exists" in capsys.readouterr().err
     assert out.read_bytes() == b"user data"
+
+
+def test_non_utf8_stdout_does_not_crash_the_success_or_error_line(dataset, tmp_path):
+    """Under an ASCII stdout/stderr (PYTHONIOENCODING=ascii) a path with a `ü` is printed with an
+    escape: the success line after the output is written, and an error line, never a traceback."""
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    args = [sys.executable, "-m", "reproduce.encode", "--checkpoint", str(dataset / "ckpt.pth"),
+            "--root", str(dataset / "imgs"), "--workers", "0", "--device", "cpu"]
+    (tmp_path / "list.txt").write_text("c.png 0 0 1\n")
+    out = tmp_path / "dir_ü" / "x.h5"
+    r = subprocess.run(args + ["--list", str(tmp_path / "list.txt"), "--out", str(out)],
+                       capture_output=True, env=env, timeout=300)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
+    assert r.stdout.decode("ascii") == f"wrote {tmp_path}/dir_\\xfc/x.h5: 1 images, codes\n"
+    assert out.exists()
+    r = subprocess.run(args + ["--list", str(tmp_path / "missing_ü.txt"), "--out", str(tmp_path / "y.h5")],
+                       capture_output=True, env=env, timeout=300)
+    assert r.returncode == 2 and b"Traceback" not in r.stderr
+    assert r.stderr.decode("ascii").startswith(f"error: {tmp_path}/missing_\\xfc.txt")
+
+
+def test_a_failed_encode_leaves_no_folder_it_created(dataset, tmp_path, capsys):
+    """`--out d/x.h5/` names a folder: refused before anything is created (it created d/ and then
+    said that nothing was changed); a failure found later (an undecodable image) removes the
+    folders made for the output again, and leaves a folder that existed."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "c.png").write_bytes((dataset / "imgs" / "c.png").read_bytes())
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "good.txt").write_text("c.png 0 1\n")
+    (tmp_path / "bad.txt").write_text("c.png 0 1\nbroken.jpg 1 0\n")
+    (tmp_path / "existing").mkdir()
+    common = ["--checkpoint", str(dataset / "ckpt.pth"), "--root", str(root), "--workers", "0", "--device", "cpu"]
+    cases = [("good.txt", str(tmp_path / "d" / "x.h5") + "/", "names a folder"),
+             ("good.txt", str(tmp_path / "d" / "x.h5") + "/.", "names a folder"),
+             ("bad.txt", str(tmp_path / "new" / "sub" / "x.h5"), "broken.jpg: cannot decode"),
+             ("bad.txt", str(tmp_path / "existing" / "sub" / "x.h5"), "broken.jpg: cannot decode")]
+    for list_name, out, message in cases:
+        with pytest.raises(SystemExit) as e:
+            run_cli(main, common + ["--list", str(tmp_path / list_name), "--out", out])
+        err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]   # after tqdm's lines
+        assert e.value.code == 2 and err.startswith("error: ") and message in err, err
+        assert sorted(os.listdir(tmp_path)) == ["bad.txt", "existing", "good.txt", "imgs"], out
+        assert os.listdir(tmp_path / "existing") == []

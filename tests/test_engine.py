@@ -162,11 +162,15 @@ def test_resume_after_sigkill_is_bit_identical(dataset, tmp_path):
     assert [r["iteration"] for r in logs] == list(range(1, 41))
 
 
-def test_two_processes_equal_one(dataset, tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_two_processes_equal_one(dataset, tmp_path, dropout):
+    """2 gloo processes x 32 images = 1 process x 64 after 5 iterations, within float32
+    rounding, also with dropout: the masks of the global batch come from one stream that both
+    processes advance identically, each taking its rows (nets.SharedDropout)."""
     root, list_path = dataset
     cache = str(tmp_path / "cache.h5")
-    one = config(root, list_path, str(tmp_path / "one"), dropout=0.0, batch_size=8, max_iter=5, cache=cache)
-    engine.train(one, model=tiny_model(8, 0.0), progress=False)
+    one = config(root, list_path, str(tmp_path / "one"), dropout=dropout, batch_size=64, max_iter=5, cache=cache)
+    engine.train(one, model=tiny_model(8, dropout), progress=False)
     two = dataclasses.replace(one, out=str(tmp_path / "two"))
     with open(tmp_path / "two.json", "w") as f:
         json.dump(two.to_dict(), f)
@@ -180,6 +184,26 @@ def test_two_processes_equal_one(dataset, tmp_path):
         rel = (a[k] - b[k]).norm() / a[k].norm()
         assert rel <= 1e-5, (k, float(rel))
     assert not torch.equal(a["hash_layer.weight"], tiny_model(8, 0.0).hash_layer.weight)   # it trained
+
+
+def test_shared_dropout_draws_the_global_batch_masks():
+    """One process draws what nn.Dropout draws from torch's RNG in the same state (the masks of
+    single-process runs are those of earlier versions, on CPU); with G processes, process r gets
+    rows r*b ... (r+1)*b - 1 of the global batch's masks, for drop6 then drop7."""
+    from reproduce.nets import SharedDropout, share_dropout_stream
+    x6, x7 = torch.rand(64, 4096) + 0.5, torch.rand(64, 4096) + 0.5
+    torch.manual_seed(5)
+    plain = torch.nn.Dropout(0.5)
+    want6, want7 = plain(x6), plain(x7)
+    net = torch.nn.Sequential(SharedDropout(0.5), SharedDropout(0.5))
+    share_dropout_stream(net, 5)
+    assert torch.equal(net[0](x6), want6) and torch.equal(net[1](x7), want7)
+    for rank in (0, 1):
+        share_dropout_stream(net, 5, rank, 2)
+        rows = slice(32 * rank, 32 * (rank + 1))
+        assert torch.equal(net[0](x6[rows]), want6[rows]) and torch.equal(net[1](x7[rows]), want7[rows])
+    net.eval()
+    assert torch.equal(net[0](x6), x6)
 
 
 def test_non_finite_loss_stops_with_the_iteration(dataset, tmp_path):
@@ -265,3 +289,43 @@ def test_resume_of_a_run_from_an_older_version_is_refused(dataset, tmp_path):
     with pytest.raises(UserError, match=r"config.json: not a run configuration of this version .*cannot be resumed"):
         engine.train(cfg, model=tiny_model(8, 0.0), resume=True, progress=False)
     assert sorted(os.listdir(run)) == ["config.json", "snapshot_iter_4.pth"]
+
+
+def test_solver_prototxt_without_snapshot_or_display_trains_as_caffe(dataset, tmp_path):
+    """A solver file without `snapshot` / `display` (Caffe's default 0: no periodic snapshot or
+    display, solver.cpp Step) trains; only the final snapshot and log record are written (Caffe's
+    Solve snapshots after training, snapshot_after_train: true)."""
+    root, list_path = dataset
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('base_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 5\nmomentum: 0.9\n')
+    out = str(tmp_path / "run")
+    args = train.get_args_parser().parse_args([
+        "--train-list", list_path, "--root", root, "--weights", "unused.pth", "--arch", "caffenet",
+        "--out", out, "--bits", "8", "--batch-size", "8", "--workers", "0", "--cache", "none",
+        "--solver-prototxt", str(solver), "--quiet"])
+    cfg = train.config_from_args(args, ckpt={"arch": "caffenet"})
+    assert (cfg.solver.snapshot, cfg.solver.display, cfg.solver.max_iter) == (0, 0, 5)
+    engine.train(cfg, model=tiny_model(8, 0.0), progress=False)
+    assert sorted(n for n in os.listdir(out) if n.endswith(".pth")) == ["final.pth", "snapshot_iter_5.pth"]
+    assert [json.loads(line)["iteration"] for line in open(os.path.join(out, "log.jsonl"))] == [5]
+    # a value the file gives that the run refuses is named with the file and its line
+    solver.write_text('base_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 0\n')
+    args.solver_prototxt = str(solver)
+    with pytest.raises(UserError, match=rf"^{solver}:3: max_iter must be positive, got 0$"):
+        train.config_from_args(args, ckpt={"arch": "caffenet"})
+
+
+def test_single_process_dropout_masks_are_those_of_torchs_rng(dataset, tmp_path):
+    """One process trains exactly as when drop7 was a plain nn.Dropout drawing from torch's RNG
+    seeded with the run's seed (earlier versions): the masks did not change (on CPU)."""
+    root, list_path = dataset
+    runs = {}
+    for kind in ("shared", "plain"):
+        cfg = config(root, list_path, str(tmp_path / kind), dropout=0.5, max_iter=4, cache="none")
+        model = tiny_model(8, 0.5)
+        if kind == "plain":
+            model.drop7 = torch.nn.Dropout(0.5)
+        engine.train(cfg, model=model, progress=False)
+        runs[kind] = final_weights(cfg.out)
+    for k in runs["shared"]:
+        assert torch.equal(runs["shared"][k], runs["plain"][k]), k

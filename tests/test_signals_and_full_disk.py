@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import fake_datasets
 from reproduce.caffe_writer import write_caffemodel
@@ -254,3 +255,74 @@ def test_signal_to_the_process_group_with_loader_workers(inputs, tmp_path, signu
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("encode:")]
     assert proc.returncode == 128 + signum and lines == ["interrupted" if signum == signal.SIGINT else "terminated"], err
     assert os.listdir(out) == []
+
+
+def children(pid):
+    """Process ids of the live children of `pid` (its loader workers)."""
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found.update(int(c) for c in f.read().split())
+    return found
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def slow_cache_inputs(tmp_path):
+    """300 list entries of 900 x 700 JPEGs: seconds of decoding for the image cache."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        smooth = np.cumsum(rng.integers(-4, 5, (700, 900, 3)), axis=1) + 128
+        Image.fromarray(np.clip(smooth, 0, 255).astype(np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
+    (tmp_path / "many.txt").write_text("".join(f"{i % 6}.jpg {i % 2} {(i + 1) % 2}\n" for i in range(300)))
+    return tmp_path
+
+
+def train_args(inputs, folder, run):
+    return ("reproduce.train", "--train-list", str(folder / "many.txt"), "--root", str(folder / "imgs"),
+            "--weights", str(inputs / "base.pth"), "--bits", "8", "--max-iter", "1", "--batch-size", "2",
+            "--workers", "2", "--quiet", "--device", "cpu", "--out", str(run))
+
+
+def test_sigterm_during_the_cache_build_leaves_no_worker_and_a_resumable_cache(inputs, slow_cache_inputs):
+    """The loader workers that decode the images for the cache are gone when the command exits
+    (a worker left behind held the partial HDF5 file and its lock: the next run called it
+    unreadable), and the next run resumes the partial cache."""
+    run = slow_cache_inputs / "run"
+    partial = run / "train_cache.h5.partial"
+    proc = start(*train_args(inputs, slow_cache_inputs, run))
+    workers = set()
+
+    def building():
+        if partial.exists():
+            workers.update(children(proc.pid))
+        return len(workers) == 2
+    code, err = terminate_when(proc, building)
+    assert code == 143 and err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err, err
+    assert not [w for w in workers if alive(w)], "loader workers outlived the command"
+    assert partial.exists() and not (run / "train_cache.h5").exists()
+    result = command(*train_args(inputs, slow_cache_inputs, run))
+    assert result.returncode == 0 and "note:" not in result.stderr, result.stderr[-2000:]
+    assert (run / "train_cache.h5").exists() and not partial.exists()
+
+
+def test_an_unreadable_partial_cache_is_built_again(inputs, slow_cache_inputs):
+    """`<cache>.partial` is our own temporary file: left unreadable (a kill -9 while HDF5 wrote
+    its header), the next run builds it again with a one-line note instead of an error."""
+    run = slow_cache_inputs / "run"
+    run.mkdir()
+    (run / "train_cache.h5.partial").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    result = command(*train_args(inputs, slow_cache_inputs, run))
+    assert result.returncode == 0, result.stderr[-2000:]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {run / 'train_cache.h5.partial'}: unreadable partial cache of an interrupted "
+                     "build; building it again from scratch"]
+    assert (run / "train_cache.h5").exists() and not (run / "train_cache.h5.partial").exists()

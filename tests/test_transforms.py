@@ -165,16 +165,86 @@ def test_exif_orientation_is_ignored(tmp_path, rng):
 
 def test_unreadable_images_raise_user_error_naming_the_path(tmp_path, rng):
     Image.fromarray(image(rng, 64, 64, "smooth")).save(tmp_path / "ok.jpg", quality=90)
+    Image.fromarray(image(rng, 64, 64, "random")).save(tmp_path / "ok.png")
     data = (tmp_path / "ok.jpg").read_bytes()
-    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "truncated.jpg").write_bytes(data[:40])        # cut inside its header
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "ok.png").read_bytes()[:3000])
     (tmp_path / "text.jpg").write_text("not an image\n")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "folder.png").mkdir()
-    for name in ("missing.jpg", "truncated.jpg", "text.jpg", "empty.png", "folder.png"):
+    for name in ("missing.jpg", "truncated.jpg", "truncated.png", "text.jpg", "empty.png", "folder.png"):
         with pytest.raises(UserError) as e:
             read_image_bgr(tmp_path / name)
         msg = str(e.value)
         assert msg.startswith(str(tmp_path / name)) and "\n" not in msg, msg
+        if name != "folder.png":
+            assert cv2.imread(str(tmp_path / name), IMREAD) is None, name     # OpenCV refuses them too
+
+
+def jpeg_bytes(rng, kind):
+    """A 120 x 160 JPEG of smooth content: baseline, progressive, greyscale progressive, 4:4:4."""
+    import io
+    smooth = image(rng, 120, 160, "smooth")
+    im = Image.fromarray(smooth[:, :, 0]) if kind == "gray_progressive" else Image.fromarray(smooth)
+    options = {"baseline": dict(quality=90), "progressive": dict(quality=90, progressive=True),
+               "gray_progressive": dict(quality=70, progressive=True),
+               "444": dict(quality=80, subsampling=0)}[kind]
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "gray_progressive", "444"])
+def test_truncated_jpegs_decode_as_opencv(tmp_path, rng, kind):
+    """A JPEG cut short decodes as cv2.imread decodes it (libjpeg's "Premature end of JPEG file":
+    the missing part filled), pixel for pixel, at cut points all over the file; where OpenCV
+    returns no image (a cut inside a header or marker segment) it is a UserError."""
+    data = jpeg_bytes(rng, kind)
+    path = tmp_path / "cut.jpg"
+    decoded = refused = 0
+    for cut in list(range(2, len(data), max(1, len(data) // 97))) + [len(data) - 2, len(data) - 1]:
+        path.write_bytes(data[:cut])
+        want = cv2.imread(str(path), IMREAD)
+        if want is None:
+            with pytest.raises(UserError, match="cut.jpg: cannot decode image"):
+                read_image_bgr(path)
+            refused += 1
+        else:
+            np.testing.assert_array_equal(read_image_bgr(path), want, err_msg=f"cut at {cut} of {len(data)}")
+            decoded += 1
+    assert decoded > 50 and refused > 0
+
+
+def test_only_the_formats_opencv_reads_are_decoded(tmp_path, rng):
+    """ICO, TGA, PCX, SGI, QOI, XBM, DDS, MSP and ICNS files, which PIL reads, are refused as
+    OpenCV's imread refuses them; BMP, GIF (a transparent colour shows GIF's background colour,
+    as in OpenCV's decoder), JPEG 2000, WebP, AVIF, TIFF, PBM/PGM/PPM, Sun raster and animated PNG
+    decode as cv2.imread decodes them."""
+    smooth = Image.fromarray(image(rng, 60, 80, "smooth"))
+    refused = {"x.ico": smooth, "x.tga": smooth, "x.pcx": smooth, "x.sgi": smooth, "x.qoi": smooth,
+               "x.xbm": smooth.convert("1"), "x.dds": smooth, "x.msp": smooth.convert("1"),
+               "x.icns": smooth.resize((16, 16))}
+    for name, im in refused.items():
+        im.save(tmp_path / name)
+        assert cv2.imread(str(tmp_path / name), IMREAD) is None, name
+        with pytest.raises(UserError, match=rf"{name}: cannot decode image \(ValueError: \w+ is a format that "
+                                            "OpenCV's imread"):
+            read_image_bgr(tmp_path / name)
+    palette = smooth.quantize(64)
+    read = {"x.bmp": (smooth, {}), "plain.gif": (palette, {}), "t.gif": (palette, dict(transparency=3)),
+            "t_bg.gif": (palette, dict(transparency=3, background=5)),
+            "t_interlaced.gif": (palette, dict(transparency=7, interlace=True)),
+            "x.jp2": (smooth, {}), "x.webp": (smooth, dict(quality=80)), "ll.webp": (smooth, dict(lossless=True)),
+            "x.avif": (smooth, {}), "x.tif": (smooth, dict(compression="tiff_lzw")), "x.ppm": (smooth, {}),
+            "x.pgm": (smooth.convert("L"), {}), "x.pbm": (smooth.convert("1"), {}),
+            "x.png": (smooth, dict(save_all=True, append_images=[smooth.transpose(0)]))}
+    for name, (im, options) in read.items():
+        im.save(tmp_path / name, **options)
+    cv2.imwrite(str(tmp_path / "x.ras"), image(rng, 20, 30, "random"))           # PIL cannot write Sun rasters
+    for name in list(read) + ["x.ras"]:
+        want = cv2.imread(str(tmp_path / name), IMREAD)
+        assert want is not None, name
+        np.testing.assert_array_equal(read_image_bgr(tmp_path / name), want, err_msg=name)
 
 
 # ------------------------------------------------------------------------ crop, mirror, mean

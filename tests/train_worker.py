@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from reproduce.config import RunConfig
 from reproduce.engine import train
+from reproduce.nets import SharedDropout
 
 
 class TinyNet(nn.Module):
@@ -22,7 +23,7 @@ class TinyNet(nn.Module):
         super().__init__()
         self.bits = bits
         self.fc7 = nn.Linear(3 * 8 * 8, 32)
-        self.drop7 = nn.Dropout(dropout)
+        self.drop7 = SharedDropout(dropout)     # DHNNet's dropout: masks of the global batch
         self.hash_layer = nn.Linear(32, bits)
 
     def forward(self, x):
