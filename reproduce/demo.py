@@ -41,7 +41,7 @@ from .methods import DEEP_METHODS, make_method
 from .metrics import mean_average_precision
 from .nets import BITS
 from .paper import PAPER_BITS, canonical_method
-from .executors import add_arguments as add_executor_arguments, plan_main
+from .executors import add_arguments as add_executor_arguments, check_arguments as check_executor_arguments, plan_main
 from .plan import Job, Plan
 from .provenance import git_revision, versions
 from .records import check_records, protocol, read_record, write_record
@@ -378,6 +378,7 @@ def make_plan(args, started=None):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    check_executor_arguments(args)
     start = time.time()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     if args.plan:

@@ -65,7 +65,9 @@ def add_arguments(parser):
 
 
 def check_arguments(args):
-    """Option combinations that cannot work, refused before any work."""
+    """Option combinations that cannot work and devices that are not there, refused before any
+    work (commands call it first)."""
+    _with_defaults(args)
     if args.executor == "slurm" and args.jobs != 1:
         raise UserError("--jobs is for the local executor; SLURM runs as many as the cluster gives "
                         "(--slurm-max-concurrent to bound them)")
@@ -75,6 +77,8 @@ def check_arguments(args):
         raise UserError("--slurm-gpus-per-job: must be 0 or more")
     if args.devices is not None and getattr(args, "device", "auto") not in (None, "auto"):
         raise UserError("--device and --devices: give one (--devices spreads the jobs over devices)")
+    if args.devices is not None:
+        devices_of(args)
 
 
 def devices_of(args):
@@ -196,7 +200,7 @@ class Progress:
         self.bar.update(1)
 
     def write(self, text):
-        self.bar.write(text)
+        self.bar.write(text, file=sys.stderr)
 
     def close(self):
         self.bar.close()
@@ -372,7 +376,7 @@ def plan_main(plan, args, log=print):
     refuse stale outputs (unless --rerun-stale) and run what is not done with the executor the
     options choose. Returns the jobs that were to run (None with --plan)."""
     from .plan import run_inline
-    check_arguments(_with_defaults(args))
+    check_arguments(args)
     busy = running_jobs(plan, args)
     state, why = plan.states(running={n for n, text in busy.items() if text.startswith("running")})
     if getattr(args, "plan", False):

@@ -37,7 +37,7 @@ from .losses import LOSS_PRESETS
 from .nets import ARCHS, BITS, FC_LAYERS
 from .methods import DEEP_METHODS
 from .paper import PAPER_BITS
-from .executors import add_arguments as add_executor_arguments, plan_main
+from .executors import add_arguments as add_executor_arguments, check_arguments as check_executor_arguments, plan_main
 from .plan import Plan
 from .pretrained import checkpoint_path, ensure_pretrained
 from .solver import PRESETS
@@ -248,6 +248,7 @@ class Reproduction:
         return Plan(jobs, os.path.join(self.work, "jobs"))
 
     def run(self):
+        check_executor_arguments(self.args)
         if self.args.plan:
             try:
                 plan = self.plan(dry=True)

@@ -25,7 +25,7 @@ import subprocess
 import time
 
 from .errors import UserError, check_signal
-from .executors import JobsFailed, Progress, _dependents, job_spec, log_tail, summary_line
+from .executors import JobsFailed, Progress, job_spec, log_tail, summary_line
 from .plan import record_status
 
 POLL_S = 3.0
@@ -127,33 +127,27 @@ class SlurmExecutor:
     def _wait(self, plan, todo, ids):
         progress = Progress(len(todo))
         pending = {j.name for j in todo}
-        finished, failed = set(), set()
+        finished, failed, skipped = set(), set(), set()
         try:
             while pending:
                 states = squeue([ids[n] for n in pending])
                 progress.running({n for n in pending if states.get(ids[n]) in ("RUNNING", "COMPLETING")})
-                for name in sorted(pending):
-                    state = states.get(ids[name])
-                    if state in LIVE:
-                        continue
-                    pending.discard(name)
+                for job in [j for j in todo if j.name in pending and states.get(ids[j.name]) not in LIVE]:
+                    pending.discard(job.name)
                     progress.finished()
-                    if self._succeeded(plan, plan.by_name[name]):
-                        finished.add(name)
+                    if self._succeeded(plan, job):
+                        finished.add(job.name)
+                    elif any(d in failed or d in skipped for d in job.deps):
+                        skipped.add(job.name)      # cancelled by SLURM: a job it needs failed
                     else:
-                        failed.add(name)
-                        self._report(plan, plan.by_name[name], ids[name], state, progress)
-                # what depends on a failed job was cancelled by SLURM (kill-on-invalid-dep)
-                for name in _dependents(plan, failed) & pending:
-                    pending.discard(name)
-                    progress.finished()
+                        failed.add(job.name)
+                        self._report(plan, job, ids[job.name], states.get(ids[job.name]), progress)
                 if pending:
                     time.sleep(POLL_S)
                     check_signal()
         finally:
             progress.close()
-        not_run = len(todo) - len(finished) - len(failed)
-        self.log(summary_line(len(finished), len(failed), not_run))
+        self.log(summary_line(len(finished), len(failed), len(todo) - len(finished) - len(failed)))
         if failed:
             raise JobsFailed(f"{len(failed)} job(s) failed ({', '.join(sorted(failed)[:3])}"
                              f"{', ...' if len(failed) > 3 else ''}); their logs are in {plan.state_dir}; "
