@@ -9,8 +9,8 @@ paths relative to --root, the same label count in all three. --topk is the MAP c
 protocol (`all`: the whole database). The name is used in every title, file and folder
 (results/NAME, runs/NAME); the tables show no published numbers unless --paper-numbers gives
 yours, in the layout of reproduce/data/paper_tables.csv (rows whose dataset column is NAME).
-Everything else (--smoke, --sweep, --seeds, resume, the refusal of a results folder made with
-another configuration) is reproduce.reproduction's, as for the paper's datasets.
+Everything else (--smoke, --sweep, --seeds, the plan: --plan, re-runs, --rerun-stale, the
+executors) is reproduce.reproduction's, as for the paper's datasets.
 """
 
 from ..comparison import check_dataset_name, dataset_protocol
