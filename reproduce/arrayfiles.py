@@ -11,6 +11,7 @@ import tokenize
 import zipfile
 import zlib
 
+import h5py
 import numpy as np
 import scipy.io
 
@@ -99,6 +100,26 @@ def read_h5_dataset(dset, path, name):
     _check_declared(path, name, dset.shape, dset.dtype.itemsize, stored,
                     MAX_EXPANSION if filtered else 1, slack=H5_SLACK)
     return np.asarray(dset[()])
+
+
+MAX_H5_ATTRIBUTE = 1 << 20   # bytes: our attributes are short texts and numbers
+
+
+def read_h5_attrs(obj, path):
+    """{name: value} of an HDF5 object's attributes, bytes decoded and numpy scalars as Python ones,
+    once each attribute's declared size is known to be small: a corrupt header can declare an
+    attribute of terabytes, which h5py would allocate or walk for hours (found by the fuzz tests)."""
+    values = {}
+    for name in obj.attrs:
+        aid = h5py.h5a.open(obj.id, name.encode("utf-8"))
+        shape = aid.shape or ()
+        size = math.prod(int(n) for n in shape) * max(aid.dtype.itemsize, 1)
+        if size > MAX_H5_ATTRIBUTE or size > os.path.getsize(path) + H5_SLACK:
+            raise UserError(f"{path}: attribute {name!r} declares {size} bytes; the file is corrupt")
+        value = obj.attrs[name]
+        value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        values[name] = value.item() if isinstance(value, np.generic) else value
+    return values
 
 
 MAT4_ITEMSIZE = {0: 8, 1: 4, 2: 4, 3: 2, 4: 2, 5: 1}     # mio4: double, single, int32, int16, ...

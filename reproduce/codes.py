@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from .arrayfiles import READ_ERRORS, load_npy, load_npz, mat_variables, one_line, read_h5_dataset
+from .arrayfiles import READ_ERRORS, load_npy, load_npz, mat_variables, one_line, read_h5_attrs, read_h5_dataset
 from .errors import UserError
 from .fileio import require_file
 from .lists import MAX_CLASSES, MAX_LABEL_BYTES, read_list
@@ -130,11 +130,6 @@ def labels_by_path(list_path, paths, code_path):
     return image_list.labels[[row[p] for p in paths]]
 
 
-def _text(value):
-    value = value.decode() if isinstance(value, bytes) else value
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def _open(path):
     """(format, {name: shape}, load(name) -> ndarray, attrs) for any accepted file."""
     require_file(path, "code file")
@@ -151,7 +146,7 @@ def _open(path):
             return "mat", shapes, load, {}
         with h5py.File(path, "r") as f:
             shapes = {k: v.shape for k, v in f.items() if isinstance(v, h5py.Dataset)}
-            attrs = {k: _text(v) for k, v in f.attrs.items()}
+            attrs = read_h5_attrs(f, path)
             fmt = ("reproduce.encode" if isinstance(attrs.get("format"), str)
                    and attrs["format"] == ENCODE_FORMAT
                    or {"codes", "labels", "paths"} <= set(shapes) else "hdf5")

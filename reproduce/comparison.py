@@ -13,6 +13,7 @@ import re
 import h5py
 import numpy as np
 
+from .arrayfiles import H5_ERRORS, read_h5_attrs
 from .baselines import make_baseline
 from .codes import encoding_difference, read_codes, read_external_labels
 from .errors import FLOAT32_MAX, UserError
@@ -144,8 +145,8 @@ def check_same_source(paths, what, allow_mixed=False):
         if os.path.isfile(p) and h5py.is_hdf5(p):
             try:
                 with h5py.File(p, "r") as f:
-                    attrs.append((p, {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}))
-            except (OSError, ValueError) as e:
+                    attrs.append((p, read_h5_attrs(f, p)))
+            except H5_ERRORS as e:
                 raise UserError(f"{p}: not a readable HDF5 file ({e})") from None
     mixed = encoding_difference(attrs, what)
     if mixed and not allow_mixed:
