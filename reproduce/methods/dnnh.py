@@ -97,7 +97,7 @@ class DivideEncodeHead(Head):
         return f"bits={self.bits}, in_features={self.in_features}, epsilon={self.epsilon}"
 
     def layers(self):
-        return [getattr(self, f"ip_s{k}") for k in range(1, self.bits + 1)]
+        return [self._modules[f"ip_s{k}"] for k in range(1, self.bits + 1)]
 
     def encode(self, fc7):
         """sigmoid outputs before the threshold, N x K.
@@ -107,7 +107,7 @@ class DivideEncodeHead(Head):
         if fc7.dim() != 2 or fc7.shape[1] != self.in_features:
             raise ValueError(f"expected N x {self.in_features} features, got {tuple(fc7.shape)}")
         layers = self.layers()
-        weight = torch.cat([layer.weight.reshape(-1) for layer in layers])
+        weight = torch.cat([layer.weight for layer in layers], dim=1)   # 1 x in_features, no K reshapes
         bias = torch.cat([layer.bias for layer in layers])
         if getattr(self, "_slice_of", None) is None or self._slice_of.device != fc7.device:
             self._slice_of = torch.repeat_interleave(
