@@ -136,6 +136,17 @@ def caffe_param_groups(model, lr_mults=None):
     return groups
 
 
+def _each(op, cpu, tensors, other, **kwargs):
+    """tensor.<op>(other[i] or the scalar other, **kwargs) for every tensor: with `cpu` (all on
+    the CPU) one torch._foreach_<op> call, which applies that very per-tensor operation to each
+    (its only CPU implementation); elsewhere the per-tensor calls themselves, as CUDA's fused
+    _foreach kernels are other kernels, not verified to round as the per-tensor ones do."""
+    if cpu:
+        return getattr(torch, f"_foreach_{op}")(tensors, other, **kwargs)
+    others = other if isinstance(other, list) else [other] * len(tensors)
+    return [getattr(t, op)(o, **kwargs) for t, o in zip(tensors, others)]
+
+
 class CaffeSGD(torch.optim.Optimizer):
     """Caffe's SGDSolver update (see the module docstring); one step() = one Caffe iteration.
 
@@ -228,20 +239,21 @@ class CaffeSGD(torch.optim.Optimizer):
 
     def _update(self, params, by_rate, by_decay):
         """SGDSolver::ApplyUpdate of `params`: each gets the elementwise operations it would get
-        alone, through torch._foreach_* calls over all the parameters that share the operation's
-        scalar (a handful of calls instead of four per parameter; parameters are independent, so
-        the order of the operations across them is free)."""
+        alone, one call (_each) over all the parameters that share the operation's scalar (a
+        handful of calls instead of four per parameter; parameters are independent, so the order
+        of the operations across them is free)."""
         histories = [self._history(p) for p in params]
         diffs = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        cpu = all(p.is_cpu for p in params)
         for decay, rows in by_decay.items():            # Regularize: caffe_axpy(decay, w, diff)
-            decayed = torch._foreach_add([diffs[i] for i in rows], [params[i] for i in rows], alpha=decay)
+            decayed = _each("add", cpu, [diffs[i] for i in rows], [params[i] for i in rows], alpha=decay)
             for i, diff in zip(rows, decayed):
                 diffs[i] = diff
         # ComputeUpdateValue: caffe_cpu_axpby(local_rate, diff, momentum, history)
-        torch._foreach_mul_(histories, self.hyper["momentum"])
+        _each("mul_", cpu, histories, self.hyper["momentum"])
         for rate, rows in by_rate.items():
-            torch._foreach_add_([histories[i] for i in rows], [diffs[i] for i in rows], alpha=rate)
-        torch._foreach_sub_(params, histories)           # Net::Update: data -= diff (= history)
+            _each("add_", cpu, [histories[i] for i in rows], [diffs[i] for i in rows], alpha=rate)
+        _each("sub_", cpu, params, histories)           # Net::Update: data -= diff (= history)
 
     def _history(self, p):
         """Caffe's history_ of `p`, zeros before the first update (PreSolve)."""

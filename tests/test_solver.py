@@ -10,6 +10,7 @@ import torch
 
 from reproduce.errors import UserError
 from reproduce.nets import DHNNet
+from reproduce import solver as solver_module
 from reproduce.solver import PRESETS, CaffeSGD, SolverSettings, caffe_param_groups, learning_rate
 from reproduce.solver_prototxt import read_solver_prototxt
 
@@ -387,10 +388,15 @@ def _one_parameter_at_a_time(params, groups, rate, momentum, weight_decay, histo
         p.data.sub_(histories[p])
 
 
-def test_grouped_update_is_bitwise_the_per_parameter_loop():
+@pytest.mark.parametrize("foreach", [True, False])
+def test_grouped_update_is_bitwise_the_per_parameter_loop(monkeypatch, foreach):
     """step() applies the same float32 operations to each parameter as a per-parameter loop,
-    with many parameters sharing a rate or a decay (foreach calls over them), a None grad, and
-    rate changes of the step policy."""
+    with many parameters sharing a rate or a decay (foreach calls over them on the CPU; the
+    per-tensor calls the other devices take, forced here), a None grad, and rate changes of the
+    step policy."""
+    if not foreach:
+        each = solver_module._each
+        monkeypatch.setattr(solver_module, "_each", lambda op, cpu, *args, **kw: each(op, False, *args, **kw))
     gen = torch.Generator().manual_seed(0)
     shapes = [(7, 5), (5,), (1, 9), (1,)] * 6 + [(3, 3)]
     mults = [(1.0, 1.0), (2.0, 0.0), (10.0, 1.0), (20.0, 0.0)] * 6 + [(0.5, 3.0)]
