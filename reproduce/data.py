@@ -215,13 +215,23 @@ class BatchOrder:
     def permutation(self, epoch):
         return np.random.default_rng([self.seed, 0, epoch]).permutation(self.n)
 
-    def batch(self, t):
-        pos = np.arange(t * self.batch_size, (t + 1) * self.batch_size)
+    def indices(self, t):
+        """The list positions of global batch t: batch(t)[0], without drawing its crops and
+        mirrors (a caller that needs only the images saves the generator of every batch)."""
+        start = t * self.batch_size
+        epoch, within = divmod(start, self.n)
+        if within + self.batch_size <= self.n:     # inside one pass: a slice of its permutation
+            return self.permutation(int(epoch))[within:within + self.batch_size].copy()
+        pos = np.arange(start, start + self.batch_size)
         epochs, within = np.divmod(pos, self.n)
         index = np.empty(self.batch_size, dtype=np.int64)
         for e in np.unique(epochs):
             sel = epochs == e
             index[sel] = self.permutation(int(e))[within[sel]]
+        return index
+
+    def batch(self, t):
+        index = self.indices(t)
         rng = np.random.default_rng([self.seed, 1, t])
         offsets = rng.integers(0, NEW_SIZE - CROP_SIZE + 1, size=(self.batch_size, 2))
         mirror = rng.integers(0, 2, size=self.batch_size).astype(bool)

@@ -392,8 +392,9 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
             raise NonFiniteLoss(f"non-finite loss ({value}) at iteration {it}; stopped")
         solver.zero_grad(set_to_none=True)
         # Every process computes the same loss on the gathered B x B pairs but back-propagates only
-        # into its own rows; DDP averages gradients over processes, hence the factor.
-        (loss * world_size).backward()
+        # into its own rows; DDP averages gradients over processes, hence the factor (one process:
+        # none, which saves a graph node and gives the same gradient, loss * 1 being loss).
+        (loss * world_size if world_size > 1 else loss).backward()
         lr = solver.current_lr
         try:
             solver.step()

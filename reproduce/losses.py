@@ -51,7 +51,7 @@ def pairwise_similarity(labels, other=None):
                          "do not have the same number of labels C")
     dtype = labels.dtype if labels.is_floating_point() else torch.float32
     a = labels.to(dtype)
-    b = other.to(device=labels.device, dtype=dtype)
+    b = a if other is labels else other.to(device=labels.device, dtype=dtype)
     return (a @ b.T > 0).to(dtype)
 
 
@@ -66,8 +66,10 @@ def log_cosh(x):
 
 
 def _batch_similarity(z, labels, similarity):
-    """(N, N) similarity of the batch in z's dtype and device: from (N, C) labels
-    (pairwise_similarity), or a given (N, N) matrix (negative entries: pairs left out)."""
+    """(s, counted) of the batch, in z's dtype and device: s_ij = 1.0 if similar else 0.0 (Caffe:
+    similarity > 0), counted the boolean mask of the pairs in the mean (Caffe: similarity >= 0),
+    None when every pair counts. From (N, C) labels (pairwise_similarity: every pair counts), or
+    a given (N, N) matrix (negative entries: pairs left out)."""
     n = z.shape[0]
     if (labels is None) == (similarity is None):
         raise ValueError("pass exactly one of labels (N x C) and similarity (N x N)")
@@ -75,11 +77,14 @@ def _batch_similarity(z, labels, similarity):
         if labels.dim() != 2 or labels.shape[0] != n:
             raise ValueError(f"labels must be {n} x C for z of shape {tuple(z.shape)}, "
                              f"got {tuple(labels.shape)}")
-        return pairwise_similarity(labels.to(z.device)).to(z.dtype)
+        return pairwise_similarity(labels.to(z.device)).to(z.dtype), None   # already 0/1
     if tuple(similarity.shape) != (n, n):
         raise ValueError(f"similarity must be {n} x {n} for z of shape "
                          f"{tuple(z.shape)}, got {tuple(similarity.shape)}")
-    return similarity.to(device=z.device, dtype=z.dtype)
+    sim = similarity.to(device=z.device, dtype=z.dtype)
+    counted = sim >= 0
+    # .all() waits for the device: only a passed matrix can leave pairs out
+    return (sim > 0).to(z.dtype), None if bool(counted.all()) else counted
 
 
 class DHNLoss(nn.Module):
@@ -153,53 +158,118 @@ class DHNLoss(nn.Module):
             raise ValueError(f"z must be N x K with N, K >= 1, got shape {tuple(z.shape)}")
         if z.dtype in (torch.float16, torch.bfloat16):
             z = z.float()   # Caffe computes the layer in float32
-        n, k = z.shape
-        sim = _batch_similarity(z, labels, similarity)
-        s = (sim > 0).to(z.dtype)            # Caffe: (similarity > 0)
-        counted = sim >= 0                    # Caffe: count = 1 where similarity >= 0
-        # Labels give every pair a 0/1 similarity; only a passed matrix can leave pairs out
-        # (checked there alone: .all() waits for the device).
-        all_counted = labels is not None or bool(counted.all())
-        count = n * n if all_counted else counted.sum().clamp(min=1).to(z.dtype)
-
-        theta = z @ z.T                       # N x N, <z_i, z_j>, unscaled
-        if self.pair_loss == "cross_entropy":
-            # log(1 + e^theta) - s*theta; d/dtheta = sigmoid(theta) - s for all theta, and via
-            # theta = Z Z^T the gradient on z is (D + D^T)/2 . Z / count = 2(sigmoid - s) Z / count
-            # (D symmetric), the Caffe layer's l_lambda / count * D . Z.
-            per_pair = torch.logaddexp(torch.zeros_like(theta), theta) - s * theta
-            if self.threshold is not None:
-                with torch.no_grad():
-                    # Caffe's value above the threshold is theta*(1 - s); its gradient is not
-                    # changed there, so the difference enters the value only (detached).
-                    above = theta >= self.threshold
-                    correction = torch.where(above, theta * (1 - s) - per_pair,
-                                             torch.zeros_like(per_pair))
-                per_pair = per_pair + correction
+        s, counted = _batch_similarity(z, labels, similarity)
+        # Row-major codes (the training loop's) take one graph node, _DHNLossFunction; others
+        # the recorded graph, as torch's mm backward orders its operands by their strides.
+        if z.is_contiguous():
+            total, self._last = _DHNLossFunction.apply(z, s, counted, self)
         else:
-            # DHN-E (paper Table 2): squared error between s and the inner product scaled to
-            # [-1, 1] by 1/K.
-            per_pair = (s - theta / k) ** 2
-        if not all_counted:
+            total, self._last, _ = self._value(z, s, counted)
+        return total
+
+    def _value(self, z, s, counted):
+        """(total, parts for `last`, (count, theta, sign, x)): the loss, differentiable by
+        autograd (the reference _DHNLossFunction's backward reproduces), and the intermediates
+        that backward reads."""
+        n = z.shape[0]
+        count = n * n if counted is None else counted.sum().clamp(min=1).to(z.dtype)
+        theta = z @ z.T                       # N x N, <z_i, z_j>, unscaled
+        per_pair = self._per_pair(theta, s, z.shape[1])
+        if counted is not None:
             per_pair = torch.where(counted, per_pair, torch.zeros_like(per_pair))
         pair = per_pair.sum() / count
-
         # |z| with Caffe's sign convention (bottom_data >= 0 -> +1), so that the gradient
         # sign(z) * tanh(|z| - 1) is Caffe's also at z == 0 (torch.abs would give 0 there).
         sign = torch.where(z.detach() >= 0, 1.0, -1.0).to(z.dtype)
-        q_elem = log_cosh(z * sign - 1)       # N x K
+        x = z * sign - 1
+        q_elem = log_cosh(x)                  # N x K
         quant = q_elem.sum() / n              # the normalisation the Caffe gradient implies
         total = pair + self.quant_weight * quant
-
         with torch.no_grad():
-            quant_caffe = q_elem.mean()
-            total_caffe = pair + quant_caffe * (self.quant_weight > 0)
-            zero_rows = (torch.diagonal(s) <= 0).sum()
-            pairs = counted.sum()
-            similar = (s.bool() & counted).sum()
-            self._last = torch.stack([t.detach().to(torch.float64) for t in (
-                pair, quant, quant_caffe, total, total_caffe, zero_rows, pairs, similar)])
-        return total
+            parts = self._parts(pair, quant, q_elem, total, s, counted)
+        return total, parts, (count, theta, sign, x)
+
+    def _per_pair(self, theta, s, k):
+        """The pair term of every pair (N x N), before the mean; k: the code length."""
+        if self.pair_loss == "squared":
+            # DHN-E (paper Table 2): squared error between s and the inner product scaled to
+            # [-1, 1] by 1/K.
+            return (s - theta / k) ** 2
+        # log(1 + e^theta) - s*theta; d/dtheta = sigmoid(theta) - s for all theta, and via
+        # theta = Z Z^T the gradient on z is (D + D^T)/2 . Z / count = 2(sigmoid - s) Z / count
+        # (D symmetric), the Caffe layer's l_lambda / count * D . Z.
+        per_pair = torch.logaddexp(torch.zeros_like(theta), theta) - s * theta
+        if self.threshold is None:
+            return per_pair
+        with torch.no_grad():
+            # Caffe's value above the threshold is theta*(1 - s); its gradient is not changed
+            # there, so the difference enters the value only (detached).
+            correction = torch.where(theta >= self.threshold, theta * (1 - s) - per_pair, 0.0)
+        return per_pair + correction
+
+    def _per_pair_backward(self, grad, theta, s, k):
+        """Autograd's gradient on theta of _per_pair's sum, given its gradient on each pair."""
+        if self.pair_loss == "squared":
+            scaled = s - theta / k
+            return (grad * (2.0 * scaled.pow(1.0))).neg() / k       # pow, s - ..., / k
+        # logaddexp(0, theta) (the threshold's correction is detached) and - s * theta
+        return grad / (1 + torch.exp(torch.zeros_like(theta) - theta)) + grad.neg() * s
+
+    def _parts(self, pair, quant, q_elem, total, s, counted):
+        """What `last` reads, as one float64 tensor in _LAST_FIELDS order (no sync)."""
+        quant_caffe = q_elem.mean()
+        total_caffe = pair + quant_caffe * (self.quant_weight > 0)
+        losses = torch.stack([pair, quant, quant_caffe, total, total_caffe]).to(torch.float64)
+        zero_rows = (torch.diagonal(s) <= 0).sum().to(torch.float64)
+        if counted is None:     # every pair counts; s is 0/1, so its float64 sum is the count
+            pairs = torch.full((), s.numel(), dtype=torch.float64, device=s.device)
+            similar = s.sum(dtype=torch.float64)
+        else:
+            pairs = counted.sum().to(torch.float64)
+            similar = (s.bool() & counted).sum().to(torch.float64)
+        return torch.cat([losses, torch.stack([zero_rows, pairs, similar])])
+
+
+class _DHNLossFunction(torch.autograd.Function):
+    """DHNLoss on row-major codes as one autograd node: the forward is DHNLoss._value, the
+    backward writes out, operation for operation, what autograd computes from the graph that
+    _value records (torch's formula for each node, the same operands, and the order in which
+    its engine adds the gradients reaching z), so the gradient is bitwise the recorded graph's
+    (tests/test_losses.py compares them). Why: at the batch of 64 recording and replaying the
+    ~40 nodes costs more than the arithmetic. Returns (total, parts for `last`)."""
+
+    @staticmethod
+    def forward(ctx, z, s, counted, loss):
+        total, parts, (count, theta, sign, x) = loss._value(z, s, counted)
+        ctx.save_for_backward(z, s, counted, theta, sign, x)
+        ctx.loss, ctx.count = loss, count
+        ctx.mark_non_differentiable(parts)
+        ctx.set_materialize_grads(False)
+        return total, parts
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        if grad is None:                      # no gradient reached total (grads not materialised)
+            return None, None, None, None
+        z, s, counted, theta, sign, x = ctx.saved_tensors
+        loss, (n, k) = ctx.loss, z.shape
+        # total = pair + quant_weight * quant; the quantization branch, recorded last, runs
+        # first, and its gradient is the first to reach z
+        g_z = _log_cosh_backward((grad * loss.quant_weight / n).expand(n, k), x) * sign
+        g_pair = (grad / ctx.count).expand(n, n)                     # sum / count
+        if counted is not None:
+            g_pair = torch.where(counted, g_pair, 0)
+        g_theta = loss._per_pair_backward(g_pair, theta, s, k)
+        # theta = z @ z.T: torch's mm_mat1_backward, then mm_mat2_backward through the
+        # transpose, as they read row-major z
+        return (g_z + g_theta.mm(z)) + g_theta.t().mm(z), None, None, None
+
+
+def _log_cosh_backward(grad, x):
+    """Autograd's gradient of log_cosh(x) = logaddexp(x, -x) - log 2 (logaddexp's formula for
+    each operand, then the negation)."""
+    neg = -x
+    return grad / (1 + torch.exp(neg - x)) + (grad / (1 + torch.exp(x - neg))).neg()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -136,6 +136,17 @@ def caffe_param_groups(model, lr_mults=None):
     return groups
 
 
+def _each(op, cpu, tensors, other, **kwargs):
+    """tensor.<op>(other[i] or the scalar other, **kwargs) for every tensor: with `cpu` (all on
+    the CPU) one torch._foreach_<op> call, which applies that very per-tensor operation to each
+    (its only CPU implementation); elsewhere the per-tensor calls themselves, as CUDA's fused
+    _foreach kernels are other kernels, not verified to round as the per-tensor ones do."""
+    if cpu:
+        return getattr(torch, f"_foreach_{op}")(tensors, other, **kwargs)
+    others = other if isinstance(other, list) else [other] * len(tensors)
+    return [getattr(t, op)(o, **kwargs) for t, o in zip(tensors, others)]
+
+
 class CaffeSGD(torch.optim.Optimizer):
     """Caffe's SGDSolver update (see the module docstring); one step() = one Caffe iteration.
 
@@ -191,33 +202,74 @@ class CaffeSGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        rate = self.get_lr()
-        momentum, weight_decay = self.hyper["momentum"], self.hyper["weight_decay"]
+        plan, error = self._plan(self.get_lr())
+        if plan[0]:
+            self._update(*plan)
+        if error is not None:
+            raise error
+        self.iter += 1
+        self._set_group_lr()
+        return loss
+
+    def _plan(self, rate):
+        """(parameters in update order, {local rate: their positions}, {local decay > 0: their
+        positions}) and the error to raise after updating them (None: all were planned). The
+        per-parameter loop this replaces updated every parameter before the first one it refused,
+        so the same ones are updated."""
+        params, by_rate, by_decay = [], {}, {}
+        weight_decay = self.hyper["weight_decay"]
         for group in self.param_groups:
             local_rate = rate * group["lr_mult"]
             local_decay = weight_decay * group["decay_mult"]
             if not (abs(local_rate) <= FLOAT32_MAX and abs(local_decay) <= FLOAT32_MAX):
                 # Caffe would apply an infinite float rate; torch cannot convert it (a growing
                 # schedule, e.g. step with gamma > 1, or a huge multiplier)
-                raise OverflowError(f"the learning rate {local_rate:g} (or weight decay {local_decay:g}) of "
-                                    f"iteration {self.iter} is beyond float32's range")
+                return (params, by_rate, by_decay), OverflowError(
+                    f"the learning rate {local_rate:g} (or weight decay {local_decay:g}) of "
+                    f"iteration {self.iter} is beyond float32's range")
             for p in group["params"]:
                 if p.grad is not None and p.grad.is_sparse:
-                    raise RuntimeError("CaffeSGD does not support sparse gradients")
-                state = self.state[p]
-                if "momentum_buffer" not in state:      # Caffe's history_, zeros in PreSolve
-                    state["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format)
-                history = state["momentum_buffer"]
-                diff = p.grad if p.grad is not None else torch.zeros_like(p)
-                if local_decay:                          # Regularize: caffe_axpy(decay, w, diff)
-                    diff = diff.add(p, alpha=local_decay)
-                # ComputeUpdateValue: caffe_cpu_axpby(local_rate, diff, momentum, history)
-                history.mul_(momentum).add_(diff, alpha=local_rate)
-                p.sub_(history)                          # Net::Update: data -= diff (= history)
-        self.iter += 1
-        self._set_group_lr()
-        return loss
+                    return (params, by_rate, by_decay), RuntimeError(
+                        "CaffeSGD does not support sparse gradients")
+                by_rate.setdefault(local_rate, []).append(len(params))
+                if local_decay:
+                    by_decay.setdefault(local_decay, []).append(len(params))
+                params.append(p)
+        return (params, by_rate, by_decay), None
+
+    def _update(self, params, by_rate, by_decay):
+        """SGDSolver::ApplyUpdate of `params`: each gets the elementwise operations it would get
+        alone, one call (_each) over all the parameters that share the operation's scalar (a
+        handful of calls instead of four per parameter; parameters are independent, so the order
+        of the operations across them is free)."""
+        histories = [self._history(p) for p in params]
+        diffs = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        cpu = all(p.is_cpu for p in params)
+        for decay, rows in by_decay.items():            # Regularize: caffe_axpy(decay, w, diff)
+            decayed = _each("add", cpu, [diffs[i] for i in rows], [params[i] for i in rows], alpha=decay)
+            for i, diff in zip(rows, decayed):
+                diffs[i] = diff
+        # ComputeUpdateValue: caffe_cpu_axpby(local_rate, diff, momentum, history)
+        _each("mul_", cpu, histories, self.hyper["momentum"])
+        for rate, rows in by_rate.items():
+            _each("add_", cpu, [histories[i] for i in rows], [diffs[i] for i in rows], alpha=rate)
+        _each("sub_", cpu, params, histories)           # Net::Update: data -= diff (= history)
+
+    def _history(self, p):
+        """Caffe's history_ of `p`, zeros before the first update (PreSolve)."""
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state["momentum_buffer"]
+
+    def zero_grad(self, set_to_none=True):
+        """torch's zero_grad; set_to_none (the engine's) as a plain loop: torch's adds a profiler
+        record and checks costing as much as a small network's update."""
+        if not set_to_none:
+            return super().zero_grad(set_to_none=False)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
     def state_dict(self):
         """torch's optimizer state (momentum histories, groups) + {"caffe": iteration and

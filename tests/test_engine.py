@@ -73,6 +73,19 @@ def test_batch_order_is_a_function_of_seed_and_iteration():
     assert not np.array_equal(data.BatchOrder(10, 4, seed=4).batch(0)[0], order.batch(0)[0])
 
 
+def test_batch_order_indices_are_the_batches_indices():
+    """indices(t) (no crop and mirror draws) is batch(t)[0], inside a pass, across passes and
+    with batches longer than the list; writing into it does not change later batches."""
+    for n, size in ((10, 4), (500, 64), (7, 16), (64, 64)):
+        order = data.BatchOrder(n, size, seed=2)
+        for t in list(range(40)) + [10**6 + 3]:
+            index = order.indices(t)
+            assert index.dtype == np.int64
+            np.testing.assert_array_equal(index, order.batch(t)[0])
+            index[:] = -1
+            np.testing.assert_array_equal(order.indices(t), order.batch(t)[0])
+
+
 def test_batches_do_not_depend_on_workers_or_processes(dataset, tmp_path):
     root, list_path = dataset
     image_list = read_list(list_path)

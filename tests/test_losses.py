@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.special import expit
 
-from reproduce.losses import DHNLoss, pairwise_similarity
+from reproduce.losses import DHNLoss, _batch_similarity, pairwise_similarity
 
 
 def reference_similarity(labels):
@@ -176,6 +176,55 @@ def test_gradcheck_float64(rng, pair_loss):
     labels = torch.tensor((rng.random((6, 3)) < 0.4).astype(np.float64))
     loss = DHNLoss(quant_weight=0.3, pair_loss=pair_loss)
     assert torch.autograd.gradcheck(lambda x: loss(x, labels), (z,), eps=1e-6, atol=1e-7)
+
+
+def _bits(t):
+    return t.view(torch.int64 if t.dtype == torch.float64 else torch.int32)
+
+
+@pytest.mark.parametrize("pair_loss", ["cross_entropy", "squared"])
+@pytest.mark.parametrize("quant_weight, threshold", [(0.3, 15.0), (0.0, 15.0), (2.0, 0.5), (0.3, None)])
+@pytest.mark.parametrize("given", ["labels", "similarity", "pairs left out"])
+def test_one_node_is_bitwise_the_recorded_graph(rng, pair_loss, quant_weight, threshold, given):
+    """DHNLoss on row-major codes runs as one autograd node (_DHNLossFunction) whose backward
+    writes out autograd's: value, gradient and `last` are bitwise those of the graph autograd
+    records for the same arithmetic (DHNLoss._value), for codes that are a leaf or a layer's
+    output, in float32 and float64."""
+    loss = DHNLoss(quant_weight, pair_loss, threshold)
+    z, labels = random_batch(rng, n=40, k=12, c=5)
+    kwargs = {"labels": torch.tensor(labels)}
+    if given != "labels":
+        similarity = rng.choice([0.0, 1.0, -1.0] if given == "pairs left out" else [0.0, 1.0], (40, 40))
+        kwargs = {"similarity": torch.tensor(similarity)}
+    for dtype in (torch.float32, torch.float64):
+        for through_layer in (False, True):
+            results = []
+            for one_node in (True, False):
+                w = torch.tensor(z, dtype=dtype, requires_grad=True)
+                codes = torch.tanh(1.5 * w) if through_layer else w
+                if one_node:
+                    value = loss(codes, **kwargs)
+                    last = loss.last
+                else:
+                    s, counted = _batch_similarity(codes, kwargs.get("labels"), kwargs.get("similarity"))
+                    value, loss._last, _ = loss._value(codes, s, counted)
+                    last = loss.last
+                value.backward()
+                results.append((_bits(value.detach()), _bits(w.grad), last))
+            (v1, g1, l1), (v2, g2, l2) = results
+            assert torch.equal(v1, v2) and torch.equal(g1, g2) and l1 == l2
+
+
+def test_column_major_codes_take_the_recorded_graph(rng):
+    z, labels = random_batch(rng, n=16, k=6, c=4)
+    row = torch.tensor(z, requires_grad=True)
+    column = torch.tensor(np.asfortranarray(z), requires_grad=True)
+    assert row.is_contiguous() and not column.is_contiguous()
+    values = [DHNLoss()(codes, torch.tensor(labels)) for codes in (row, column)]
+    for value in values:
+        value.backward()
+    assert values[0].item() == pytest.approx(values[1].item(), rel=1e-12)
+    np.testing.assert_allclose(row.grad.numpy(), column.grad.numpy(), rtol=1e-10, atol=1e-15)
 
 
 def test_similarity_input_and_label_dtypes(rng):

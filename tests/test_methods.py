@@ -151,6 +151,42 @@ def test_triplet_loss_order_and_half_precision(rng):
         TripletRankingLoss()(torch.zeros(4, 3), torch.zeros(5, 2))
 
 
+def masked_triplet_loss(b, labels, margin):
+    """The N x N x N formulation the loss had before its counts became batched products: the
+    float32 result must be bitwise this one's (value, gradient, counts)."""
+    s = torch.tensor(share(labels))
+    positive, negative = s & ~torch.eye(len(b), dtype=torch.bool), ~s
+    dist = ((b[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    with torch.no_grad():
+        valid = positive[:, :, None] & negative[:, None, :]
+        active = valid & (margin + dist[:, :, None] - dist[:, None, :] > 0)
+        count, n_active = valid.sum(), active.sum()
+        uses_pos, uses_neg = active.sum(2).to(b.dtype), active.sum(1).to(b.dtype)
+    if int(count) == 0:
+        return b.sum() * 0.0, int(count), int(n_active)
+    hinge_sum = margin * n_active.to(b.dtype) + (uses_pos * dist).sum() - (uses_neg * dist).sum()
+    return hinge_sum / count.to(b.dtype), int(count), int(n_active)
+
+
+@pytest.mark.parametrize("margin", [1.0, 0.0, 2.0])
+def test_triplet_loss_is_bitwise_the_masked_formulation(rng, margin):
+    for trial in range(12):
+        b, labels = triplet_batch(rng, n=int(rng.integers(3, 70)), k=int(rng.choice([1, 12, 48])))
+        if trial % 3 == 1:
+            b = rng.normal(0, 1e-3, b.shape)           # tiny distances, no ties
+        values, grads = [], []
+        for fn in (masked_triplet_loss, None):
+            x = torch.tensor(b, dtype=torch.float32, requires_grad=True)
+            loss = TripletRankingLoss(margin)
+            value = loss(x, torch.tensor(labels)) if fn is None else fn(x, labels, margin)[0]
+            value.backward()
+            values.append(value.detach().view(torch.int32))
+            grads.append(x.grad.view(torch.int32))
+        assert torch.equal(*values) and torch.equal(*grads)
+        _, count, active = masked_triplet_loss(torch.tensor(b, dtype=torch.float32), labels, margin)
+        assert (loss.last["triplets"], loss.last["active"]) == (count, active)
+
+
 # ----------------------------------------------------------------------------- DNNH: the head
 def test_piecewise_threshold_value_and_gradient():
     s = torch.tensor([0.0, 0.39, 0.4, 0.45, 0.5, 0.55, 0.6, 0.61, 1.0], dtype=torch.float64,

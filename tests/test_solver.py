@@ -10,6 +10,7 @@ import torch
 
 from reproduce.errors import UserError
 from reproduce.nets import DHNNet
+from reproduce import solver as solver_module
 from reproduce.solver import PRESETS, CaffeSGD, SolverSettings, caffe_param_groups, learning_rate
 from reproduce.solver_prototxt import read_solver_prototxt
 
@@ -375,3 +376,59 @@ def test_a_rate_that_outgrows_float32_stops_the_step():
     with pytest.raises(OverflowError, match="iteration 2 is beyond float32's range"):
         opt.step()                                   # rate 1e40
     assert opt.iter == 2
+
+
+def _one_parameter_at_a_time(params, groups, rate, momentum, weight_decay, histories):
+    """CaffeSGD's update as the loop it replaced, one parameter after the other (float32)."""
+    for group, p in zip(groups, params):
+        diff = p.grad if p.grad is not None else torch.zeros_like(p)
+        if weight_decay * group["decay_mult"]:
+            diff = diff.add(p, alpha=weight_decay * group["decay_mult"])
+        histories[p].mul_(momentum).add_(diff, alpha=rate * group["lr_mult"])
+        p.data.sub_(histories[p])
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_grouped_update_is_bitwise_the_per_parameter_loop(monkeypatch, foreach):
+    """step() applies the same float32 operations to each parameter as a per-parameter loop,
+    with many parameters sharing a rate or a decay (foreach calls over them on the CPU; the
+    per-tensor calls the other devices take, forced here), a None grad, and rate changes of the
+    step policy."""
+    if not foreach:
+        each = solver_module._each
+        monkeypatch.setattr(solver_module, "_each", lambda op, cpu, *args, **kw: each(op, False, *args, **kw))
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (5,), (1, 9), (1,)] * 6 + [(3, 3)]
+    mults = [(1.0, 1.0), (2.0, 0.0), (10.0, 1.0), (20.0, 0.0)] * 6 + [(0.5, 3.0)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    mirror = [p.detach().clone() for p in params]
+    groups = [{"params": [p], "lr_mult": lm, "decay_mult": dm} for p, (lm, dm) in zip(params, mults)]
+    opt = CaffeSGD(groups, 0.01, lr_policy="step", gamma=0.3, stepsize=4)
+    histories = {m: torch.zeros_like(m) for m in mirror}
+    for it in range(13):
+        for i, (p, m) in enumerate(zip(params, mirror)):
+            g = None if i == 5 else torch.randn(p.shape, generator=gen)
+            p.grad, m.grad = g, g
+        _one_parameter_at_a_time(mirror, groups, opt.get_lr(), 0.9, 5e-4, histories)
+        opt.step()
+    for p, m in zip(params, mirror):
+        assert torch.equal(p.detach().view(torch.int32), m.view(torch.int32))
+
+
+def test_a_refused_step_updates_the_parameters_before_the_refused_one():
+    """As the per-parameter loop did: the groups before the one whose rate overflows, or before
+    a sparse gradient, are updated; the rest are not."""
+    params = [torch.nn.Parameter(torch.zeros(2)) for _ in range(3)]
+    opt = CaffeSGD([{"params": [params[0]], "lr_mult": 1.0}, {"params": [params[1]], "lr_mult": 1e39},
+                    {"params": [params[2]], "lr_mult": 1.0}], 1.0, lr_policy="fixed", weight_decay=0)
+    for p in params:
+        p.grad = torch.ones(2)
+    with pytest.raises(OverflowError):
+        opt.step()
+    assert params[0].tolist() == [-1.0, -1.0] and params[1].tolist() == params[2].tolist() == [0.0, 0.0]
+    q = [torch.nn.Parameter(torch.zeros(2)) for _ in range(2)]
+    opt = CaffeSGD([q[0], q[1]], 1.0, lr_policy="fixed", weight_decay=0)
+    q[0].grad, q[1].grad = torch.ones(2), torch.ones(2).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert q[0].tolist() == [-1.0, -1.0] and q[1].tolist() == [0.0, 0.0] and opt.iter == 0

@@ -97,7 +97,7 @@ class DivideEncodeHead(Head):
         return f"bits={self.bits}, in_features={self.in_features}, epsilon={self.epsilon}"
 
     def layers(self):
-        return [getattr(self, f"ip_s{k}") for k in range(1, self.bits + 1)]
+        return [self._modules[f"ip_s{k}"] for k in range(1, self.bits + 1)]
 
     def encode(self, fc7):
         """sigmoid outputs before the threshold, N x K.
@@ -107,7 +107,7 @@ class DivideEncodeHead(Head):
         if fc7.dim() != 2 or fc7.shape[1] != self.in_features:
             raise ValueError(f"expected N x {self.in_features} features, got {tuple(fc7.shape)}")
         layers = self.layers()
-        weight = torch.cat([layer.weight.reshape(-1) for layer in layers])
+        weight = torch.cat([layer.weight for layer in layers], dim=1)   # 1 x in_features, no K reshapes
         bias = torch.cat([layer.bias for layer in layers])
         if getattr(self, "_slice_of", None) is None or self._slice_of.device != fc7.device:
             self._slice_of = torch.repeat_interleave(
@@ -153,17 +153,15 @@ class TripletRankingLoss(MethodLoss):
         b, _ = self._check(b, labels, what="codes")
         n = b.shape[0]
         s = pairwise_similarity(labels.to(b.device)) > 0
-        eye = torch.eye(n, dtype=torch.bool, device=b.device)
-        positive = s & ~eye                               # j != i, shares a label with i
-        negative = ~s                                     # shares none with i
+        positive = s & ~torch.eye(n, dtype=torch.bool, device=b.device)   # j != i, shares a label
+        negative = ~s                                                     # shares none with i
         # squared distances from the differences (exact for 0/1 codes: integer sums)
         dist = ((b[:, None, :] - b[None, :, :]) ** 2).sum(-1)
         with torch.no_grad():
-            valid = positive[:, :, None] & negative[:, None, :]          # (i, j, k)
-            active = valid & (self.margin + dist[:, :, None] - dist[:, None, :] > 0)
-            count, n_active = valid.sum(), active.sum()
-            uses_pos = active.sum(2).to(b.dtype)     # (i, j): active triplets with positive j
-            uses_neg = active.sum(1).to(b.dtype)     # (i, k): active triplets with negative k
+            uses_pos, uses_neg = _active_uses(dist, positive, negative, self.margin, b.dtype)
+            # valid triplets (i, j, k): positives of i times negatives of i, summed over i
+            count = (positive.sum(1) * negative.sum(1)).sum()
+            n_active = uses_pos.to(torch.int64).sum()
         if int(count) == 0:
             total = zeros_like_loss(b)
         else:
@@ -175,6 +173,23 @@ class TripletRankingLoss(MethodLoss):
             total = hinge_sum / count.to(b.dtype)
         self._record(total, count, n_active)
         return total
+
+
+def _active_uses(dist, positive, negative, margin, dtype):
+    """(uses_pos, uses_neg), N x N in `dtype`: for anchor i, the active triplets (i, j, k) (j
+    positive, k negative, margin + D_ij - D_ik > 0) with positive j, and those with negative k.
+
+    The hinge test is the same float32 expression at every (i, j, k); the counts over k and over
+    j are batched products with the 0/1 masks, exact (integers up to N, far below 2^24) and
+    cheaper than masking and summing the N x N x N boolean tensors.
+    """
+    hinge = (margin + dist)[:, :, None] - dist[:, None, :]                    # (i, j, k)
+    # 1.0 where > 0, else 0.0, written over the differences: a float `out` is ~10x faster than
+    # a boolean result converted to float
+    hinge = torch.gt(hinge, 0, out=hinge)
+    uses_pos = torch.bmm(hinge, negative.to(dtype)[:, :, None])[:, :, 0] * positive.to(dtype)
+    uses_neg = torch.bmm(positive.to(dtype)[:, None, :], hinge)[:, 0, :] * negative.to(dtype)
+    return uses_pos, uses_neg
 
 
 class DNNH(DeepMethod):
