@@ -27,13 +27,8 @@ FAST = ["--bits", "12", "--variants", "dhn", "--baselines", "lsh", "--methods", 
 def finished(tmp_path_factory, random_caffenet):
     """A finished `custom --smoke` reproduction (DHN 12 bits, LSH) and the arguments it ran with."""
     d = tmp_path_factory.mktemp("provenance")
-    fake = fake_datasets.make_fake_flickr(str(d / "data"), num_images=40, unlabeled=0)
-    rows = [f"mirflickr/im{n}.jpg " + " ".join(map(str, fake["labels"][n - 1, :5])) for n in range(1, 41)]
-    for name, part in (("train", rows[:30]), ("query", rows[30:36]), ("database", rows[6:])):
-        (d / f"{name}.txt").write_text("\n".join(part) + "\n")
-    argv = ["--name", "toy", "--root", str(d / "data"), "--train-list", str(d / "train.txt"),
-            "--query-list", str(d / "query.txt"), "--database-list", str(d / "database.txt"), "--topk", "all",
-            "--weights", random_caffenet, "--out", str(d / "res"), "--work", str(d / "work")] + FAST
+    argv = fake_datasets.make_toy_list_dataset(d, random_caffenet) + [
+        "--out", str(d / "res"), "--work", str(d / "work")] + FAST
     custom.main(argv)
     return d, argv
 

@@ -2,6 +2,8 @@
 that record their identity, so that states, staleness and forcing are tested in milliseconds."""
 import json
 import os
+import subprocess
+import sys
 
 from reproduce.errors import UserError
 from reproduce.fileio import write_text_atomic
@@ -25,3 +27,28 @@ def total(identity, out, parts):
         with open(path) as f:
             value += json.load(f)["value"]
     write_text_atomic(out, json.dumps({"identity": identity, "value": value}) + "\n")
+
+
+TOY_COMMAND = """
+import pathlib, sys
+sys.path.insert(0, {tests!r})
+from test_plan import toy_plan
+from reproduce.errors import ArgumentParser, run_cli
+from reproduce.executors import add_arguments, plan_main
+def main(argv):
+    p = ArgumentParser("toy")
+    p.add_argument("--plan", action="store_true")
+    add_arguments(p)
+    plan_main(toy_plan(pathlib.Path({folder!r})), p.parse_args(argv))
+run_cli(main, sys.argv[1:])
+"""
+
+
+def toy_command(folder, *extra, env=None, timeout=300):
+    """A command running test_plan.toy_plan's jobs (outputs in `folder`) with the executor options
+    `extra`, in a subprocess from `folder`; env: variables added (e.g. TOY_FAIL)."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.dirname(tests)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, repo]), **(env or {}))
+    return subprocess.run([sys.executable, "-c", TOY_COMMAND.format(tests=tests, folder=str(folder)), *extra],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=folder)
