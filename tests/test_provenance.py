@@ -291,3 +291,17 @@ def test_a_killed_writers_staging_folder_is_never_a_result(tmp_path, rng):
     evaluate.main(["--query", str(tmp_path / "c.npz"), "--database", str(tmp_path / "c.npz"), "--out",
                    str(tmp_path / "runs" / "a"), "--method", "DHN", "--seed", "0", "--force"])
     assert not staging.exists()                                    # the next writer there removed it
+
+
+def test_a_killed_summarys_staging_folder_is_removed_by_the_next_run(finished):
+    # kill -9 while the tables were written left out/.staging-*; the summary's outputs named
+    # only run.json, so the re-run's clean-up never looked into out itself
+    d, argv = finished
+    staging = d / "res" / ".staging-killed"
+    staging.mkdir()
+    (staging / ".tmp-fig_a_precision_radius2.png-x").write_bytes(b"partial")
+    tmp = d / "res" / ".tmp-run.json-killed"
+    tmp.write_text("{")
+    os.remove(d / "res" / "run.json")                  # the summary runs again, nothing else
+    custom.main(argv)
+    assert not staging.exists() and not tmp.exists() and (d / "res" / "run.json").is_file()
