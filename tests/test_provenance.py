@@ -155,7 +155,9 @@ def test_resume_of_a_finished_run_changes_nothing(small, capsys):
     before = (final.stat().st_mtime_ns, log.read_bytes())
     capsys.readouterr()
     train.main(argv + ["--max-iter", "2", "--resume"])
-    assert "finished at iteration 2; nothing to do" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "finished at iteration 2; nothing to do" in said
+    assert "wrote" not in said                  # nothing was written: no "wrote final.pth" after it
     assert (final.stat().st_mtime_ns, log.read_bytes()) == before
     with pytest.raises(UserError, match=r"finished at iteration 2; continuing it to 3 needs snapshot_iter_2.pth"):
         train.main(argv + ["--max-iter", "3", "--resume"])
