@@ -60,7 +60,9 @@ def writer_lock(folder, what=None, log=None, lock_name=LOCK_NAME):
     try:
         previous = _read_notes(fd)
         if previous and previous.get("pid") != os.getpid():
-            (log or _note)(f"note: {folder}: took over from {_holder_text(previous)}, which is "
+            # a job's or a file's lock is named by its file, not by the folder it lies in
+            place = folder if lock_name == LOCK_NAME else path
+            (log or _note)(f"note: {place}: took over from {_holder_text(previous)}, which is "
                            "no longer running (it was stopped or killed)")
         notes = {"pid": os.getpid(), "host": socket.gethostname(),
                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv[:4])}

@@ -220,3 +220,15 @@ def test_two_commands_on_one_results_folder(tmp_path):
         proc.wait()
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and f"in use by PID {proc.pid}" in res.stderr
     assert os.listdir(tmp_path / "cmp") == [".lock"]        # the holder's, untouched
+
+
+def test_a_dead_jobs_lock_is_taken_over_naming_the_job_lock_not_its_folder(tmp_path, capsys):
+    # the note named `<work>/jobs/train`, as if the folder's lock had been taken over
+    from reproduce.plan import job_lock
+    jobs = tmp_path / "jobs" / "train"
+    jobs.mkdir(parents=True)
+    (jobs / "dhn_8bits_seed0.lock").write_text(json.dumps({"pid": 99999999, "host": "h", "since": "s"}))
+    with job_lock(str(jobs / "dhn_8bits_seed0.json"), "train/dhn_8bits_seed0"):
+        pass
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith(f"note: {jobs / 'dhn_8bits_seed0.lock'}: took over from PID 99999999")
