@@ -365,9 +365,13 @@ def running_jobs(plan, args):
     for job in plan.jobs:
         if lock_held(plan.status_path(job)):
             found[job.name] = "running (this machine)"
-    if getattr(args, "executor", "local") == "slurm":
-        from .slurm_executor import queued_jobs
+    from .slurm_executor import queued_jobs
+    try:
         found.update({name: text for name, (_, _, text) in queued_jobs(plan).items()})
+    except UserError:
+        # no squeue here: a local run cannot see the jobs an earlier --executor slurm submitted
+        if getattr(args, "executor", "local") == "slurm":
+            raise
     return found
 
 
@@ -375,7 +379,7 @@ def plan_main(plan, args, log=print):
     """What a command does with its plan: --plan prints every job's state, output and log; else
     refuse stale outputs (unless --rerun-stale) and run what is not done with the executor the
     options choose. Returns the jobs that were to run (None with --plan)."""
-    from .plan import run_inline
+    from .plan import display_path, run_inline
     check_arguments(args)
     busy = running_jobs(plan, args)
     state, why = plan.states(running={n for n, text in busy.items() if text.startswith("running")})
@@ -387,6 +391,14 @@ def plan_main(plan, args, log=print):
             print(f"stale: {name}: {why[name]}")
         sys.stdout.flush()
         return None
+    in_slurm = {n: text for n, text in busy.items() if "SLURM job" in text}
+    if in_slurm and getattr(args, "executor", "local") != "slurm":
+        # Jobs an earlier `--executor slurm --no-wait` submitted would run a second time, next to
+        # this command's copies (each failing on the other's job lock, or overwriting its outputs).
+        name = next(iter(in_slurm))
+        raise UserError(f"{display_path(plan.state_dir)}: {len(in_slurm)} job(s) of this plan are queued or "
+                        f"running in SLURM ({name}: {in_slurm[name]}); run the command with --executor "
+                        "slurm to wait for them, or scancel them first (one writer at a time)")
     plan.check_stale(getattr(args, "rerun_stale", False), state, why)
     todo = plan.to_run(state)
     if args.executor == "slurm":

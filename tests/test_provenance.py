@@ -307,3 +307,24 @@ def test_a_killed_summarys_staging_folder_is_removed_by_the_next_run(finished):
     os.remove(d / "res" / "run.json")                  # the summary runs again, nothing else
     custom.main(argv)
     assert not staging.exists() and not tmp.exists() and (d / "res" / "run.json").is_file()
+
+
+def test_a_local_run_refuses_while_jobs_of_its_plan_are_queued_in_slurm(finished, capsys, monkeypatch):
+    # `--executor slurm --no-wait`, then the same command without --executor slurm: the local run
+    # ran the jobs SLURM still held, and SLURM ran them again (failing on the job locks)
+    from reproduce import slurm_executor
+    d, argv = finished
+    status = d / "work" / "jobs" / "summary.json"
+    status.parent.mkdir(parents=True, exist_ok=True)
+    status.write_text(json.dumps({"state": "submitted", "identity": "x", "slurm_job": "4242"}))
+    monkeypatch.setattr(slurm_executor, "squeue", lambda ids: {"4242": "PENDING"})
+    try:
+        with pytest.raises(UserError, match=r"1 job\(s\) of this plan are queued or running in SLURM "
+                                             r"\(summary: pending \(SLURM job 4242"):
+            custom.main(argv)
+        jobs, _ = plan_of(argv, capsys)                   # --plan still shows it
+        assert jobs["summary"] in ("done", "pending")
+        monkeypatch.setattr(slurm_executor, "squeue", lambda ids: {})          # it ended
+        custom.main(argv)
+    finally:
+        status.unlink(missing_ok=True)
