@@ -18,6 +18,7 @@ lists, and nothing else; `python -m reproduce.<dataset>` runs their `main`.
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -143,6 +144,7 @@ class Reproduction:
         smoke = "smoke/" if args.smoke else ""
         self.out = args.out or os.path.join("results", smoke + preset.name)
         self.work = args.work or os.path.join("runs", smoke + preset.name)
+        self.lists_home = self.work      # where the lists are written (a scratch folder for --plan)
         self.protocol = preset.protocol or dataset_protocol(preset.name)
         self.log = print
 
@@ -153,12 +155,12 @@ class Reproduction:
         a = self.args
         if os.path.exists(a.root) and not os.path.isdir(a.root):
             raise UserError(f"--root {a.root}: is a file, not the dataset's folder")
-        lists_dir = os.path.join(self.work, "lists")
+        lists_dir = os.path.join(self.lists_home, "lists")
         lists = self.preset.make_lists(a, lists_dir)
         need = self._baseline_samples()
         if a.smoke:       # enough training images for the shallow baselines at the longest code
             lists = {k: subset(v, max(SMOKE[k], need) if k == "train" else SMOKE[k]) for k, v in lists.items()}
-            lists_dir = os.path.join(self.work, "lists_smoke")
+            lists_dir = os.path.join(self.lists_home, "lists_smoke")
             write_split(lists, lists_dir, overwrite=True)
         lists = {k: ImageList(v.paths, v.labels, os.path.join(lists_dir, f"{k}.txt"), None)
                  for k, v in lists.items()}
@@ -186,7 +188,7 @@ class Reproduction:
         order = np.random.default_rng([0, len(train_list)]).permutation(len(train_list))
         n_val = max(1, int(round(self.args.validation_fraction * len(train_list))))
         split = {"train": train_list.subset(np.sort(order[n_val:])), "query": train_list.subset(np.sort(order[:n_val]))}
-        folder = os.path.join(self.work, "sweep", "lists")
+        folder = os.path.join(self.lists_home, "sweep", "lists")
         written = write_split(split, folder, overwrite=True)
         return {f"sweep-{k}": ImageList(v.paths, v.labels, written[k], None) for k, v in split.items()}
 
@@ -250,12 +252,16 @@ class Reproduction:
     def run(self):
         check_executor_arguments(self.args)
         if self.args.plan:
-            try:
-                plan = self.plan(dry=True)
-            except NotPrepared as e:
-                print(f"{e}: every job is pending; the plan is made once it is there")
-                return
-            plan_main(plan, self.args, self.log)
+            # --plan writes nothing into --work: it runs without its lock, maybe beside a command
+            # that runs from those lists (rewritten, they would stop its jobs as "changed")
+            with tempfile.TemporaryDirectory(prefix="reproduce-plan-") as scratch:
+                self.lists_home = scratch
+                try:
+                    plan = self.plan(dry=True)
+                except NotPrepared as e:
+                    print(f"{e}: every job is pending; the plan is made once it is there")
+                    return
+                plan_main(plan, self.args, self.log)
             return
         with writer_lock(self.out, "--out", self.log), writer_lock(self.work, "--work", self.log):
             plan_main(self.plan(), self.args, self.log)

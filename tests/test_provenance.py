@@ -328,3 +328,16 @@ def test_a_local_run_refuses_while_jobs_of_its_plan_are_queued_in_slurm(finished
         custom.main(argv)
     finally:
         status.unlink(missing_ok=True)
+
+
+def test_plan_writes_nothing_into_work(finished, capsys, tmp_path):
+    # --plan wrote the lists into --work without its lock: beside a running command (an edited
+    # list) it rewrote the lists that command's jobs read, and a fresh --work was created
+    d, argv = finished
+    lists = sorted((d / "work").rglob("lists*/*.txt"))
+    before = [(p, p.stat().st_mtime_ns) for p in lists]
+    jobs, _ = plan_of(argv, capsys)
+    assert set(jobs.values()) == {"done"} and [(p, p.stat().st_mtime_ns) for p in lists] == before
+    fresh = [str(tmp_path / "fresh") if a == str(d / "work") else a for a in argv]
+    jobs, _ = plan_of(fresh, capsys)
+    assert jobs["train/dhn_12bits_seed0"] == "pending" and not (tmp_path / "fresh").exists()
