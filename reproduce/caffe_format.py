@@ -54,6 +54,9 @@ V0_TYPES = {"conv": "Convolution", "innerproduct": "InnerProduct"}   # upgrade_p
 # Layers whose blobs are (weight, bias) with a 1-D bias; legacy 4-D dims are re-read in this shape.
 WEIGHT_NDIM = {"Convolution": 4, "Deconvolution": 4, "InnerProduct": 2}
 MAX_BLOB_AXES, INT_MAX = 32, 2**31 - 1               # blob.hpp kMaxBlobAxes; Blob::Reshape's limits
+# The range of a mean of pixels: Caffe's ImageData decodes 8-bit images (0..255) and pycaffe's
+# Classifier scales its [0, 1] images by raw_scale 255 before subtracting the mean.
+PIXEL_RANGE = (0, 255)
 
 
 # ----------------------------------------------------------------------------- wire format reading
@@ -369,7 +372,6 @@ def read_mean(path):
     if mean.shape != (3, 256, 256):
         raise UserError(f"{path}: mean has shape {mean.shape}, expected (3, 256, 256) (or 1x3x256x256)")
     check_finite(mean, path, "the mean image")
-    from .transforms import PIXEL_RANGE      # the image pipeline's fact (transforms imports torch)
     low, high = PIXEL_RANGE
     outside = (mean < low) | (mean > high)   # checked before the float32 cast (no overflow to inf)
     if outside.any():

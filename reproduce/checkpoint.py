@@ -18,6 +18,7 @@ import torch
 
 from .errors import UserError
 from .fileio import atomic_output, require_file
+from .methods import make_method
 from .nets import ARCHS, HASH_LAYER, MAX_BITS, DHNNet, expected_shapes
 
 FORMAT = "reproduce-dhn-checkpoint/1"
@@ -119,7 +120,6 @@ def checkpoint_method(ckpt, source):
     spec = ckpt.get("meta", {}).get("method")
     if spec is None:
         return None
-    from .methods import make_method
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
             or not isinstance(spec.get("options", {}), dict):
         raise UserError(f"{source}: the checkpoint's meta 'method' entry is not {{name, options}}")

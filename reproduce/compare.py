@@ -10,7 +10,7 @@ imported codes of other methods and shallow baselines on the same fc7 features.
 Runs: every metrics.json under the --runs folders (written by reproduce.evaluate). Imported codes
 (.h5 .mat .npy .npz, read by reproduce.codes) and baselines (fitted on the training
 features, with labels for the supervised ones; query and database encoded) are evaluated here with
-the dataset's protocol (MAP@MAP_TOPK of reproduce.datasets.<dataset>; ties by database order,
+the dataset's protocol (its MAP cut-off in reproduce.protocols.PROTOCOLS; ties by database order,
 queries without hits left out, radius 2, top-N 100..1000: reproduce.records.protocol), each
 into `--out/methods/<name>_<bits>/` (metrics.json and the curves as CSV, as reproduce.evaluate
 writes them). Then `--out` receives table1/table2 (.md .csv .tex) and the three figures
@@ -20,14 +20,14 @@ import os
 
 from .baselines import BASELINES
 from .codes import ORIENTATIONS
-from .comparison import (FROM_PRESET, check_dataset_name, check_same_source, comparison_outputs, dataset_protocol,
-                         evaluate_baselines, evaluate_method, load_import, method_dir, parse_baseline_options,
+from .comparison import (check_same_source, comparison_outputs, evaluate_baselines, evaluate_method, load_import, method_dir, parse_baseline_options,
                          read_labels, write_comparison)
 from .errors import NON_NEGATIVE, ArgumentParser, UserError, run_cli
 from .fileio import staged_outputs
 from .nets import BITS
 from .figures import default_curve_bits
 from .locks import remove_leftovers, writer_lock
+from .protocols import FROM_PRESET, check_dataset_name, dataset_protocol
 from .paper import PAPER_BITS, PAPER_DATASETS, canonical_method, read_paper_numbers
 from .records import check_records, collect_records, topk_option, write_record
 

@@ -5,7 +5,6 @@ methods and shallow baselines with the dataset's protocol, then Tables 1-2 and F
 call; `evaluate_baselines` fits the shallow baselines on fc7 features; `load_import` reads another
 method's codes (reproduce.codes).
 """
-import importlib
 import math
 import os
 import re
@@ -19,49 +18,11 @@ from .codes import encoding_difference, read_codes, read_external_labels
 from .errors import FLOAT32_MAX, UserError
 from .fileio import require_file, sha1_file, staged_outputs
 from .figures import default_curve_bits, figure_names, write_figures
-from .records import check_records, evaluate_record, protocol
+from .protocols import dataset_protocol
+from .records import check_records, evaluate_record
 from .reports import write_tables
 
 METHODS_DIR = "methods"
-FROM_PRESET = object()        # dataset_protocol's topk when the dataset's preset decides
-
-
-def preset_protocol(dataset):
-    """The evaluation protocol of a dataset with a module in reproduce.datasets (its MAP_TOPK, and
-    ZERO_HIT where its authors' evaluation differs from DHN's), else None."""
-    if not dataset or not all(c.isalnum() or c == "_" for c in dataset):
-        return None
-    try:
-        module = importlib.import_module(f"reproduce.datasets.{dataset}")
-    except ModuleNotFoundError:
-        return None
-    if not hasattr(module, "MAP_TOPK"):
-        return None
-    return protocol(module.MAP_TOPK, zero_hit=getattr(module, "ZERO_HIT", "skip"))
-
-
-DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")   # a name that is also a folder name
-
-
-def check_dataset_name(name, option):
-    """UserError naming `option` unless `name` can title tables and name files and folders."""
-    if not DATASET_NAME.fullmatch(name):
-        raise UserError(f"{option} {name!r}: use letters, digits, '_', '.' and '-' (it names "
-                        "files and folders), at most 64 characters")
-    return name
-
-
-def dataset_protocol(dataset, topk=FROM_PRESET):
-    """The evaluation protocol of `dataset` (reproduce.records.protocol): the preset's for a
-    dataset with a module in reproduce.datasets, unless `topk` (an int, or None for the whole
-    database) is given; a dataset without a preset needs `topk`."""
-    preset = preset_protocol(dataset)
-    if topk is FROM_PRESET:
-        if preset is None:
-            raise UserError(f"dataset {dataset!r} has no preset protocol: give its MAP cut-off "
-                            "(--topk R, or --topk all)")
-        return preset
-    return dict(preset or protocol(), topk=topk)
 
 
 def method_dir(out_dir, name, bits):

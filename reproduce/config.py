@@ -14,6 +14,7 @@ import os
 from .errors import UserError
 from .fileio import read_json
 from .losses import LossSettings
+from .methods import make_method
 from .nets import ARCHS
 from .solver import SolverSettings
 from .transforms import MEAN_VALUE
@@ -58,7 +59,6 @@ class MethodSettings:
     options: dict = dataclasses.field(default_factory=dict)
 
     def make(self, bits):
-        from .methods import make_method
         return make_method(self.name, bits, **self.options)
 
 

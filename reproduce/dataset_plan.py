@@ -22,6 +22,7 @@ from .config import VARIANTS, DataSettings, MethodSettings, ModelSettings, RunCo
 from .errors import UserError
 from .grid import GridBuilder, folder_name, make_sweep_job, run_name
 from .losses import LossSettings
+from .paper import canonical_method
 from .plan import Job
 from .solver import SolverSettings
 
@@ -162,7 +163,6 @@ class DatasetGrid(GridBuilder):
         return {"pipeline": self.setup.pipeline, "oversample": self.setup.oversample}
 
     def evaluate_job(self, label, run, codes, binary):
-        from .paper import canonical_method
         label = label or canonical_method(run.name)
         name = run_name(label, run.bits, run.seed)
         out = self._path("metrics", name, out=True)
@@ -177,7 +177,6 @@ class DatasetGrid(GridBuilder):
                    deps=tuple(job.name for job, _ in codes.values()), verb="evaluated")
 
     def trial_template(self, unit):
-        from .paper import canonical_method
         s = self.setup
         solver = s.solver if s.sweep_max_iter is None else dataclasses.replace(s.solver, max_iter=s.sweep_max_iter)
         cfg = self._run_config(unit.trained, "", "sweep-train", unit.bits, 0, solver=solver)

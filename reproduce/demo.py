@@ -33,7 +33,7 @@ from .engine import NonFiniteLoss, fit
 from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, run_cli
 from .fileio import atomic_output, staged_outputs, write_text_atomic
 from .figures import default_curve_bits
-from .grid import GridBuilder, GridSpec, SweepSpec, make_sweep_job, run_name, write_diverged
+from .grid import GridBuilder, GridSpec, SweepSpec, make_sweep_job, run_name, sweep_choice, write_diverged
 from .jobs import require_identity, sweep_markdown
 from .locks import writer_lock
 from .losses import LossSettings
@@ -185,7 +185,6 @@ def _train(trained, x, labels, train, bits, seed, max_iter, base_lr):
 
 def demo_train(identity, trained, bits, seed, max_iter, out, base_lr=None, sweep=None):
     """Job: one training on the digits; final.pth holds the state dict, the log's ends, base_lr."""
-    from .grid import sweep_choice
     if sweep:
         base_lr = sweep_choice(sweep["path"], sweep["hex"])["base_lr"]
     x, labels, split = load_digits_split()

@@ -9,35 +9,26 @@
              depends on (afterok), with --slurm-* resources; the command waits, or with
              --no-wait returns once they are submitted.
 
-Every job, wherever it runs, goes through `execute`: it takes the job's lock (two processes
-never run one job: a second one fails at once), writes its output to `<work>/jobs/<name>.log`,
-sets its own number of threads (torch and BLAS: CPU results depend on it, so that a grid gives
-the same numbers with every executor at the same --threads-per-job), removes what a killed run
-of it left behind, runs it, and records a failure beside the log. A job killed mid-way resumes
+Every job, wherever it runs, goes through reproduce.execution.execute (its lock, its log, its
+threads, its failure recorded beside the log). A job killed mid-way resumes
 when the command runs again (trainings from their last snapshot). A failing job does not stop
 the others (local, slurm): the command names it with the last lines of its log, runs what does
 not depend on it, and ends with a summary and exit status 1.
 """
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-from tqdm import tqdm
-
-from .errors import POSITIVE, UserError, check_signal, printable
-from .fileio import read_json, write_text_atomic
+from .errors import POSITIVE, UserError, check_signal
+from .execution import (WORKER_MARK, JobsFailed, Progress, job_spec, limit_threads, log_tail,
+                        summary_line)
+from .plan import lock_held, run_inline
+from .slurm_executor import SlurmExecutor, queued_jobs
 
 EXECUTORS = ("local", "slurm")
-LOG_TAIL = 8                 # lines of a failed job's log shown on the console
-
-
-class JobsFailed(UserError):
-    """Some jobs failed (their lines were shown); the command ends with exit status 1."""
-    exit_code = 1
 
 
 # ----------------------------------------------------------------------------- options
@@ -99,113 +90,7 @@ def devices_of(args):
     return devices
 
 
-# ----------------------------------------------------------------------------- one job, anywhere
-def job_spec(plan, job, threads=None, device=None):
-    """What a process needs to run `job`: written as `<work>/jobs/<name>.spec.json`."""
-    spec = {"name": job.name, "func": job.func, "args": job.args, "identity": job.identity,
-            "outputs": list(job.outputs), "status": plan.status_path(job), "log": plan.log_path(job),
-            "threads": threads, "device": device}
-    path = os.path.join(plan.state_dir, job.name + ".spec.json")
-    write_text_atomic(path, json.dumps(spec) + "\n")
-    return path
-
-
-def execute(spec_path):
-    """Run one job in this process (what every executor's worker calls): see the module docstring.
-    Returns normally on success; a failure is recorded in the job's status file and raised."""
-    from .plan import Job, call, job_lock, record_status
-    spec = read_json(spec_path, "job spec")
-    _limit_threads(spec.get("threads"))
-    if spec.get("device"):
-        _pin_device(spec["device"])
-    with job_lock(spec["status"], spec["name"]), _logged(spec["log"], spec["name"]):
-        job = Job.__new__(Job)         # the spec's job as planned (its identity is not recomputed)
-        job.__dict__.update(name=spec["name"], func=spec["func"], args=spec["args"],
-                            identity=spec["identity"], outputs=tuple(spec["outputs"]))
-        try:
-            call(job)
-        except BaseException as e:
-            print(f"error: {_error_text(e)}", file=sys.stderr, flush=True)
-            record_status(spec["status"], job.identity, "failed", error=_error_text(e), log=spec["log"])
-            raise
-        record_status(spec["status"], job.identity, "done")
-
-
-def _error_text(e):
-    text = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-    return printable(text)[:2000]
-
-
-def _limit_threads(threads):
-    """This job's CPU threads: torch's intra-op pool and the BLAS of numpy (baselines)."""
-    if not threads:
-        return
-    import torch
-    from threadpoolctl import threadpool_limits
-    torch.set_num_threads(int(threads))
-    threadpool_limits(int(threads))
-
-
-def _pin_device(device):
-    """The job sees only its GPU (as cuda:0), or none ("cpu"); set before CUDA starts."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = "" if device == "cpu" else device.split(":")[1]
-
-
-@contextlib.contextmanager
-def _logged(log_path, name):
-    """Standard output and error (of this process and its children) appended to the job's log."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-    os.write(fd, f"\n=== {name}: started {time.strftime('%Y-%m-%dT%H:%M:%S%z')} on "
-                 f"{os.uname().nodename}, PID {os.getpid()}\n".encode())
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for f in saved + [fd]:
-            os.close(f)
-
-
-def log_tail(path, n=LOG_TAIL):
-    """The last n lines of a job's log (progress bars' carriage returns folded), for a failure."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - 16384))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
-    return [line for line in lines if line.strip()][-n:]
-
-
 # ----------------------------------------------------------------------------- the local executor
-class Progress:
-    """One line over the whole plan: jobs done / total, the running ones, ETA (tqdm)."""
-
-    def __init__(self, total, enabled=True):
-        self.bar = tqdm(total=total, unit="job", desc="plan", disable=not enabled, dynamic_ncols=True)
-
-    def running(self, names):
-        self.bar.set_postfix_str(", ".join(sorted(names))[:120], refresh=True)
-
-    def finished(self):
-        self.bar.update(1)
-
-    def write(self, text):
-        self.bar.write(text, file=sys.stderr)
-
-    def close(self):
-        self.bar.close()
-
-
 def _dependents(plan, failed):
     """Every job downstream of the jobs named in `failed`."""
     out = set()
@@ -213,13 +98,6 @@ def _dependents(plan, failed):
         if any(d in failed or d in out for d in job.deps):
             out.add(job.name)
     return out
-
-
-def summary_line(done, failed, not_run):
-    return f"{done} done, {failed} failed, {not_run} not run"
-
-
-WORKER_MARK = "@@reproduce-job-ended"     # a worker's line after each job: "<mark> <rc>"
 
 
 class Worker:
@@ -360,13 +238,11 @@ def default_threads(jobs):
 def running_jobs(plan, args):
     """{job name: extra text} of the jobs running elsewhere now (another process holds a job's
     lock; SLURM: its recorded job is running), and of those queued in SLURM."""
-    from .plan import lock_held
     found = {}
     for job in plan.jobs:
         if lock_held(plan.status_path(job)):
             found[job.name] = "running (this machine)"
     if getattr(args, "executor", "local") == "slurm":
-        from .slurm_executor import queued_jobs
         found.update({name: text for name, (_, _, text) in queued_jobs(plan).items()})
     return found
 
@@ -375,7 +251,6 @@ def plan_main(plan, args, log=print):
     """What a command does with its plan: --plan prints every job's state, output and log; else
     refuse stale outputs (unless --rerun-stale) and run what is not done with the executor the
     options choose. Returns the jobs that were to run (None with --plan)."""
-    from .plan import run_inline
     check_arguments(args)
     busy = running_jobs(plan, args)
     state, why = plan.states(running={n for n, text in busy.items() if text.startswith("running")})
@@ -390,14 +265,13 @@ def plan_main(plan, args, log=print):
     plan.check_stale(getattr(args, "rerun_stale", False), state, why)
     todo = plan.to_run(state)
     if args.executor == "slurm":
-        from .slurm_executor import SlurmExecutor
         SlurmExecutor.from_args(args, log).run(plan, state)
     elif args.jobs > 1 or args.devices is not None:
         threads = args.threads_per_job or default_threads(args.jobs)
         LocalExecutor(args.jobs, devices_of(args), threads, log).run(plan, state)
     else:
         if args.threads_per_job:
-            _limit_threads(args.threads_per_job)
+            limit_threads(args.threads_per_job)
         run_inline(plan, state, log)
     return todo
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import UserError
 from .fileio import sha1_file
+from .lists import format_list
 
 IDENTITY_FORMAT = "reproduce-dhn-identity/1"
 
@@ -100,7 +101,6 @@ def images_identity(name, image_list, root):
     and the size and modification time of every image (one stat each). A list edited, another
     --root, or an image replaced gives another identity. UserError naming the list, line and
     path of an image that cannot be stat'ed (require the images first for the full report)."""
-    from .lists import format_list           # lists imports fileio only; no cycle
     entries = hashlib.sha1(format_list(image_list.paths, image_list.labels).encode()).hexdigest()
     stats = hashlib.sha1()
     for i, path in enumerate(image_list.paths):

@@ -28,7 +28,7 @@ from .fileio import staged_outputs, write_text_atomic
 from .figures import default_curve_bits
 from .grid import sweep_choice, write_diverged
 from .lists import read_list
-from .paper import load_paper_tables, read_paper_numbers
+from .paper import read_paper_numbers
 from .plan import recorded_identity
 from .provenance import git_revision, versions
 from .records import check_records, read_record, write_record

@@ -25,7 +25,6 @@ import dataclasses
 import importlib
 import json
 import os
-import sys
 import time
 import traceback
 

@@ -24,7 +24,6 @@ import numpy as np
 
 from . import identity as ids
 from .baselines import BASELINES, make_baseline
-from .comparison import dataset_protocol
 from .config import VARIANTS
 from .dataset_plan import DatasetGrid, DatasetSetup, ListSource
 from .datasets.common import build_report, format_report, require_images, write_split
@@ -39,6 +38,7 @@ from .methods import DEEP_METHODS
 from .paper import PAPER_BITS
 from .executors import add_arguments as add_executor_arguments, check_arguments as check_executor_arguments, plan_main
 from .plan import Plan
+from .protocols import dataset_protocol
 from .pretrained import checkpoint_path, ensure_pretrained
 from .solver import PRESETS
 from .sweep import LR_LIMITS, QUANT_WEIGHT_LIMITS, SWEEP_LRS, SWEEP_QUANT_WEIGHTS
@@ -53,7 +53,7 @@ class Preset:
 
     make_lists(args, lists_dir) -> {"train", "query", "database": ImageList}, writing the three
     list files into lists_dir; add_arguments(parser) adds the dataset's own options. num_labels
-    None: the lists' own. protocol None: the dataset module's (comparison.dataset_protocol).
+    None: the lists' own. protocol None: the dataset's (reproduce.protocols.PROTOCOLS).
     paper None: the DHN paper's numbers (reproduce.paper), shown where they name this dataset.
     """
     name: str

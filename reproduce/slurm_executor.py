@@ -4,7 +4,7 @@ Submission follows the plan's order; a job waits for the jobs it depends on that
 running (`--dependency=afterok:...`, with `--kill-on-invalid-dep=yes` so that SLURM cancels it
 when one of them fails instead of keeping it pending for ever), and with --slurm-max-concurrent
 also for the job submitted that many places before it (`afterany`: a chain that bounds how many
-run at once). Each job runs reproduce.executors.execute in the submitting Python (submitit runs
+run at once). Each job runs reproduce.execution.execute in the submitting Python (submitit runs
 `sys.executable` with the submitter's environment and working directory), which writes the job's
 log and, on failure, its status file under `<work>/jobs/`; submitit's own files go to
 `<work>/jobs/slurm/`.
@@ -25,7 +25,7 @@ import subprocess
 import time
 
 from .errors import UserError, check_signal
-from .executors import JobsFailed, Progress, job_spec, log_tail, summary_line
+from .execution import JobsFailed, Progress, execute, job_spec, log_tail, summary_line
 from .plan import record_status
 
 POLL_S = 3.0
@@ -105,7 +105,6 @@ class SlurmExecutor:
         self._wait(plan, todo, ids)
 
     def _submit(self, plan, jobs, ids):
-        from .executors import execute
         executor = self._executor(plan)
         order, made = [], []
         for job in jobs:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .caffe_format import PIXEL_RANGE, read_mean
 from .errors import UserError
 
 NEW_SIZE = 256                    # new_height / new_width of the authors' ImageData layers
@@ -258,11 +259,6 @@ def format_mean(mean):
     return ",".join(f"{v:.10g}" for v in mean)
 
 
-# The range of a mean of pixels: Caffe's ImageData decodes 8-bit images (0..255) and pycaffe's
-# Classifier scales its [0, 1] images by raw_scale 255 before subtracting the mean.
-PIXEL_RANGE = (0, 255)
-
-
 def parse_mean_value(text):
     """`--mean 104,117,123` -> [104.0, 117.0, 123.0] (B, G, R); UserError otherwise."""
     try:
@@ -318,8 +314,7 @@ def crop_and_subtract(img, h_off, w_off, mean, crop_size=CROP_SIZE, mirror=False
 def load_mean_file(path):
     """A mean file (imagenet_mean.binaryproto or ilsvrc_2012_mean.npy) as a checked float32
     (3, 256, 256) array; UserError naming the file once."""
-    from .caffe_format import read_mean      # caffe_format's errors name the file already
-    mean = read_mean(path)
+    mean = read_mean(path)                   # its errors name the file already
     try:
         return mean_array(mean)
     except UserError as e:

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from reproduce import compare, comparison, records
+from reproduce import compare, comparison, protocols, records
 from reproduce.baselines import make_baseline
 from reproduce.errors import UserError
 
@@ -58,14 +58,16 @@ def table_rows(path):
         return {r["method"]: r for r in csv.DictReader(f)}
 
 
-def test_protocol_comes_from_the_dataset_modules():
-    assert comparison.dataset_protocol("cifar10")["topk"] is None
-    assert comparison.dataset_protocol("nus_wide")["topk"] == 5000
-    assert comparison.dataset_protocol("flickr")["topk"] == 5000
-    assert comparison.dataset_protocol("demo", None)["topk"] is None
-    assert comparison.dataset_protocol("demo", 100)["topk"] == 100
+def test_protocol_comes_from_the_protocol_table():
+    assert protocols.dataset_protocol("cifar10")["topk"] is None
+    assert protocols.dataset_protocol("coco")["zero_hit"] == "zero" == protocols.dataset_protocol("imagenet100")["zero_hit"]
+    assert protocols.dataset_protocol("custom_name", 7) == dict(protocols.dataset_protocol("cifar10"), topk=7)
+    assert protocols.dataset_protocol("nus_wide")["topk"] == 5000
+    assert protocols.dataset_protocol("flickr")["topk"] == 5000
+    assert protocols.dataset_protocol("demo", None)["topk"] is None
+    assert protocols.dataset_protocol("demo", 100)["topk"] == 100
     with pytest.raises(UserError, match="has no preset protocol"):
-        comparison.dataset_protocol("demo")
+        protocols.dataset_protocol("demo")
     assert comparison.method_dir("o", "CNNH*", 48) == os.path.join("o", "methods", "CNNH__48")
     assert comparison.parse_baseline_options(["ksh:n_anchors=30", "ksh:tol=0.5"]) == {
         "ksh": {"n_anchors": 30, "tol": 0.5}}

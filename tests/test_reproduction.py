@@ -10,6 +10,7 @@ import pytest
 import fake_datasets
 from reproduce.datasets import cifar10, flickr, nus_wide
 from reproduce.errors import UserError
+from reproduce.protocols import PROTOCOLS
 
 FAST = ["--bits", "12", "--variants", "dhn", "dhn-b", "--baselines", "lsh", "itq", "--workers", "0",
         "--device", "cpu", "--smoke", "--methods", "dnnh"]   # every method: test_smoke_table1_...
@@ -117,7 +118,7 @@ def test_hashnet_benchmarks_smoke(tmp_path, random_caffenet, dataset):
                  "--baselines", "lsh", "--methods", {"imagenet100": "cnnh", "coco": "cnnh*"}[dataset],
                  "--workers", "0", "--device", "cpu", "--smoke"])
     doc = json.load(open(tmp_path / "res" / "metrics" / "DHN_64bits_seed0" / "metrics.json"))
-    assert doc["dataset"] == dataset and doc["conventions"]["topk"] == module.MAP_TOPK
+    assert doc["dataset"] == dataset and doc["conventions"]["topk"] == PROTOCOLS[module.NAME]["topk"]
     assert doc["conventions"]["zero_hit"] == "zero"
     assert {"fig_a_precision_radius2.png", "fig_b_pr_curve_64bits.png", "table1.md"} <= set(outputs(tmp_path / "res"))
     first = open(tmp_path / "work" / "lists_smoke" / "train.txt").readline()

@@ -11,7 +11,7 @@ Split (DNNH, Lai et al. 2015, followed by DHN; official_settings.md "Data protoc
 60,000 images: per class 100 queries (1,000) and 500 training images drawn from the non-query
 images (5,000); database = the 59,000 non-query images, which contains the training set. The
 common alternative database without the training images (54,000) is `database_excludes_train`.
-MAP is taken over the whole database.
+MAP is taken over the whole database (reproduce.protocols.PROTOCOLS).
 
 The command (`python -m reproduce.cifar10`, see `main`): DHN on CIFAR-10, from nothing to results/cifar10/.
 """
@@ -31,7 +31,6 @@ NUM_LABELS = 10
 # torchvision's CIFAR10.classes (batches.meta "label_names"), in label-index order.
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
-MAP_TOPK = None  # DNNH/DHN: MAP over the whole database (official_settings.md "Data protocols")
 SPLIT_SEED = 2016  # ours (the year of the paper): the authors did not publish their split or seed
 QUERY_PER_CLASS = 100  # DNNH/DHN protocol: 1,000 queries
 TRAIN_PER_CLASS = 500  # DNNH/DHN protocol: 5,000 training images, drawn from the non-query images

@@ -39,7 +39,6 @@ NUM_LABELS = 21
 LABEL_NAMES = ("sky", "clouds", "person", "water", "animal", "grass", "buildings", "window",
                "plants", "lake", "ocean", "road", "flowers", "sunset", "reflection", "rocks",
                "vehicle", "snow", "tree", "beach", "mountain")
-MAP_TOPK = 5000  # the authors' NUS-WIDE evaluation: MAP@5000 (official_settings.md)
 SPLIT_SEED = 2016  # ours, for build_from_metadata (the authors' lists are used as published)
 QUERY_PER_LABEL = 100  # paper: 100 images per concept as queries (2,100)
 TRAIN_PER_LABEL = 500  # paper: 500 images per concept for training (10,500)
