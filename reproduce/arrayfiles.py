@@ -16,6 +16,7 @@ import numpy as np
 import scipy.io
 
 from .errors import UserError
+from .messages import one_line
 
 # What numpy, zipfile, scipy.io and h5py raise on damaged files (UnicodeDecodeError is a ValueError;
 # numpy parses a .npy header with tokenize, which raises TokenError).
@@ -29,11 +30,6 @@ MAT_NUMERIC = {"double", "single", "logical", "int8", "uint8", "int16", "uint16"
                "int64", "uint64"}
 MAT_ITEMSIZE = {"double": 8, "int64": 8, "uint64": 8, "single": 4, "int32": 4, "uint32": 4,
                 "int16": 2, "uint16": 2}
-
-
-def one_line(e):
-    """An exception's message as one line (library messages may span several)."""
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _check_declared(path, what, shape, itemsize, available, expansion=1, slack=0):

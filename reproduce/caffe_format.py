@@ -27,9 +27,11 @@ import os
 import h5py
 import numpy as np
 
-from .arrayfiles import H5_ERRORS, load_npy, one_line, read_h5_dataset
-from .errors import FLOAT32_MAX, UserError
+from .arrayfiles import H5_ERRORS, load_npy, read_h5_dataset
+from .errors import UserError
 from .fileio import require_file
+from .limits import FLOAT32_MAX
+from .messages import one_line
 
 VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5            # protobuf wire types
 # caffe.proto: NetParameter, V1LayerParameter (+ nested V0LayerParameter), LayerParameter, BlobProto

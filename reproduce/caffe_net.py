@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from .checkpoint import check_state_dict
-from .errors import UserError, printable
+from .errors import UserError
+from .messages import printable
 from .nets import (ARCHS, CONV_LAYERS, FC_LAYERS, FEATURE_LAYERS, HASH_LAYER, INPUT_SIZE, MAX_BITS,
                    expected_shapes)
 

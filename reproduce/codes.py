@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from .arrayfiles import READ_ERRORS, load_npy, load_npz, mat_variables, one_line, read_h5_attrs, read_h5_dataset
+from .arrayfiles import READ_ERRORS, load_npy, load_npz, mat_variables, read_h5_attrs, read_h5_dataset
 from .errors import UserError
 from .fileio import require_file
 from .lists import MAX_CLASSES, MAX_LABEL_BYTES, read_list
+from .messages import one_line
 
 ENCODE_FORMAT = "reproduce-dhn-codes/1"     # reproduce.encode.CODES_FORMAT (not imported: torch)
 CODE_KEYS = ("codes", "B", "hash_codes", "binary_codes", "hashcodes", "H")

@@ -19,17 +19,17 @@ writes them). Then `--out` receives table1/table2 (.md .csv .tex) and the three 
 import os
 
 from .baselines import BASELINES
+from .cli import BITS, NON_NEGATIVE, ArgumentParser, run_cli, topk_option
 from .codes import ORIENTATIONS
-from .comparison import (check_same_source, comparison_outputs, evaluate_baselines, evaluate_method, load_import, method_dir, parse_baseline_options,
-                         read_labels, write_comparison)
-from .errors import NON_NEGATIVE, ArgumentParser, UserError, run_cli
-from .fileio import staged_outputs
-from .nets import BITS
+from .comparison import (check_same_source, comparison_outputs, evaluate_baselines, evaluate_method,
+                         load_import, method_dir, parse_baseline_options, read_labels, write_comparison)
+from .errors import UserError
 from .figures import default_curve_bits
+from .fileio import staged_outputs
 from .locks import remove_leftovers, writer_lock
-from .protocols import FROM_PRESET, check_dataset_name, dataset_protocol
 from .paper import PAPER_BITS, PAPER_DATASETS, canonical_method, read_paper_numbers
-from .records import check_records, collect_records, topk_option, write_record
+from .protocols import FROM_PRESET, check_dataset_name, dataset_protocol
+from .records import check_records, collect_records, write_record
 
 
 def get_args_parser():

@@ -15,9 +15,10 @@ import numpy as np
 from .arrayfiles import H5_ERRORS, read_h5_attrs
 from .baselines import make_baseline
 from .codes import encoding_difference, read_codes, read_external_labels
-from .errors import FLOAT32_MAX, UserError
-from .fileio import require_file, sha1_file, staged_outputs
+from .errors import UserError
 from .figures import default_curve_bits, figure_names, write_figures
+from .fileio import require_file, sha1_file, staged_outputs
+from .limits import FLOAT32_MAX
 from .protocols import dataset_protocol
 from .records import check_records, evaluate_record
 from .reports import write_tables

@@ -8,7 +8,7 @@ with a note; a hash layer (`hash_layer`, or `fch` as the authors' dhn-caffe name
 so a model fine-tuned with the authors' Caffe code can be evaluated here as is. The checkpoint
 records the source file's name and sha1 and the notes (reproduce.checkpoint).
 """
-from .errors import ArgumentParser, run_cli
+from .cli import ArgumentParser, run_cli
 from .nets import ARCHS
 from .pretrained import convert
 

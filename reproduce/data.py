@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import UserError, check_signal, deferred_signals, unblock_signals
+from .errors import UserError
 from .fileio import make_folder, require_free_space
 from .lists import format_list
+from .signals import check_signal, deferred_signals, unblock_signals
 from .transforms import CROP_SIZE, NEW_SIZE, read_image_bgr, resize_linear, train_transform_batch
 
 CACHE_FORMAT = "reproduce-image-cache/1"

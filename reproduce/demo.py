@@ -24,24 +24,24 @@ from torch import nn
 
 from . import identity as ids
 from .baselines import BASELINES, make_baseline
+from .cli import BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, run_cli
 from .codes import ENCODE_FORMAT
 from .comparison import evaluate_method, write_comparison
 from .config import VARIANTS
 from .data import BatchOrder
 from .datasets.common import sample_per_label
 from .engine import NonFiniteLoss, fit
-from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, run_cli
-from .fileio import atomic_output, staged_outputs, write_text_atomic
+from .executors import (add_arguments as add_executor_arguments, check_arguments as check_executor_arguments,
+                        plan_main)
 from .figures import default_curve_bits
+from .fileio import atomic_output, staged_outputs, write_text_atomic
 from .grid import GridBuilder, GridSpec, SweepSpec, make_sweep_job, run_name, sweep_choice, write_diverged
 from .jobs import require_identity, sweep_markdown
 from .locks import writer_lock
 from .losses import LossSettings
 from .methods import DEEP_METHODS, make_method
 from .metrics import mean_average_precision
-from .nets import BITS
 from .paper import PAPER_BITS, canonical_method
-from .executors import add_arguments as add_executor_arguments, check_arguments as check_executor_arguments, plan_main
 from .plan import Job, Plan
 from .provenance import git_revision, versions
 from .records import check_records, protocol, read_record, write_record

@@ -30,14 +30,15 @@ import numpy as np
 
 from . import identity as ids
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from .cli import BATCH_SIZE, WORKERS, ArgumentParser, format_mean, parse_mean_value, run_cli
 from .data import check_images_exist
 from .encoding import PIPELINES, encode_list
-from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR
-from .errors import BATCH_SIZE, WORKERS, ArgumentParser, UserError, run_cli
+from .errors import UserError
 from .fileio import check_output_file, sha1_file
 from .lists import read_list
 from .locks import file_lock, remove_leftovers
-from .transforms import MEAN_VALUE, format_mean, load_mean_file, parse_mean_value
+from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR
+from .transforms import MEAN_VALUE, load_mean_file
 
 
 def get_args_parser():

@@ -13,10 +13,11 @@ import torch
 from tqdm import tqdm
 
 from .data import check_images_exist, load_resized
-from .errors import UserError, check_signal, deferred_signals, unblock_signals
+from .errors import UserError
 from .fileio import atomic_output, require_free_space
 from .nets import pick_device
 from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR, predict_inputs
+from .signals import check_signal, deferred_signals, unblock_signals
 from .transforms import CROP_SIZE, MEAN_VALUE, center_crop, mean_array, oversample
 
 CODES_FORMAT = "reproduce-dhn-codes/1"
@@ -129,7 +130,7 @@ def _encode(model, image_list, root, out_path, batch_size, oversample, features,
         f.create_dataset("paths", data=list(image_list.paths), dtype=h5py.string_dtype("utf-8"))
         done = 0
         with tqdm(total=n, unit="img", desc="encode", disable=not progress) as bar:
-            with deferred_signals():            # the workers start here (errors.deferred_signals)
+            with deferred_signals():            # the workers start here (signals.deferred_signals)
                 batches = iter(loader)
             for index, blob, errors in batches:
                 check_signal()

@@ -24,11 +24,12 @@ from . import identity as ids
 from .checkpoint import checkpoint_method_name, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import read_run_config
 from .data import BatchOrder, TrainBatches, build_cache, check_images_exist, make_loader, open_cache
-from .arrayfiles import one_line
-from .errors import UserError, check_signal, deferred_signals
+from .errors import UserError
 from .fileio import check_output_folder, read_json, write_text_atomic
 from .lists import read_list
+from .messages import one_line
 from .nets import pick_device, share_dropout_stream
+from .signals import check_signal, deferred_signals
 from .solver import caffe_param_groups
 from .transforms import load_mean_file, mean_array
 
@@ -203,7 +204,7 @@ def _train_loader(cfg, image_list, mean, start, ddp, targets, device):
     order = BatchOrder(len(image_list), cfg.solver.batch_size, cfg.seed, mirror=data.mirror)
     batches = TrainBatches(image_list, order, mean, start, cfg.solver.max_iter, cache_path=data.cache,
                            root=data.root, rank=ddp.rank, world_size=ddp.world_size, targets=targets)
-    with deferred_signals():                  # the workers start here (errors.deferred_signals)
+    with deferred_signals():                  # the workers start here (signals.deferred_signals)
         return iter(make_loader(batches, workers=data.workers, pin_memory=device.type == "cuda"))
 
 

@@ -15,12 +15,12 @@ The accepted code files (this package's .h5, MATLAB .mat, .h5, .npz, .npy; codes
 import argparse
 
 from . import identity as ids
+from .cli import BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, run_cli
 from .codes import (LABEL_KEYS, ORIENTATIONS, code_paths, encoding_difference, labels_by_path, read_codes,
                     read_external_labels)
-from .locks import remove_leftovers, writer_lock
-from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, run_cli
-from .nets import BITS
+from .errors import UserError
 from .fileio import sha1_file
+from .locks import remove_leftovers, writer_lock
 from .metrics import DEFAULT_NS, TIES, ZERO_HIT
 from .records import evaluate_record, protocol, write_record
 

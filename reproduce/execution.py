@@ -15,8 +15,9 @@ import time
 
 from tqdm import tqdm
 
-from .errors import UserError, printable
+from .errors import UserError
 from .fileio import read_json, write_text_atomic
+from .messages import printable
 from .plan import Job, call, job_lock, record_status
 
 LOG_TAIL = 8                 # lines of a failed job's log shown on the console

@@ -22,10 +22,11 @@ import subprocess
 import sys
 import time
 
-from .errors import POSITIVE, UserError, check_signal
-from .execution import (WORKER_MARK, JobsFailed, Progress, job_spec, limit_threads, log_tail,
-                        summary_line)
+from .cli import POSITIVE
+from .errors import UserError
+from .execution import WORKER_MARK, JobsFailed, Progress, job_spec, limit_threads, log_tail, summary_line
 from .plan import lock_held, run_inline
+from .signals import check_signal
 from .slurm_executor import SlurmExecutor, queued_jobs
 
 EXECUTORS = ("local", "slurm")

@@ -11,7 +11,8 @@ import os
 import shutil
 import tempfile
 
-from .errors import UserError, check_signal, deferred_signals
+from .errors import UserError
+from .signals import check_signal, deferred_signals
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .errors import UserError, integer
+from .errors import UserError
 
 ARCHS = ("caffenet", "alexnet")
 
@@ -28,7 +28,6 @@ HASH_LAYER = "hash_layer"                                  # the authors' fch
 INPUT_SIZE = 227                                           # crop_size in the authors' train_val
 HASH_FILLER_STD = 0.01                                     # authors' fch: gaussian std 0.01, bias 0
 MAX_BITS = 4096                                            # a hash layer wider than fc7 is refused
-BITS = integer(1, MAX_BITS)                                # --bits of every command
 
 
 def expected_shapes(bits=None):

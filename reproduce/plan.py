@@ -29,9 +29,10 @@ import time
 import traceback
 
 from . import identity as ids
-from .errors import UserError, printable
+from .errors import UserError
 from .fileio import read_json, write_text_atomic
 from .locks import remove_leftovers, writer_lock
+from .messages import printable
 
 STATES = ("done", "pending", "stale", "running", "failed")
 

@@ -15,8 +15,9 @@ import json
 import os
 
 from . import __version__
-from .errors import UserError, is_finite_number
+from .errors import UserError
 from .fileio import read_json, staged_outputs
+from .limits import is_finite_number
 from .metrics import DEFAULT_NS, evaluate_codes
 from .paper import RADIUS, canonical_method
 
@@ -29,20 +30,6 @@ def protocol(topk=None, ties="index", zero_hit="skip", radius=RADIUS, ns=DEFAULT
     """The evaluation conventions (evaluate_codes keywords); defaults: the authors' (ties by
     database order, queries without hits left out) and the paper's radius and top-N grid."""
     return {"topk": topk, "ties": ties, "zero_hit": zero_hit, "radius": radius, "ns": list(ns)}
-
-
-def topk_option(text):
-    """`--topk R|all` -> R (a positive integer) or None (the whole database)."""
-    import argparse
-    if text == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a positive integer nor 'all'")
-    return value
 
 
 def evaluate_record(method, dataset, query_codes, db_codes, query_labels, db_labels, protocol,

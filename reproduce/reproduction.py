@@ -24,22 +24,24 @@ import numpy as np
 
 from . import identity as ids
 from .baselines import BASELINES, make_baseline
+from .cli import BATCH_SIZE, BITS, NON_NEGATIVE, POSITIVE, WORKERS, ArgumentParser, number
 from .config import VARIANTS
 from .dataset_plan import DatasetGrid, DatasetSetup, ListSource
 from .datasets.common import build_report, format_report, require_images, write_split
 from .encoding import PIPELINES
-from .errors import BATCH_SIZE, NON_NEGATIVE, POSITIVE, WORKERS, ArgumentParser, UserError, number
+from .errors import UserError
+from .executors import (add_arguments as add_executor_arguments, check_arguments as check_executor_arguments,
+                        plan_main)
 from .grid import GridSpec, SweepSpec
 from .lists import ImageList
 from .locks import writer_lock
 from .losses import LOSS_PRESETS
-from .nets import ARCHS, BITS, FC_LAYERS
 from .methods import DEEP_METHODS
+from .nets import ARCHS, FC_LAYERS
 from .paper import PAPER_BITS
-from .executors import add_arguments as add_executor_arguments, check_arguments as check_executor_arguments, plan_main
 from .plan import Plan
-from .protocols import dataset_protocol
 from .pretrained import checkpoint_path, ensure_pretrained
+from .protocols import dataset_protocol
 from .solver import PRESETS
 from .sweep import LR_LIMITS, QUANT_WEIGHT_LIMITS, SWEEP_LRS, SWEEP_QUANT_WEIGHTS
 

@@ -5,7 +5,8 @@ the spec files it reads from its standard input one after another, answering eac
 it with --jobs N."""
 import sys
 
-from .errors import POSITIVE, ArgumentParser, UserError, run_cli
+from .cli import POSITIVE, ArgumentParser, run_cli
+from .errors import UserError
 from .execution import WORKER_MARK, execute, limit_threads, pin_device
 
 

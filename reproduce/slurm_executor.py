@@ -24,9 +24,10 @@ import os
 import subprocess
 import time
 
-from .errors import UserError, check_signal
+from .errors import UserError
 from .execution import JobsFailed, Progress, execute, job_spec, log_tail, summary_line
 from .plan import record_status
+from .signals import check_signal
 
 POLL_S = 3.0
 LIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .errors import FLOAT32_MAX, INT_MAX, MAX_BATCH
+from .limits import FLOAT32_MAX, INT_MAX, MAX_BATCH
 from .nets import HASH_LAYER
 
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")

@@ -11,18 +11,20 @@ import dataclasses
 import os
 
 from .checkpoint import load_checkpoint
+from .cli import (BATCH_SIZE, BITS, NON_NEGATIVE, POSITIVE, WORKERS, ArgumentParser, format_mean, number,
+                  parse_mean_value, run_cli)
 from .config import DataSettings, MethodSettings, ModelSettings, RunConfig
 from .data import check_images_exist
 from .engine import run_identity, train
-from .locks import writer_lock
-from .errors import BATCH_SIZE, NON_NEGATIVE, POSITIVE, WORKERS, ArgumentParser, UserError, number, run_cli
+from .errors import UserError
 from .lists import read_list
+from .locks import writer_lock
 from .losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
 from .methods import DEEP_METHODS
-from .nets import ARCHS, BITS
+from .nets import ARCHS
 from .solver import LR_POLICIES, PRESETS, SolverSettings
 from .solver_prototxt import read_solver_prototxt, where as solver_where
-from .transforms import MEAN_VALUE, format_mean, load_mean_file, parse_mean_value
+from .transforms import MEAN_VALUE, load_mean_file
 
 DEFAULTS = PRESETS["dhn-caffe"], LOSS_PRESETS["dhn-caffe"]   # quoted in the help texts
 

@@ -11,7 +11,6 @@ OpenCV; the tests compare against it (cv2.imread + cv2.resize of OpenCV 4.x).
 """
 import functools
 import io
-import math
 import os
 import warnings
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .caffe_format import PIXEL_RANGE, read_mean
+from .caffe_format import read_mean
 from .errors import UserError
 
 NEW_SIZE = 256                    # new_height / new_width of the authors' ImageData layers
@@ -253,28 +252,6 @@ def resize_linear(img, height=NEW_SIZE, width=NEW_SIZE):
 
 
 # ------------------------------------------------------------------------- crop, mirror, mean
-
-def format_mean(mean):
-    """(104.0, 117.0, 123.0) -> "104,117,123", as --mean takes it."""
-    return ",".join(f"{v:.10g}" for v in mean)
-
-
-def parse_mean_value(text):
-    """`--mean 104,117,123` -> [104.0, 117.0, 123.0] (B, G, R); UserError otherwise."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) == 3 and not all(math.isfinite(v) for v in values):
-        raise UserError(f"--mean {text!r}: the mean must be three finite numbers")
-    if len(values) != 3:
-        raise UserError(f"--mean {text!r}: expected three comma-separated numbers B,G,R "
-                        f"(e.g. {format_mean(MEAN_VALUE)})")
-    if not all(PIXEL_RANGE[0] <= v <= PIXEL_RANGE[1] for v in values):
-        raise UserError(f"--mean {text!r}: a mean of pixels lies in {PIXEL_RANGE[0]}..{PIXEL_RANGE[1]} "
-                        "(Caffe's images are 8-bit, pycaffe's are scaled by raw_scale 255)")
-    return values
-
 
 def mean_array(mean, size=NEW_SIZE):
     """The mean as float32 (3, 1, 1) (per-channel mean_value, B, G, R) or (3, size, size) (mean file).

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from reproduce.checkpoint import save_checkpoint
+from reproduce.cli import run_cli
 from reproduce.encode import main
 from reproduce.encoding import encode_list
-from reproduce.errors import UserError, run_cli
+from reproduce.errors import UserError
 from reproduce.lists import read_list
 from reproduce.nets import DHNNet
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from reproduce import codes as code_files
-from reproduce import evaluate, records
-from reproduce.errors import UserError, run_cli
+from reproduce import codes as code_files, evaluate, records
+from reproduce.cli import run_cli
+from reproduce.errors import UserError
 from reproduce.lists import write_list
 from reproduce.metrics import evaluate_codes
 

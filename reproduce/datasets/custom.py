@@ -13,10 +13,10 @@ Everything else (--smoke, --sweep, --seeds, the plan: --plan, re-runs, --rerun-s
 executors) is reproduce.reproduction's, as for the paper's datasets.
 """
 
+from ..cli import topk_option
 from ..lists import read_list
 from ..paper import read_paper_numbers
 from ..protocols import check_dataset_name, dataset_protocol
-from ..records import topk_option
 from ..reproduction import Preset, Reproduction, get_args_parser
 from .common import write_split
 

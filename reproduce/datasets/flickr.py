@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import POSITIVE, UserError
+from ..cli import POSITIVE
+from ..errors import UserError
 from ..fileio import refuse_special
 from ..lists import ImageList
 from ..reproduction import Preset, run_preset

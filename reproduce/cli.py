@@ -1,0 +1,156 @@
+"""What the commands share on the command line: option types, the parser, and how a command runs.
+
+Option types are argparse `type=` callables: a bad value becomes argparse's "argument --x: ..."
+usage error, which `ArgumentParser` turns into one line and exit status 2. Every number a user
+passes is range-checked here (reproduce.limits), before any work starts. `run_cli` runs a
+command's `main`: a UserError becomes `error: <message>` on stderr and its exit status, Ctrl-C
+and SIGTERM one line and 130 / 143 (reproduce.signals).
+"""
+import argparse
+import math
+import sys
+
+from . import signals
+from .caffe_format import PIXEL_RANGE
+from .errors import UserError
+from .limits import FLOAT32_MAX, INT_MAX, MAX_BATCH, MAX_WORKERS
+from .messages import printable
+from .nets import MAX_BITS
+from .transforms import MEAN_VALUE
+
+
+# --------------------------------------------------------------------------------- option types
+def integer(low=None, high=None):
+    """An int in [low, high] (either bound optional); also accepts `1e3`-style whole numbers."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+            if not math.isfinite(number) or number != int(number):
+                raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+            value = int(number)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range ({_bounds(low, high)})")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(low=None, high=None, low_open=False, high_open=False):
+    """A finite float in the interval given by low/high (open ends with low_open/high_open)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if abs(value) > FLOAT32_MAX:     # every real setting ends in a float32 tensor (Caffe's too)
+            raise argparse.ArgumentTypeError(f"{text!r} is beyond float32's range")
+        if (low is not None and (value < low or (low_open and value == low))) or \
+                (high is not None and (value > high or (high_open and value == high))):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is out of range ({_bounds(low, high, low_open, high_open)})")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _bounds(low, high, low_open=False, high_open=False):
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:{'d' if isinstance(low, int) else 'g'}}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:{'d' if isinstance(high, int) else 'g'}}")
+    return " and ".join(parts)
+
+
+POSITIVE = integer(1, INT_MAX)       # counts that must be at least 1 (bits, iterations)
+NON_NEGATIVE = integer(0, INT_MAX)   # counts that may be 0 (seeds, snapshots kept)
+BATCH_SIZE = integer(1, MAX_BATCH)
+WORKERS = integer(0, MAX_WORKERS)
+BITS = integer(1, MAX_BITS)          # --bits of every command
+
+
+def topk_option(text):
+    """`--topk R|all` -> R (a positive integer) or None (the whole database)."""
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a positive integer nor 'all'")
+    return value
+
+
+def format_mean(mean):
+    """(104.0, 117.0, 123.0) -> "104,117,123", as --mean takes it."""
+    return ",".join(f"{v:.10g}" for v in mean)
+
+
+def parse_mean_value(text):
+    """`--mean 104,117,123` -> [104.0, 117.0, 123.0] (B, G, R); UserError otherwise."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 3 and not all(math.isfinite(v) for v in values):
+        raise UserError(f"--mean {text!r}: the mean must be three finite numbers")
+    if len(values) != 3:
+        raise UserError(f"--mean {text!r}: expected three comma-separated numbers B,G,R "
+                        f"(e.g. {format_mean(MEAN_VALUE)})")
+    if not all(PIXEL_RANGE[0] <= v <= PIXEL_RANGE[1] for v in values):
+        raise UserError(f"--mean {text!r}: a mean of pixels lies in {PIXEL_RANGE[0]}..{PIXEL_RANGE[1]} "
+                        "(Caffe's images are 8-bit, pycaffe's are scaled by raw_scale 255)")
+    return values
+
+
+# --------------------------------------------------------------------------------- the parser
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are a UserError too: one line, exit status 2 via run_cli."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # An empty value (`--cache ""`, `--mean ""`) is a mistake in a script, never a setting:
+        # refused here for every option rather than read as "." or as "use the default".
+        namespace, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(namespace, action.dest, None)
+            if any(isinstance(v, str) and not v.strip()
+                   for v in (value if isinstance(value, (list, tuple)) else [value])):
+                self.error(f"argument {'/'.join(action.option_strings) or action.dest}: empty value")
+        return namespace, rest
+
+
+# --------------------------------------------------------------------------------- running a command
+def run_cli(main, argv=None):
+    """Call `main(argv)`; map UserError to `error: <message>` on stderr and its exit status (2),
+    Ctrl-C to exit status 130 and SIGTERM to 143, each after the outputs being written were
+    removed. An error that follows a signal (a loader worker gone) is reported as the signal."""
+    signals.install_command_handlers()
+    try:
+        main(argv)
+        signals.check_signal()
+    except UserError as e:
+        if signals.received() is None:
+            signals.close_progress_bars()   # an image found undecodable mid-run: the line stands alone
+            print(f"error: {printable(str(e))}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        signals.exit_on_signal()
+    except (KeyboardInterrupt, signals.Terminated):
+        signals.record_interrupt()
+        signals.exit_on_signal()
+    except Exception:
+        if signals.received() is None:
+            raise
+        signals.exit_on_signal()
+    finally:
+        signals.ignore_after_command()
