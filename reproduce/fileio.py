@@ -28,8 +28,12 @@ def atomic_output(path, overwrite=False):
     check_output_file(path, overwrite)
     folder = os.path.dirname(os.path.abspath(path))
     created = missing_folders(folder)
-    tmp = make_temporary(folder, ".tmp-" + os.path.basename(path) + "-", path)
+    tmp = None
     try:
+        # A signal between the temporary file's creation and this block would leave it behind:
+        # held back until `tmp` names it (then raised inside the block, which removes it).
+        with deferred_signals():
+            tmp = make_temporary(folder, ".tmp-" + os.path.basename(path) + "-", path)
         yield tmp
         check_signal()
         os.replace(tmp, path)
@@ -45,8 +49,9 @@ def _discard(tmp, created):
     """Remove a failed output's temporary file and the folders made for it (`created`, deepest
     first): "nothing was changed" holds for the folders too. A folder something else wrote into
     meanwhile stays."""
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(tmp)
+    if tmp is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
     remove_created(created)
 
 
@@ -175,12 +180,14 @@ def staged_outputs(out_dir, remove=()):
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"{out_dir}: is a file, not a folder for the outputs")
     make_folder(out_dir)
+    stage, committed = None, False
     try:
-        stage = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
-    except OSError as e:
-        raise UserError(f"{out_dir}: cannot write into it ({e.strerror or e})") from None
-    committed = False
-    try:
+        # held back until `stage` names the folder (as in atomic_output): none is left behind
+        with deferred_signals():
+            try:
+                stage = tempfile.mkdtemp(prefix=".staging-", dir=out_dir)
+            except OSError as e:
+                raise UserError(f"{out_dir}: cannot write into it ({e.strerror or e})") from None
         yield stage
         check_signal()
         _commit(stage, out_dir, remove)
@@ -189,7 +196,8 @@ def staged_outputs(out_dir, remove=()):
         raise UserError(f"{out_dir}: cannot write the outputs ({e.strerror or e}); nothing was "
                         "changed") from None
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
         if not committed:                 # the folders this call created go again
             remove_created(created)
 
