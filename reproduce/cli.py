@@ -7,6 +7,7 @@ command's `main`: a UserError becomes `error: <message>` on stderr and its exit 
 and SIGTERM one line and 130 / 143 (reproduce.signals).
 """
 import argparse
+import dataclasses
 import math
 import sys
 
@@ -14,8 +15,10 @@ from . import signals
 from .caffe_format import PIXEL_RANGE
 from .errors import UserError
 from .limits import FLOAT32_MAX, INT_MAX, MAX_BATCH, MAX_WORKERS
+from .losses import LOSS_PRESETS
 from .messages import printable
 from .nets import MAX_BITS
+from .solver import PRESETS, SolverSettings
 from .transforms import MEAN_VALUE
 
 
@@ -154,3 +157,48 @@ def run_cli(main, argv=None):
         signals.exit_on_signal()
     finally:
         signals.ignore_after_command()
+
+
+# ------------------------------------------------------------------ the solver and loss options
+DEFAULT_PRESET = "dhn-caffe"       # the authors' solver.prototxt and loss
+
+
+def add_solver_options(parser):
+    """The options `train` and the per-dataset commands share, declared once: the solver and loss
+    preset, the overrides of its base_lr, max_iter, batch size and λ (resolved by
+    `preset_settings`), and the loader processes and device of the runs."""
+    solver, loss = PRESETS[DEFAULT_PRESET], LOSS_PRESETS[DEFAULT_PRESET]
+    g = parser.add_argument_group("solver and loss (a preset, then the options given)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                   help=f"named solver and loss settings (default {DEFAULT_PRESET}: the authors' "
+                        "solver.prototxt and loss)")
+    g.add_argument("--base-lr", type=number(0, low_open=True), default=None,
+                   help=f"override the preset's base_lr ({DEFAULT_PRESET}: {solver.base_lr:g})")
+    g.add_argument("--max-iter", type=POSITIVE, default=None,
+                   help=f"override the preset's max_iter ({DEFAULT_PRESET}: {solver.max_iter})")
+    g.add_argument("--batch-size", type=BATCH_SIZE, default=None,
+                   help=f"override the preset's batch, the global batch over all processes "
+                        f"({DEFAULT_PRESET}: {solver.batch_size})")
+    g.add_argument("--quant-weight", type=number(0), default=None,
+                   help=f"override the preset's λ of the quantization loss ({DEFAULT_PRESET}: "
+                        f"{loss.quant_weight:g}, the authors' q_gamma); 0 = DHN-Q")
+    g.add_argument("--workers", type=WORKERS, default=2, help="image loader processes (default 2)")
+    g.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    return g
+
+
+def preset_settings(preset, overrides, solver=None):
+    """(SolverSettings, LossSettings) of a run: the preset's (its solver replaced by `solver` when
+    given, e.g. read from a solver.prototxt), then every override that is not None, by name:
+    SolverSettings fields, and `quant_weight` for the loss. ValueError on settings the solver
+    refuses."""
+    fields = {f.name for f in dataclasses.fields(SolverSettings)}
+    unknown = set(overrides) - fields - {"quant_weight"}
+    if unknown:
+        raise ValueError(f"no such solver or loss setting: {', '.join(sorted(unknown))}")
+    solver = solver or PRESETS[preset]
+    given = {k: v for k, v in overrides.items() if k in fields and v is not None}
+    loss = LOSS_PRESETS[preset]
+    if overrides.get("quant_weight") is not None:
+        loss = dataclasses.replace(loss, quant_weight=overrides["quant_weight"])
+    return dataclasses.replace(solver, **given), loss

@@ -42,6 +42,12 @@ from .messages import one_line
 ENCODE_FORMAT = "reproduce-dhn-codes/1"     # reproduce.encode.CODES_FORMAT (not imported: torch)
 CODE_KEYS = ("codes", "B", "hash_codes", "binary_codes", "hashcodes", "H")
 LABEL_KEYS = ("labels", "L", "label", "gnd", "Y", "y", "classes", "class")
+def sign_codes(values):
+    """The binary codes of real-valued ones: int8 ±1, code >= 0 -> +1, code < 0 -> -1 (an exact 0
+    goes to +1), as DHN's sign function and the authors' evaluation scripts binarise."""
+    return np.where(np.asarray(values) >= 0, 1, -1).astype(np.int8)
+
+
 @dataclass
 class CodeFile:
     """One code file, oriented as samples x bits. codes: (N, K) float32 as stored (0/1 already
@@ -60,7 +66,7 @@ class CodeFile:
             i, k = np.argwhere((self.codes != 1) & (self.codes != -1))[0]
             raise UserError(f"{self.path}: codes are not ±1 or 0/1 (value {self.codes[i, k]:g} at "
                             f"row {i}, bit {k}); pass --sign to binarise real-valued codes")
-        return np.where(self.codes >= 0, 1, -1).astype(np.int8)
+        return sign_codes(self.codes)
 
     def label_matrix(self, width=None):
         """(N, C) uint8 multi-hot; class-index vectors become one-hot of `width` (max + 1).

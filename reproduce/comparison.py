@@ -17,7 +17,7 @@ from .baselines import make_baseline
 from .codes import encoding_difference, read_codes, read_external_labels
 from .errors import UserError
 from .figures import default_curve_bits, figure_names, write_figures
-from .fileio import require_file, sha1_file, staged_outputs
+from .fileio import folder_name, require_file, sha1_file, staged_outputs
 from .limits import FLOAT32_MAX
 from .protocols import dataset_protocol
 from .records import check_records, evaluate_record
@@ -27,9 +27,9 @@ METHODS_DIR = "methods"
 
 
 def method_dir(out_dir, name, bits):
-    """`out_dir/methods/<name>_<bits>`, the name made safe as a folder name (`CNNH*` -> `CNNH_`)."""
-    safe = re.sub(r"[^A-Za-z0-9._+-]", "_", str(name))
-    return os.path.join(os.fspath(out_dir), METHODS_DIR, f"{safe}_{bits}")
+    """`out_dir/methods/<name>_<bits>`, the name made safe as a folder name (fileio.folder_name:
+    `CNNH*` -> `CNNH-star`)."""
+    return os.path.join(os.fspath(out_dir), METHODS_DIR, f"{folder_name(name)}_{bits}")
 
 
 def evaluate_method(name, dataset, query_codes, db_codes, query_labels, db_labels, seed=None,

@@ -20,7 +20,7 @@ import os
 from . import identity as ids
 from .config import VARIANTS, DataSettings, MethodSettings, ModelSettings, RunConfig
 from .errors import UserError
-from .grid import GridBuilder, folder_name, make_sweep_job, run_name
+from .grid import GridBuilder, make_sweep_job, run_name
 from .losses import LossSettings
 from .paper import canonical_method
 from .plan import Job
@@ -245,4 +245,4 @@ class DatasetGrid(GridBuilder):
                    lineage=False)
 
 
-__all__ = ["DatasetGrid", "DatasetSetup", "ListSource", "folder_name"]
+__all__ = ["DatasetGrid", "DatasetSetup", "ListSource"]

@@ -25,7 +25,7 @@ from torch import nn
 from . import identity as ids
 from .baselines import BASELINES, make_baseline
 from .cli import BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, run_cli
-from .codes import ENCODE_FORMAT
+from .codes import ENCODE_FORMAT, sign_codes
 from .comparison import evaluate_method, write_comparison
 from .config import VARIANTS
 from .data import BatchOrder
@@ -233,7 +233,7 @@ def demo_trial(identity, trained, bits, max_iter, base_lr, quant_weight, out):
     except NonFiniteLoss as e:
         return write_diverged(os.path.join(out, "metrics.json"), identity, e)
     with torch.no_grad():
-        b = np.where(model.codes(torch.from_numpy(x[train])).numpy() >= 0, 1, -1).astype(np.int8)
+        b = sign_codes(model.codes(torch.from_numpy(x[train])).numpy())
     score = mean_average_precision(b[val], b[rest], labels[train][val], labels[train][rest])
     doc = {"method": canonical_method(trained) if trained not in VARIANTS else VARIANTS[trained].method,
            "dataset": DATASET, "bits": bits, "seed": 0, "metrics": {"map": float(score)}, "identity": identity}

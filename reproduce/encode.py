@@ -51,7 +51,7 @@ def get_args_parser():
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--pipeline", choices=PIPELINES, default="imagedata",
                    help="imagedata (default): Caffe's ImageData layer, TEST phase (cv::resize, mean "
-                        "104,117,123); pycaffe: caffe.Classifier as the authors' predict scripts "
+                        f"{format_mean(MEAN_VALUE)}); pycaffe: caffe.Classifier as the authors' predict scripts "
                         "(scikit-image resize, mean of ilsvrc_2012_mean.npy per channel)")
     p.add_argument("--oversample", action="store_true",
                    help="pycaffe's 10 crops averaged (the authors' first evaluation script); "

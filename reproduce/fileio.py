@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -154,6 +155,12 @@ def make_folder(folder, what=None):
     except OSError as e:
         raise UserError(f"{what or folder}: cannot create the folder {folder} "
                         f"({e.strerror or e}; a part of the path is a file, or it is read-only)") from None
+
+
+def folder_name(name):
+    """A method or variant name as a file or folder name: `CNNH*` -> `CNNH-star`; any other
+    character but letters, digits and `._+-` -> `_`."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(name).replace("*", "-star"))
 
 
 def make_temporary(folder, prefix, what):

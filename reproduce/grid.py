@@ -26,15 +26,10 @@ import os
 from . import identity as ids
 from .config import VARIANTS
 from .errors import UserError
-from .fileio import write_text_atomic
+from .fileio import folder_name, write_text_atomic
 from .plan import Job, call, recorded_identity
 from .records import read_record
 from .sweep import search
-
-
-def folder_name(name):
-    """A method or variant name as a file or folder name: CNNH* -> CNNH-star."""
-    return str(name).replace("*", "-star")
 
 
 def run_name(name, bits, seed):

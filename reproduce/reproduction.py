@@ -24,7 +24,7 @@ import numpy as np
 
 from . import identity as ids
 from .baselines import BASELINES, make_baseline
-from .cli import BATCH_SIZE, BITS, NON_NEGATIVE, POSITIVE, WORKERS, ArgumentParser, number
+from .cli import BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, add_solver_options, number, preset_settings
 from .config import VARIANTS
 from .dataset_plan import DatasetGrid, DatasetSetup, ListSource
 from .datasets.common import build_report, format_report, require_images, write_split
@@ -35,14 +35,12 @@ from .executors import (add_arguments as add_executor_arguments, check_arguments
 from .grid import GridSpec, SweepSpec
 from .lists import ImageList
 from .locks import writer_lock
-from .losses import LOSS_PRESETS
 from .methods import DEEP_METHODS
 from .nets import ARCHS, FC_LAYERS
 from .paper import PAPER_BITS
 from .plan import Plan
 from .pretrained import checkpoint_path, ensure_pretrained
 from .protocols import dataset_protocol
-from .solver import PRESETS
 from .sweep import LR_LIMITS, QUANT_WEIGHT_LIMITS, SWEEP_LRS, SWEEP_QUANT_WEIGHTS
 
 SMOKE = dict(train=32, query=8, database=40, max_iter=3, batch_size=8)
@@ -90,25 +88,14 @@ def get_args_parser(preset):
     p.add_argument("--out", default=None, help="results folder (default results/<dataset>)")
     p.add_argument("--work", default=None,
                    help="caches, lists, features and training runs (default runs/<dataset>)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="dhn-caffe",
-                   help="solver and loss preset (default: the authors' dhn-caffe)")
-    p.add_argument("--max-iter", type=POSITIVE, default=None,
-                   help=f"override the preset's max_iter ({PRESETS['dhn-caffe'].max_iter})")
-    p.add_argument("--batch-size", type=BATCH_SIZE, default=None,
-                   help=f"override the preset's batch ({PRESETS['dhn-caffe'].batch_size})")
-    p.add_argument("--base-lr", type=number(0, low_open=True), default=None,
-                   help=f"override the preset's base_lr ({PRESETS['dhn-caffe'].base_lr:g})")
-    p.add_argument("--quant-weight", type=number(0), default=None,
-                   help=f"override the preset's λ ({LOSS_PRESETS['dhn-caffe'].quant_weight:g})")
     p.add_argument("--oversample", action="store_true", help="encode with pycaffe's 10 crops (default: centre crop)")
     p.add_argument("--pipeline", choices=PIPELINES, default="imagedata",
                    help="image pipeline of the codes: imagedata (Caffe's TEST phase, default) or pycaffe "
                         "(the authors' evaluation scripts; see reproduce.encode)")
-    p.add_argument("--workers", type=WORKERS, default=2, help="loader processes")
-    p.add_argument("--device", default="auto")
     p.add_argument("--smoke", action="store_true",
                    help=f"whole chain on {SMOKE['train']}/{SMOKE['query']}/{SMOKE['database']} images and "
                         f"{SMOKE['max_iter']} iterations, into results/smoke/<dataset>: checks an installation")
+    add_solver_options(p)
     g = p.add_argument_group("cross-validation (the paper's grid, on a validation split of the training set)")
     g.add_argument("--sweep", action="store_true", help="choose base_lr and λ on a validation split first")
     g.add_argument("--sweep-bits", type=BITS, default=48)
@@ -209,12 +196,11 @@ class Reproduction:
                      display=1) if a.smoke else {}
         # an option given explicitly wins over the preset and over --smoke's sizes
         given.update({k: v for k, v in (("max_iter", a.max_iter), ("batch_size", a.batch_size),
-                                         ("base_lr", a.base_lr)) if v is not None})
-        solver = dataclasses.replace(PRESETS[a.preset], **given)
-        loss = LOSS_PRESETS[a.preset]
-        if a.quant_weight is not None:
-            loss = dataclasses.replace(loss, quant_weight=a.quant_weight)
-        return solver, loss
+                                         ("base_lr", a.base_lr), ("quant_weight", a.quant_weight)) if v is not None})
+        try:
+            return preset_settings(a.preset, given)
+        except ValueError as e:
+            raise UserError(f"solver settings: {e}") from None
 
     def grid_spec(self):
         a = self.args
