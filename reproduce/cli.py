@@ -14,6 +14,7 @@ import sys
 from . import signals
 from .caffe_format import PIXEL_RANGE
 from .errors import UserError
+from .executors import EXECUTORS, ExecutorSettings
 from .limits import FLOAT32_MAX, INT_MAX, MAX_BATCH, MAX_WORKERS
 from .losses import LOSS_PRESETS
 from .messages import printable
@@ -202,3 +203,47 @@ def preset_settings(preset, overrides, solver=None):
     if overrides.get("quant_weight") is not None:
         loss = dataclasses.replace(loss, quant_weight=overrides["quant_weight"])
     return dataclasses.replace(solver, **given), loss
+
+
+# ------------------------------------------------------------------ the plan and its executors
+def add_plan_options(parser):
+    """--plan, --rerun-stale and the executor options of the per-dataset commands and the demo
+    (reproduce.plan, reproduce.executors); `executor_settings` reads them."""
+    d = ExecutorSettings()
+    g = parser.add_argument_group("the plan (reproduce.plan)")
+    g.add_argument("--plan", action="store_true",
+                   help="print every job with its state (done, pending, stale, failed) and output; run nothing")
+    g.add_argument("--rerun-stale", action="store_true",
+                   help="recompute outputs made with other settings (and what depends on them) instead "
+                        "of stopping")
+    g = parser.add_argument_group("running the plan (reproduce.executors)")
+    g.add_argument("--jobs", type=POSITIVE, default=d.jobs,
+                   help="jobs at once on this machine (default 1: one after another in this process)")
+    g.add_argument("--devices", default=d.devices,
+                   help="comma-separated devices the jobs are spread over, e.g. cuda:0,cuda:1 or cpu "
+                        "(default: every visible GPU, else cpu)")
+    g.add_argument("--threads-per-job", type=POSITIVE, default=d.threads_per_job,
+                   help="CPU threads of each job (default: this machine's cores divided by --jobs; "
+                        "SLURM: --slurm-cpus-per-job); CPU results depend on it")
+    g.add_argument("--executor", choices=EXECUTORS, default=d.executor, help="local (default) or slurm")
+    g.add_argument("--no-wait", action="store_true", help="slurm: return once the jobs are submitted")
+    g.add_argument("--slurm-partition", default=d.slurm_partition, help="slurm: partition (default: the cluster's)")
+    g.add_argument("--slurm-cpus-per-job", type=POSITIVE, default=d.slurm_cpus_per_job,
+                   help=f"slurm: CPUs per job (default {d.slurm_cpus_per_job})")
+    g.add_argument("--slurm-gpus-per-job", type=int, default=d.slurm_gpus_per_job,
+                   help=f"slurm: GPUs per job (default {d.slurm_gpus_per_job})")
+    g.add_argument("--slurm-mem-gb", type=POSITIVE, default=d.slurm_mem_gb,
+                   help=f"slurm: memory per job in GB (default {d.slurm_mem_gb})")
+    g.add_argument("--slurm-time-min", type=POSITIVE, default=d.slurm_time_min,
+                   help=f"slurm: time limit per job in minutes (default {d.slurm_time_min})")
+    g.add_argument("--slurm-max-concurrent", type=POSITIVE, default=d.slurm_max_concurrent,
+                   help="slurm: at most this many of the command's jobs queued or running at once")
+
+
+def executor_settings(args, device=None):
+    """The ExecutorSettings of options declared by add_plan_options; `device`: the command's own
+    --device (refused together with --devices)."""
+    options = vars(args)
+    own = {"show_plan": options["plan"], "rerun_stale": options["rerun_stale"], "device": device}
+    return ExecutorSettings(**own, **{f.name: options[f.name] for f in dataclasses.fields(ExecutorSettings)
+                                      if f.name not in own})

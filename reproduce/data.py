@@ -282,7 +282,7 @@ class TrainBatches(torch.utils.data.Dataset):
     def __getitem__(self, i):
         """(x, labels, error): an image that cannot be read comes back as its one-line message
         (naming list, line and path) instead of an exception, so that it reaches the user from a
-        loader worker as the same line the main process would print (engine.fit raises it)."""
+        loader worker as the same line the main process would print (checked_batches raises it)."""
         index, offsets, mirror = self.order.batch(self.start + i)
         index, offsets, mirror = index[self.share], offsets[self.share], mirror[self.share]
         labels = torch.from_numpy(self.targets[index])
@@ -291,6 +291,20 @@ class TrainBatches(torch.utils.data.Dataset):
         except UserError as e:
             return torch.zeros(0), labels, str(e)
         return x, labels, ""
+
+
+def checked_batches(items):
+    """The items of a loader whose last element is an error message ("" when none; a loader of
+    batches of images gives one per image) without that element: the message of the first error
+    is raised as the UserError it was in the worker, and a signal that arrived while the loader
+    waited (deferred there) is raised before each batch (signals.check_signal). The training and
+    encoding loops see plain batches: (images, labels), (indices, images)."""
+    for *batch, error in items:
+        check_signal()
+        message = error if isinstance(error, str) else next((e for e in error if e), "")
+        if message:
+            raise UserError(message)
+        yield tuple(batch)
 
 
 def make_loader(dataset, workers=2, pin_memory=False):

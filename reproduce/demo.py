@@ -24,15 +24,14 @@ from torch import nn
 
 from . import identity as ids
 from .baselines import BASELINES, make_baseline
-from .cli import BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, run_cli
+from .cli import BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, add_plan_options, executor_settings, run_cli
 from .codes import ENCODE_FORMAT, sign_codes
 from .comparison import evaluate_method, write_comparison
 from .config import VARIANTS
 from .data import BatchOrder
 from .datasets.common import sample_per_label
-from .engine import NonFiniteLoss, fit
-from .executors import (add_arguments as add_executor_arguments, check_arguments as check_executor_arguments,
-                        plan_main)
+from .engine import NonFiniteLoss, Report, fit
+from .executors import plan_main
 from .figures import default_curve_bits
 from .fileio import atomic_output, staged_outputs, write_text_atomic
 from .grid import GridBuilder, GridSpec, SweepSpec, make_sweep_job, run_name, sweep_choice, write_diverged
@@ -147,8 +146,8 @@ def train_dhn(x, labels, train, bits, seed, max_iter=1500, base_lr=0.01, progres
     batches = ((xs[i], ys[i]) for i in (order.batch(t)[0] for t in range(max_iter)))
     log = []
     criterion = method.make_loss() if method else loss.make_loss()
-    fit(model.train(), batches, criterion, solver, 0, max_iter, batch_size=settings.batch_size,
-        display=100, log=log.append, progress=progress, echo=False)
+    fit(model.train(), batches, criterion, solver, 0, max_iter,
+        Report(settings.batch_size, display=100, log=log.append, progress=progress, echo=False))
     return model.eval(), log
 
 
@@ -356,10 +355,7 @@ def get_args_parser():
     p.add_argument("--methods", nargs="*", choices=list(DEEP_METHODS), default=list(DEEP_METHODS),
                    help="deep baselines on the same small network (default: all)")
     p.add_argument("--max-iter", type=POSITIVE, default=1500)
-    p.add_argument("--plan", action="store_true", help="print every job with its state and output; run nothing")
-    p.add_argument("--rerun-stale", action="store_true",
-                   help="recompute outputs made with other settings (and what depends on them) instead of stopping")
-    add_executor_arguments(p)
+    add_plan_options(p)
     return p
 
 
@@ -377,15 +373,16 @@ def make_plan(args, started=None):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    check_executor_arguments(args)
+    executor = executor_settings(args)
+    executor.check()
     start = time.time()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     if args.plan:
-        plan_main(make_plan(args, start), args)
+        plan_main(make_plan(args, start), executor)
         return
     print(DIFFERENCES + "\n")
     with writer_lock(args.out, "--out"), writer_lock(args.work, "--work"):
-        plan_main(make_plan(args, start), args, log=lambda text: print(f"{text}  [{time.time() - start:.0f} s]"))
+        plan_main(make_plan(args, start), executor, log=lambda text: print(f"{text}  [{time.time() - start:.0f} s]"))
     print(f"\nwrote {args.out}/table1.md, table2.md, figures and metrics in {time.time() - start:.0f} s")
     with open(os.path.join(args.out, "table1.md"), encoding="utf-8") as f:
         print(f.read())

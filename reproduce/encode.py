@@ -32,7 +32,7 @@ from . import identity as ids
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .cli import BATCH_SIZE, WORKERS, ArgumentParser, format_mean, parse_mean_value, run_cli
 from .data import check_images_exist
-from .encoding import PIPELINES, encode_list
+from .encoding import PIPELINES, EncodeSettings, encode_list
 from .errors import UserError
 from .fileio import check_output_file, sha1_file
 from .lists import read_list
@@ -108,9 +108,9 @@ def main(argv=None):
     attrs["identity"] = ids.to_attr(encode_identity(args, ckpt, image_list))
     with file_lock(args.out, "--out"):            # one writer of this file at a time
         remove_leftovers([args.out])
-        encode_list(model, image_list, args.root, args.out, batch_size=args.batch_size,
-                    oversample=args.oversample, features=args.features, mean=mean, workers=args.workers,
-                    device=args.device, attrs=attrs, overwrite=args.force, pipeline=args.pipeline)
+        settings = EncodeSettings(args.pipeline, args.oversample, args.batch_size, mean, args.features, args.workers,
+                                  args.device)
+        encode_list(model, image_list, args.root, args.out, settings, attrs=attrs, overwrite=args.force)
     print(f"wrote {args.out}: {len(image_list)} images, "
           + ", ".join(k for k, on in (("codes", model.has_codes), ("features", args.features)) if on))
 

@@ -5,6 +5,7 @@ Two image pipelines, both checked against real Caffe: "imagedata" (Caffe's Image
 TEST phase, reproduce.transforms) and "pycaffe" (the authors' predict scripts' caffe.Classifier,
 reproduce.pycaffe_pipeline); --oversample encodes pycaffe's 10 crops and averages the outputs.
 """
+import dataclasses
 import os
 
 import h5py
@@ -12,12 +13,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import check_images_exist, load_resized
+from .data import check_images_exist, checked_batches, load_resized
 from .errors import UserError
 from .fileio import atomic_output, require_free_space
 from .nets import pick_device
 from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR, predict_inputs
-from .signals import check_signal, deferred_signals, unblock_signals
+from .signals import deferred_signals, unblock_signals
 from .transforms import CROP_SIZE, MEAN_VALUE, center_crop, mean_array, oversample
 
 CODES_FORMAT = "reproduce-dhn-codes/1"
@@ -28,6 +29,26 @@ PIPELINES = ("imagedata", "pycaffe")
 # What each pipeline records in the output's attributes.
 PIPELINE_RESIZE = {"imagedata": "cv::resize INTER_LINEAR 256x256",
                    "pycaffe": "skimage resize order 1 mode constant 256x256, no anti-aliasing"}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EncodeSettings:
+    """How a list is encoded (reproduce.encode's options; the per-dataset jobs' encode settings).
+
+    pipeline: "imagedata" (Caffe's ImageData layer, reproduce.transforms) or "pycaffe" (the
+    authors' predict scripts, reproduce.pycaffe_pipeline); oversample: pycaffe's 10 crops,
+    averaged; batch_size: network inputs per forward pass (with oversample, batch_size // 10
+    images of 10 crops each); mean: (B, G, R) values or, with imagedata, a (3, 256, 256) mean
+    image; None: the pipeline's (imagedata: transform_param mean_value 104,117,123; pycaffe:
+    ilsvrc_2012_mean.npy averaged per channel); features: fc7 features too (or only, for a model
+    without hash layer); workers: decoding processes; device: None = cuda if available."""
+    pipeline: str = "imagedata"
+    oversample: bool = False
+    batch_size: int = 50
+    mean: object = None
+    features: bool = False
+    workers: int = 2
+    device: object = None
 
 
 class _TestImages(torch.utils.data.Dataset):
@@ -64,63 +85,61 @@ class _TestImages(torch.utils.data.Dataset):
         return oversample(img, self.mean) if self.ten_crops else center_crop(img, self.mean)
 
 
-def encode_list(model, image_list, root, out_path, batch_size=50, oversample=False, features=False,
-                mean=None, workers=2, device=None, attrs=None, overwrite=False, progress=True,
-                pipeline="imagedata"):
-    """Encode every image of `image_list` (paths relative to `root`) into the HDF5 file `out_path`.
+def encode_list(model, image_list, root, out_path, settings=EncodeSettings(), *, attrs=None, overwrite=False,
+                progress=True):
+    """Encode every image of `image_list` (paths relative to `root`) into the HDF5 file `out_path`
+    as `settings` (EncodeSettings) say.
 
-    model: a DHNNet, moved to `device` and run in eval mode (its train/eval mode is restored after).
-    Codes are written when it has a hash layer, fc7 features when `features` is true (at least one
-    of the two is required). batch_size = network inputs per forward pass (with oversample,
-    batch_size // 10 images of 10 crops each). pipeline: "imagedata" (Caffe's ImageData layer,
-    reproduce.transforms) or "pycaffe" (the authors' predict scripts, reproduce.pycaffe_pipeline).
-    mean: (B, G, R) values or, with imagedata, a (3, 256, 256) mean image; default the pipeline's
-    (imagedata: transform_param mean_value 104,117,123; pycaffe: ilsvrc_2012_mean.npy averaged per
-    channel). attrs: further HDF5 attributes (checkpoint path and sha1, dataset, split ...); None
-    values are skipped. Checks that every image exists before anything is written. Returns out_path.
+    model: a DHNNet, moved to the settings' device and run in eval mode (its train/eval mode is
+    restored after). Codes are written when it has a hash layer, fc7 features when
+    settings.features (at least one of the two is required). attrs: further HDF5 attributes
+    (checkpoint path and sha1, dataset, split ...); None values are skipped. Checks that every
+    image exists before anything is written. Returns out_path.
     """
+    s = settings
     has_hash = getattr(model, "has_codes", getattr(model, "hash_layer", None) is not None)
-    if not has_hash and not features:
+    if not has_hash and not s.features:
         raise UserError(f"{attrs.get('checkpoint', 'model') if attrs else 'model'}: no hash layer "
                         "(an ImageNet model?); only fc7 features can be encoded: add --features")
     if len(image_list) == 0:
         raise UserError(f"{image_list.source}: the list is empty")
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
-    if pipeline not in PIPELINES:
-        raise UserError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
-    if pipeline == "pycaffe":
+    if s.batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {s.batch_size}")
+    if s.pipeline not in PIPELINES:
+        raise UserError(f"pipeline must be one of {', '.join(PIPELINES)}, got {s.pipeline!r}")
+    if s.pipeline == "pycaffe":
         # Kept in float64: Transformer.preprocess subtracts the float64 mean from float32 pixels.
-        mean = np.asarray(ILSVRC_2012_MEAN_BGR if mean is None else mean, dtype=np.float64)
+        mean = np.asarray(ILSVRC_2012_MEAN_BGR if s.mean is None else s.mean, dtype=np.float64)
         if mean.size != 3:
             raise UserError("the pycaffe pipeline subtracts a per-channel mean (as the authors' "
                             "Classifier did); average the mean image per channel first")
         mean = mean.reshape(3, 1, 1)
     else:
-        mean = mean_array(MEAN_VALUE if mean is None else mean)
+        mean = mean_array(MEAN_VALUE if s.mean is None else s.mean)
     check_images_exist(image_list, root)
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = pick_device(s.device) if not isinstance(s.device, torch.device) else s.device
     was_training = model.training
     try:
-        return _encode(model.to(device).eval(), image_list, root, out_path, batch_size, oversample, features,
-                       mean, workers, device, attrs, overwrite, progress, pipeline)
+        return _encode(model.to(device).eval(), image_list, root, out_path,
+                       dataclasses.replace(s, mean=mean, device=device), attrs, overwrite, progress)
     finally:
         model.train(was_training)
 
 
 @torch.no_grad()
-def _encode(model, image_list, root, out_path, batch_size, oversample, features, mean, workers, device,
-            attrs, overwrite, progress, pipeline):
-    has_hash = model.has_codes
-    images_per_batch = max(1, batch_size // TEN_CROPS) if oversample else batch_size
-    loader = torch.utils.data.DataLoader(_TestImages(image_list, root, mean, oversample, pipeline),
+def _encode(model, image_list, root, out_path, settings, attrs, overwrite, progress):
+    """encode_list's work, its settings' mean resolved to an array and device to a torch.device."""
+    s, device = settings, settings.device
+    has_hash, features = model.has_codes, s.features
+    images_per_batch = max(1, s.batch_size // TEN_CROPS) if s.oversample else s.batch_size
+    loader = torch.utils.data.DataLoader(_TestImages(image_list, root, s.mean, s.oversample, s.pipeline),
                                          batch_size=images_per_batch, shuffle=False,
-                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         num_workers=s.workers, pin_memory=device.type == "cuda",
                                          worker_init_fn=unblock_signals)
     n, bits = len(image_list), (model.bits if has_hash else 0)
     _check_free_space(out_path, image_list, bits, features)
     with atomic_output(out_path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update(_attributes(model, image_list, root, mean, oversample, has_hash, attrs, pipeline))
+        f.attrs.update(_attributes(model, image_list, root, s.mean, s.oversample, has_hash, attrs, s.pipeline))
         rows = min(n, ROWS_PER_CHUNK)
         codes = f.create_dataset("codes", (n, bits), "float32", chunks=(rows, bits)) if has_hash else None
         feats = (f.create_dataset("features", (n, FEATURE_DIM), "float32", chunks=(min(n, 64), FEATURE_DIM))
@@ -131,12 +150,8 @@ def _encode(model, image_list, root, out_path, batch_size, oversample, features,
         done = 0
         with tqdm(total=n, unit="img", desc="encode", disable=not progress) as bar:
             with deferred_signals():            # the workers start here (signals.deferred_signals)
-                batches = iter(loader)
-            for index, blob, errors in batches:
-                check_signal()
-                bad = next((e for e in errors if e), None)
-                if bad:
-                    raise UserError(bad)
+                batches = checked_batches(iter(loader))
+            for index, blob in batches:
                 assert index[0] == done, "loader out of order"
                 fc7 = model.features(blob.to(device).flatten(0, blob.dim() - 4))
                 b = len(index)

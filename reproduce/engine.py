@@ -23,13 +23,13 @@ from tqdm import tqdm
 from . import identity as ids
 from .checkpoint import checkpoint_method_name, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import read_run_config
-from .data import BatchOrder, TrainBatches, build_cache, check_images_exist, make_loader, open_cache
+from .data import BatchOrder, TrainBatches, build_cache, check_images_exist, checked_batches, make_loader, open_cache
 from .errors import UserError
 from .fileio import check_output_folder, read_json, write_text_atomic
 from .lists import read_list
 from .messages import one_line
 from .nets import pick_device, share_dropout_stream
-from .signals import check_signal, deferred_signals
+from .signals import deferred_signals
 from .solver import caffe_param_groups
 from .transforms import load_mean_file, mean_array
 
@@ -205,7 +205,7 @@ def _train_loader(cfg, image_list, mean, start, ddp, targets, device):
     batches = TrainBatches(image_list, order, mean, start, cfg.solver.max_iter, cache_path=data.cache,
                            root=data.root, rank=ddp.rank, world_size=ddp.world_size, targets=targets)
     with deferred_signals():                  # the workers start here (signals.deferred_signals)
-        return iter(make_loader(batches, workers=data.workers, pin_memory=device.type == "cuda"))
+        return checked_batches(iter(make_loader(batches, workers=data.workers, pin_memory=device.type == "cuda")))
 
 
 def train(cfg, model=None, ckpt=None, resume=False, progress=True, identity=None):
@@ -259,13 +259,12 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True, identity=None
         records.append(rec)
         _write_log(log_path, records)
 
+    report = Report(cfg.solver.batch_size, cfg.solver.display, log=log if is_main else None,
+                    progress=progress and is_main)
     try:
         fit(net, loader, method.make_loss() if method else cfg.loss.make_loss(), solver, start, cfg.solver.max_iter,
-            batch_size=cfg.solver.batch_size, display=cfg.solver.display, device=device,
-            gather=ddp.gather, world_size=ddp.world_size, log=log if is_main else None,
-            snapshot_every=cfg.solver.snapshot,
-            snapshot=lambda done: _snapshot(model, solver, cfg, done, ddp, is_main, dropout, identity),
-            progress=progress and is_main)
+            report, device=device, gather=ddp.gather, world_size=ddp.world_size, snapshot_every=cfg.solver.snapshot,
+            snapshot=lambda done: _snapshot(model, solver, cfg, done, ddp, is_main, dropout, identity))
     except NonFiniteLoss as e:
         good = max(snapshots(run_dir), default=None)
         raise NonFiniteLoss(f"{run_dir}: {e}; " + (f"the last good snapshot is snapshot_iter_{good}.pth"
@@ -368,24 +367,54 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; the run stops (Caffe would silently go on)."""
 
 
-def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display, device="cpu",
-        gather=None, world_size=1, log=None, snapshot=None, snapshot_every=0, progress=True, echo=True):
+class Report:
+    """What a training run reports (fit): a progress bar (`progress`), and every `display`
+    iterations and at the end a record with Caffe's fields to `log(record)` (None: no records)
+    and, with `echo`, a line in Caffe's style on the console. An interval of 0 means none but the
+    one at the end (Caffe's default display: 0, solver.cpp Step). batch_size: the global batch,
+    for the images per second."""
+
+    def __init__(self, batch_size, display, log=None, progress=True, echo=True):
+        self.batch_size, self.display, self.log, self.progress, self.echo = batch_size, display, log, progress, echo
+        self.bar = None
+
+    def start(self, start, max_iter):
+        self.max_iter = max_iter
+        self.bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", disable=not self.progress)
+        self._time, self._it = time.perf_counter(), start
+
+    def iteration(self, done, lr, parts):
+        """Iteration `done` finished with learning rate `lr` and the loss's parts (criterion.last)."""
+        self.bar.update(1)
+        if self.log is None or not (_every(done, self.display) or done == self.max_iter):
+            return
+        now = time.perf_counter()
+        rec = {"iteration": done, "lr": lr, **parts,
+               "images_per_s": (done - self._it) * self.batch_size / max(now - self._time, 1e-9)}
+        self._time, self._it = now, done
+        self.log(rec)
+        if self.echo:
+            text = ", ".join(f"{k} = {v:.6g}" for k, v in parts.items() if k != "total")
+            self.bar.write(f"Iteration {done}, lr = {lr:.6g}, loss = {rec['total']:.6g} ({text}), "
+                           f"{rec['images_per_s']:.1f} images/s")
+
+    def close(self):
+        self.bar.close()
+
+
+def fit(net, batches, criterion, solver, start, max_iter, report, *, device="cpu", gather=None, world_size=1,
+        snapshot=None, snapshot_every=0):
     """Caffe's Solver::Step from iteration `start` to `max_iter`: forward, loss, backward, update.
 
-    batches: yields (x, labels) or (x, labels, error message) for iterations start, start+1, ...
-    (x: b x ... network input, labels: b x C; a non-empty message stops the run with it); gather: concatenates the rows of every process (multi-process training);
-    log(record) at every `display` iterations with Caffe's fields (and, with echo, a line in
-    Caffe's style on the console); snapshot(done) every `snapshot_every` iterations and at the end.
-    An interval of 0 means none but the one at the end (Caffe's default snapshot: 0 and display: 0
-    skip the periodic ones, solver.cpp Step; Solve still snapshots after training).
+    batches: yields (x, labels) for iterations start, start+1, ... (x: b x ... network input,
+    labels: b x C; a loader's errors and signals are checked before, data.checked_batches);
+    report: a Report; gather: concatenates the rows of every process (multi-process training);
+    snapshot(done) every `snapshot_every` iterations and at the end (0: only at the end, as
+    Caffe's default snapshot: 0; Solve still snapshots after training).
     """
     gather = gather or (lambda t: t)
-    bar = tqdm(total=max_iter, initial=start, desc="train", unit="it", disable=not progress)
-    last_time, last_it = time.perf_counter(), start
-    for it, (x, labels, *error) in zip(range(start, max_iter), batches):
-        check_signal()
-        if error and error[0]:
-            raise UserError(error[0])
+    report.start(start, max_iter)
+    for it, (x, labels) in zip(range(start, max_iter), batches):
         x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss = criterion(gather(net(x)), gather(labels))
         value = loss.item()
@@ -402,20 +431,10 @@ def fit(net, batches, criterion, solver, start, max_iter, *, batch_size, display
         except OverflowError as e:
             raise NonFiniteLoss(f"{e}; stopped") from None
         done = it + 1
-        bar.update(1)
-        if log is not None and (_every(done, display) or done == max_iter):
-            now = time.perf_counter()
-            rec = {"iteration": done, "lr": lr, **criterion.last,
-                   "images_per_s": (done - last_it) * batch_size / max(now - last_time, 1e-9)}
-            last_time, last_it = now, done
-            log(rec)
-            if echo:
-                parts = ", ".join(f"{k} = {v:.6g}" for k, v in criterion.last.items() if k != "total")
-                bar.write(f"Iteration {done}, lr = {lr:.6g}, loss = {rec['total']:.6g} ({parts}), "
-                          f"{rec['images_per_s']:.1f} images/s")
+        report.iteration(done, lr, criterion.last)
         if snapshot is not None and (_every(done, snapshot_every) or done == max_iter):
             snapshot(done)
-    bar.close()
+    report.close()
 
 
 def _every(done, interval):

@@ -16,13 +16,13 @@ the others (local, slurm): the command names it with the last lines of its log, 
 not depend on it, and ends with a summary and exit status 1.
 """
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
 
-from .cli import POSITIVE
 from .errors import UserError
 from .execution import WORKER_MARK, JobsFailed, Progress, job_spec, limit_threads, log_tail, summary_line
 from .plan import lock_held, run_inline
@@ -32,59 +32,55 @@ from .slurm_executor import SlurmExecutor, queued_jobs
 EXECUTORS = ("local", "slurm")
 
 
-# ----------------------------------------------------------------------------- options
-def add_arguments(parser):
-    """The executor options of the per-dataset commands and the demo."""
-    g = parser.add_argument_group("running the plan (reproduce.executors)")
-    g.add_argument("--jobs", type=POSITIVE, default=1,
-                   help="jobs at once on this machine (default 1: one after another in this process)")
-    g.add_argument("--devices", default=None,
-                   help="comma-separated devices the jobs are spread over, e.g. cuda:0,cuda:1 or cpu "
-                        "(default: every visible GPU, else cpu)")
-    g.add_argument("--threads-per-job", type=POSITIVE, default=None,
-                   help="CPU threads of each job (default: this machine's cores divided by --jobs; "
-                        "SLURM: --slurm-cpus-per-job); CPU results depend on it")
-    g.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or slurm")
-    g.add_argument("--no-wait", action="store_true", help="slurm: return once the jobs are submitted")
-    g.add_argument("--slurm-partition", default=None, help="slurm: partition (default: the cluster's)")
-    g.add_argument("--slurm-cpus-per-job", type=POSITIVE, default=2, help="slurm: CPUs per job (default 2)")
-    g.add_argument("--slurm-gpus-per-job", type=int, default=0, help="slurm: GPUs per job (default 0)")
-    g.add_argument("--slurm-mem-gb", type=POSITIVE, default=16, help="slurm: memory per job in GB (default 16)")
-    g.add_argument("--slurm-time-min", type=POSITIVE, default=24 * 60,
-                   help="slurm: time limit per job in minutes (default 1440)")
-    g.add_argument("--slurm-max-concurrent", type=POSITIVE, default=None,
-                   help="slurm: at most this many of the command's jobs queued or running at once")
+# ----------------------------------------------------------------------------- settings
+@dataclasses.dataclass(frozen=True)
+class ExecutorSettings:
+    """How a command runs its plan (the options of reproduce.cli.add_plan_options)."""
+    show_plan: bool = False             # --plan: print every job with its state; run nothing
+    rerun_stale: bool = False           # recompute outputs made with other settings
+    jobs: int = 1                       # at once on this machine (1: one after another, in this process)
+    devices: str | None = None          # "cuda:0,cuda:1" or "cpu" (None: every visible GPU, else cpu)
+    threads_per_job: int | None = None  # None: the cores divided by `jobs` (SLURM: its CPUs per job)
+    executor: str = "local"             # one of EXECUTORS
+    no_wait: bool = False               # slurm: return once the jobs are submitted
+    slurm_partition: str | None = None
+    slurm_cpus_per_job: int = 2
+    slurm_gpus_per_job: int = 0
+    slurm_mem_gb: int = 16
+    slurm_time_min: int = 24 * 60
+    slurm_max_concurrent: int | None = None
+    device: str | None = None           # the command's --device ("auto": none), exclusive with devices
+
+    def check(self):
+        """Option combinations that cannot work and devices that are not there, refused before
+        any work (commands call it first)."""
+        if self.executor not in EXECUTORS:
+            raise UserError(f"--executor {self.executor}: choose one of {', '.join(EXECUTORS)}")
+        if self.executor == "slurm" and self.jobs != 1:
+            raise UserError("--jobs is for the local executor; SLURM runs as many as the cluster gives "
+                            "(--slurm-max-concurrent to bound them)")
+        if self.no_wait and self.executor != "slurm":
+            raise UserError("--no-wait is for --executor slurm")
+        if self.slurm_gpus_per_job < 0:
+            raise UserError("--slurm-gpus-per-job: must be 0 or more")
+        if self.devices is not None and self.device not in (None, "auto"):
+            raise UserError("--device and --devices: give one (--devices spreads the jobs over devices)")
+        if self.devices is not None:
+            devices_of(self)
 
 
-def check_arguments(args):
-    """Option combinations that cannot work and devices that are not there, refused before any
-    work (commands call it first)."""
-    _with_defaults(args)
-    if args.executor == "slurm" and args.jobs != 1:
-        raise UserError("--jobs is for the local executor; SLURM runs as many as the cluster gives "
-                        "(--slurm-max-concurrent to bound them)")
-    if args.no_wait and args.executor != "slurm":
-        raise UserError("--no-wait is for --executor slurm")
-    if args.slurm_gpus_per_job < 0:
-        raise UserError("--slurm-gpus-per-job: must be 0 or more")
-    if args.devices is not None and getattr(args, "device", "auto") not in (None, "auto"):
-        raise UserError("--device and --devices: give one (--devices spreads the jobs over devices)")
-    if args.devices is not None:
-        devices_of(args)
-
-
-def devices_of(args):
+def devices_of(settings):
     """The --devices list: cuda:N or cpu each; default every visible GPU, else cpu."""
     import torch
-    if args.devices is None:
+    if settings.devices is None:
         n = torch.cuda.device_count()
         return [f"cuda:{i}" for i in range(n)] or ["cpu"]
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    devices = [d.strip() for d in settings.devices.split(",") if d.strip()]
     for d in devices:
         if d != "cpu" and not (d.startswith("cuda:") and d[5:].isdigit()):
-            raise UserError(f"--devices {args.devices}: {d!r} is neither cpu nor cuda:N")
+            raise UserError(f"--devices {settings.devices}: {d!r} is neither cpu nor cuda:N")
         if d != "cpu" and int(d[5:]) >= torch.cuda.device_count():
-            raise UserError(f"--devices {args.devices}: {d} is not visible here "
+            raise UserError(f"--devices {settings.devices}: {d} is not visible here "
                             f"({torch.cuda.device_count()} GPU(s))")
     if not devices:
         raise UserError("--devices: empty")
@@ -236,26 +232,27 @@ def default_threads(jobs):
 
 
 # ----------------------------------------------------------------------------- what a command does
-def running_jobs(plan, args):
+def running_jobs(plan, settings):
     """{job name: extra text} of the jobs running elsewhere now (another process holds a job's
     lock; SLURM: its recorded job is running), and of those queued in SLURM."""
     found = {}
     for job in plan.jobs:
         if lock_held(plan.status_path(job)):
             found[job.name] = "running (this machine)"
-    if getattr(args, "executor", "local") == "slurm":
+    if settings.executor == "slurm":
         found.update({name: text for name, (_, _, text) in queued_jobs(plan).items()})
     return found
 
 
-def plan_main(plan, args, log=print):
-    """What a command does with its plan: --plan prints every job's state, output and log; else
-    refuse stale outputs (unless --rerun-stale) and run what is not done with the executor the
-    options choose. Returns the jobs that were to run (None with --plan)."""
-    check_arguments(args)
-    busy = running_jobs(plan, args)
+def plan_main(plan, settings, log=print):
+    """What a command does with its plan (settings: ExecutorSettings): --plan prints every job's
+    state, output and log; else refuse stale outputs (unless --rerun-stale) and run what is not
+    done with the executor the settings choose. Returns the jobs that were to run (None with
+    --plan)."""
+    settings.check()
+    busy = running_jobs(plan, settings)
     state, why = plan.states(running={n for n, text in busy.items() if text.startswith("running")})
-    if getattr(args, "plan", False):
+    if settings.show_plan:
         extra = {j.name: busy.get(j.name) or (f"log: {plan.log_path(j)}" if os.path.exists(plan.log_path(j)) else "")
                  for j in plan.jobs}
         print(plan.format(state, extra))
@@ -263,24 +260,15 @@ def plan_main(plan, args, log=print):
             print(f"stale: {name}: {why[name]}")
         sys.stdout.flush()
         return None
-    plan.check_stale(getattr(args, "rerun_stale", False), state, why)
+    plan.check_stale(settings.rerun_stale, state, why)
     todo = plan.to_run(state)
-    if args.executor == "slurm":
-        SlurmExecutor.from_args(args, log).run(plan, state)
-    elif args.jobs > 1 or args.devices is not None:
-        threads = args.threads_per_job or default_threads(args.jobs)
-        LocalExecutor(args.jobs, devices_of(args), threads, log).run(plan, state)
+    if settings.executor == "slurm":
+        SlurmExecutor.from_settings(settings, log).run(plan, state)
+    elif settings.jobs > 1 or settings.devices is not None:
+        threads = settings.threads_per_job or default_threads(settings.jobs)
+        LocalExecutor(settings.jobs, devices_of(settings), threads, log).run(plan, state)
     else:
-        if args.threads_per_job:
-            limit_threads(args.threads_per_job)
+        if settings.threads_per_job:
+            limit_threads(settings.threads_per_job)
         run_inline(plan, state, log)
     return todo
-
-
-def _with_defaults(args):
-    """Commands and tests that build a plan without the executor options run it inline."""
-    for key, value in (("jobs", 1), ("devices", None), ("threads_per_job", None), ("executor", "local"),
-                       ("no_wait", False), ("slurm_gpus_per_job", 0)):
-        if not hasattr(args, key):
-            setattr(args, key, value)
-    return args

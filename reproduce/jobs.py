@@ -21,7 +21,7 @@ from .codes import read_codes
 from .comparison import evaluate_baselines, evaluate_method, write_comparison
 from .config import RunConfig
 from .data import build_cache, check_images_exist
-from .encoding import encode_list
+from .encoding import EncodeSettings, encode_list
 from .engine import NonFiniteLoss, recorded_run, snapshots, train
 from .errors import UserError
 from .fileio import staged_outputs, write_text_atomic
@@ -111,8 +111,9 @@ def encode_codes(identity, checkpoint, image_list, root, out, pipeline="imagedat
         raise UserError(f"{path}: the weights file changed since this command planned its work; "
                         "run the command again")
     model = model_from_checkpoint(load_checkpoint(path), path)
-    encode_list(model, images, root, out, oversample=oversample, features=features, workers=workers,
-                pipeline=pipeline, device=None if device == "auto" else device, overwrite=True,
+    settings = EncodeSettings(pipeline, oversample, features=features, workers=workers,
+                              device=None if device == "auto" else device)
+    encode_list(model, images, root, out, settings, overwrite=True,
                 attrs=dict(attrs or {}, checkpoint=path, checkpoint_sha1=ids.file_identity("", path)["settings"]["sha1"],
                            identity=ids.to_attr(identity)))
 

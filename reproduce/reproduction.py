@@ -24,26 +24,35 @@ import numpy as np
 
 from . import identity as ids
 from .baselines import BASELINES, make_baseline
-from .cli import BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, add_solver_options, number, preset_settings
+from .cli import (BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, add_plan_options, add_solver_options, executor_settings,
+                  number, preset_settings)
 from .config import VARIANTS
 from .dataset_plan import DatasetGrid, DatasetSetup, ListSource
 from .datasets.common import build_report, format_report, require_images, write_split
 from .encoding import PIPELINES
 from .errors import UserError
-from .executors import (add_arguments as add_executor_arguments, check_arguments as check_executor_arguments,
-                        plan_main)
+from .executors import ExecutorSettings, plan_main
 from .grid import GridSpec, SweepSpec
 from .lists import ImageList
 from .locks import writer_lock
+from .losses import LossSettings
 from .methods import DEEP_METHODS
 from .nets import ARCHS, FC_LAYERS
 from .paper import PAPER_BITS
 from .plan import Plan
 from .pretrained import checkpoint_path, ensure_pretrained
 from .protocols import dataset_protocol
+from .solver import SolverSettings
 from .sweep import LR_LIMITS, QUANT_WEIGHT_LIMITS, SWEEP_LRS, SWEEP_QUANT_WEIGHTS
 
 SMOKE = dict(train=32, query=8, database=40, max_iter=3, batch_size=8)
+# --smoke's solver: SMOKE's iterations and batch, one snapshot at the end, a log line per iteration
+SMOKE_SOLVER = dict(max_iter=SMOKE["max_iter"], batch_size=SMOKE["batch_size"], snapshot=SMOKE["max_iter"], display=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """The options of a dataset that has none of its own."""
 
 
 @dataclasses.dataclass
@@ -51,10 +60,12 @@ class Preset:
     """What differs between datasets: the name, the label count, how the lists are made, the
     default bit lengths, the evaluation protocol and the published numbers shown beside ours.
 
-    make_lists(args, lists_dir) -> {"train", "query", "database": ImageList}, writing the three
-    list files into lists_dir; add_arguments(parser) adds the dataset's own options. num_labels
-    None: the lists' own. protocol None: the dataset's (reproduce.protocols.PROTOCOLS).
-    paper None: the DHN paper's numbers (reproduce.paper), shown where they name this dataset.
+    make_lists(config, lists_dir) -> {"train", "query", "database": ImageList}, writing the three
+    list files into lists_dir (config: the ReproductionConfig, its `options` an instance of
+    `options`, the dataclass of the dataset's own options, which add_arguments(parser) declares
+    under the same names). num_labels None: the lists' own. protocol None: the dataset's
+    (reproduce.protocols.PROTOCOLS). paper None: the DHN paper's numbers (reproduce.paper), shown
+    where they name this dataset; paper_csv: the file they were read from, if any.
     """
     name: str
     title: str
@@ -64,6 +75,47 @@ class Preset:
     bits: tuple = PAPER_BITS
     protocol: dict | None = None
     paper: dict | None = None
+    options: type = NoOptions
+    paper_csv: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """The cross-validation (--sweep): the paper's grid at `bits`, each trial `max_iter`
+    iterations (None: the runs'), on a seeded `validation_fraction` of the training list."""
+    bits: int = 48
+    max_iter: int | None = None
+    lrs: tuple = SWEEP_LRS
+    quant_weights: tuple = SWEEP_QUANT_WEIGHTS
+    validation_fraction: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class ReproductionConfig:
+    """One dataset's reproduction as data: what its command line says (`config_from_args`),
+    everything below it reads."""
+    root: str
+    bits: tuple
+    seeds: tuple
+    variants: tuple
+    methods: tuple
+    baselines: tuple
+    solver: SolverSettings                   # the preset, then the options given (and --smoke's sizes)
+    loss: LossSettings
+    arch: str = "caffenet"
+    weights: str | None = None               # None: weights_dir/<arch>.pth, fetched if absent
+    weights_dir: str = "weights"
+    out: str | None = None                   # None: results/<dataset> (results/smoke/<dataset>)
+    work: str | None = None                  # None: runs/<dataset> (runs/smoke/<dataset>)
+    pipeline: str = "imagedata"
+    oversample: bool = False
+    workers: int = 2
+    device: str = "auto"
+    smoke: bool = False
+    sweep: SweepSettings | None = None
+    executor: ExecutorSettings = ExecutorSettings()
+    options: object = NoOptions()            # the dataset's own (Preset.options)
+    command_line: dict = dataclasses.field(default_factory=dict)   # the options as given: run.json's record
 
 
 def get_args_parser(preset):
@@ -104,15 +156,31 @@ def get_args_parser(preset):
     g.add_argument("--sweep-quant-weights", type=number(0), nargs="+", default=list(SWEEP_QUANT_WEIGHTS))
     g.add_argument("--validation-fraction", type=number(0, 1, low_open=True, high_open=True), default=0.1,
                    help="share of the training list held out as validation queries (default 0.1)")
-    g = p.add_argument_group("the plan (reproduce.plan)")
-    g.add_argument("--plan", action="store_true",
-                   help="print every job with its state (done, pending, stale, failed) and output; run nothing")
-    g.add_argument("--rerun-stale", action="store_true",
-                   help="recompute outputs made with other settings (and what depends on them) instead "
-                        "of stopping")
-    add_executor_arguments(p)
+    add_plan_options(p)
     preset.add_arguments(p)
     return p
+
+
+def config_from_args(preset, args):
+    """The ReproductionConfig of a parsed command line (get_args_parser(preset))."""
+    options = vars(args)
+    given = dict(SMOKE_SOLVER) if args.smoke else {}
+    # an option given explicitly wins over the preset and over --smoke's sizes
+    given.update({k: options[k] for k in ("max_iter", "batch_size", "base_lr", "quant_weight")
+                  if options[k] is not None})
+    try:
+        solver, loss = preset_settings(args.preset, given)
+    except ValueError as e:
+        raise UserError(f"solver settings: {e}") from None
+    sweep = SweepSettings(args.sweep_bits, args.sweep_max_iter, tuple(args.sweep_lrs), tuple(args.sweep_quant_weights),
+                          args.validation_fraction) if args.sweep else None
+    return ReproductionConfig(
+        args.root, tuple(args.bits), tuple(args.seeds), tuple(args.variants), tuple(args.methods),
+        tuple(args.baselines), solver, loss, arch=args.arch, weights=args.weights, weights_dir=args.weights_dir,
+        out=args.out, work=args.work, pipeline=args.pipeline, oversample=args.oversample, workers=args.workers,
+        device=args.device, smoke=args.smoke, sweep=sweep, executor=executor_settings(args, device=args.device),
+        options=preset.options(**{f.name: options[f.name] for f in dataclasses.fields(preset.options)}),
+        command_line=dict(options))
 
 
 def subset(image_list, n):
@@ -127,11 +195,11 @@ class NotPrepared(Exception):
 class Reproduction:
     """One dataset's reproduction: what its plan is made from, the plan, and running it."""
 
-    def __init__(self, preset, args):
-        self.preset, self.args = preset, args
-        smoke = "smoke/" if args.smoke else ""
-        self.out = args.out or os.path.join("results", smoke + preset.name)
-        self.work = args.work or os.path.join("runs", smoke + preset.name)
+    def __init__(self, preset, config):
+        self.preset, self.config = preset, config
+        smoke = "smoke/" if config.smoke else ""
+        self.out = config.out or os.path.join("results", smoke + preset.name)
+        self.work = config.work or os.path.join("runs", smoke + preset.name)
         self.protocol = preset.protocol or dataset_protocol(preset.name)
         self.log = print
 
@@ -139,26 +207,26 @@ class Reproduction:
     def prepare_lists(self):
         """The train / query / database lists (written into the work folder), the build report,
         every image on disk: all before any job. {split: ImageList}."""
-        a = self.args
-        if os.path.exists(a.root) and not os.path.isdir(a.root):
-            raise UserError(f"--root {a.root}: is a file, not the dataset's folder")
+        c = self.config
+        if os.path.exists(c.root) and not os.path.isdir(c.root):
+            raise UserError(f"--root {c.root}: is a file, not the dataset's folder")
         lists_dir = os.path.join(self.work, "lists")
-        lists = self.preset.make_lists(a, lists_dir)
+        lists = self.preset.make_lists(c, lists_dir)
         need = self._baseline_samples()
-        if a.smoke:       # enough training images for the shallow baselines at the longest code
+        if c.smoke:       # enough training images for the shallow baselines at the longest code
             lists = {k: subset(v, max(SMOKE[k], need) if k == "train" else SMOKE[k]) for k, v in lists.items()}
             lists_dir = os.path.join(self.work, "lists_smoke")
             write_split(lists, lists_dir, overwrite=True)
         lists = {k: ImageList(v.paths, v.labels, os.path.join(lists_dir, f"{k}.txt"), None)
                  for k, v in lists.items()}
         self.num_labels = self.preset.num_labels or lists["train"].labels.shape[1]
-        self.log(format_report(build_report(lists, a.root)))
-        require_images(lists, a.root)
+        self.log(format_report(build_report(lists, c.root)))
+        require_images(lists, c.root)
         if len(lists["train"]) < need:
             raise UserError(f"{lists['train'].source}: {len(lists['train'])} training images, but "
-                            f"the shallow baselines at {max(a.bits)} bits need {need} (use fewer --bits, "
+                            f"the shallow baselines at {max(c.bits)} bits need {need} (use fewer --bits, "
                             "more images, or leave those --baselines out)")
-        if a.sweep:
+        if c.sweep:
             lists.update(self.validation_split(lists["train"]))
         return lists
 
@@ -166,14 +234,14 @@ class Reproduction:
         """The fewest training images every requested shallow baseline can be fitted with."""
         dim = FC_LAYERS["fc7"][1]
         return max([make_baseline(name, bits).min_train_samples(dim)
-                    for name in self.args.baselines for bits in self.args.bits], default=0)
+                    for name in self.config.baselines for bits in self.config.bits], default=0)
 
     def validation_split(self, train_list):
         """The sweep's split of the training list (the query set is never used): a seeded
         validation_fraction of it as queries, the rest as training images and database;
         written to work/sweep/lists. {"sweep-train", "sweep-query": ImageList}."""
         order = np.random.default_rng([0, len(train_list)]).permutation(len(train_list))
-        n_val = max(1, int(round(self.args.validation_fraction * len(train_list))))
+        n_val = max(1, int(round(self.config.sweep.validation_fraction * len(train_list))))
         split = {"train": train_list.subset(np.sort(order[n_val:])), "query": train_list.subset(np.sort(order[:n_val]))}
         folder = os.path.join(self.work, "sweep", "lists")
         written = write_split(split, folder, overwrite=True)
@@ -181,52 +249,36 @@ class Reproduction:
 
     def weights(self, dry):
         """The ImageNet checkpoint (fetched if absent, unless `dry`)."""
-        a = self.args
-        if a.weights:
-            return a.weights
-        if dry and not os.path.exists(checkpoint_path(a.arch, a.weights_dir)):
-            raise NotPrepared(f"the {a.arch} weights are not fetched yet ({checkpoint_path(a.arch, a.weights_dir)})")
-        return ensure_pretrained(a.arch, a.weights_dir)
+        c = self.config
+        if c.weights:
+            return c.weights
+        if dry and not os.path.exists(checkpoint_path(c.arch, c.weights_dir)):
+            raise NotPrepared(f"the {c.arch} weights are not fetched yet ({checkpoint_path(c.arch, c.weights_dir)})")
+        return ensure_pretrained(c.arch, c.weights_dir)
 
     # ------------------------------------------------------------------------------ the plan
-    def settings(self):
-        """(SolverSettings, LossSettings) of every run: the preset with the command's overrides."""
-        a = self.args
-        given = dict(max_iter=SMOKE["max_iter"], batch_size=SMOKE["batch_size"], snapshot=SMOKE["max_iter"],
-                     display=1) if a.smoke else {}
-        # an option given explicitly wins over the preset and over --smoke's sizes
-        given.update({k: v for k, v in (("max_iter", a.max_iter), ("batch_size", a.batch_size),
-                                         ("base_lr", a.base_lr), ("quant_weight", a.quant_weight)) if v is not None})
-        try:
-            return preset_settings(a.preset, given)
-        except ValueError as e:
-            raise UserError(f"solver settings: {e}") from None
-
     def grid_spec(self):
-        a = self.args
+        c = self.config
         sweep = None
-        if a.sweep:
-            sweep = SweepSpec(tuple(a.sweep_lrs), tuple(a.sweep_quant_weights), a.sweep_bits, a.sweep_bits,
+        if c.sweep:
+            sweep = SweepSpec(c.sweep.lrs, c.sweep.quant_weights, c.sweep.bits, c.sweep.bits,
                               LR_LIMITS, QUANT_WEIGHT_LIMITS)
-        return GridSpec(self.preset.name, tuple(a.bits), tuple(a.seeds), tuple(a.variants), tuple(a.methods),
-                        tuple(a.baselines), tuple(a.seeds), sweep)
+        return GridSpec(self.preset.name, c.bits, c.seeds, c.variants, c.methods, c.baselines, c.seeds, sweep)
 
     def setup(self, lists, weights):
-        a = self.args
-        solver, loss = self.settings()
-        sources = {name: ListSource(il.source, self.num_labels, ids.images_identity(f"lists/{name}", il, a.root))
+        c = self.config
+        sources = {name: ListSource(il.source, self.num_labels, ids.images_identity(f"lists/{name}", il, c.root))
                    for name, il in lists.items()}
         run_info = {"command": [sys.executable, "-m", f"reproduce.{self.preset.name}"] + sys.argv[1:],
-                    "config": {k: v for k, v in vars(a).items()}, "seeds": a.seeds, "bits": a.bits,
-                    "variants": a.variants, "methods": a.methods, "baselines": a.baselines, "weights": weights,
+                    "config": c.command_line, "seeds": c.seeds, "bits": c.bits,
+                    "variants": c.variants, "methods": c.methods, "baselines": c.baselines, "weights": weights,
                     "work": self.work, "lists": {k: {"path": v.source, "images": len(v)} for k, v in lists.items()},
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        paper = self.preset.paper
         return DatasetSetup(
-            self.preset.name, self.preset.title, self.out, self.work, a.root, solver, loss, a.arch, weights,
-            ids.file_identity("weights", weights), sources, self.protocol, a.pipeline, a.oversample, a.workers,
-            a.device, a.sweep_max_iter, paper_csv=getattr(a, "paper_numbers", None), paper_default=paper is None,
-            run_info=run_info)
+            self.preset.name, self.preset.title, self.out, self.work, c.root, c.solver, c.loss, c.arch, weights,
+            ids.file_identity("weights", weights), sources, self.protocol, c.pipeline, c.oversample, c.workers,
+            c.device, c.sweep.max_iter if c.sweep else None, paper_csv=self.preset.paper_csv,
+            paper_default=self.preset.paper is None, run_info=run_info)
 
     def plan(self, dry=False):
         """The reproduction's job plan (reproduce.plan.Plan); dry: fetch nothing (--plan)."""
@@ -236,20 +288,21 @@ class Reproduction:
         return Plan(jobs, os.path.join(self.work, "jobs"))
 
     def run(self):
-        check_executor_arguments(self.args)
-        if self.args.plan:
+        executor = self.config.executor
+        executor.check()
+        if executor.show_plan:
             try:
                 plan = self.plan(dry=True)
             except NotPrepared as e:
                 print(f"{e}: every job is pending; the plan is made once it is there")
                 return
-            plan_main(plan, self.args, self.log)
+            plan_main(plan, executor, self.log)
             return
         with writer_lock(self.out, "--out", self.log), writer_lock(self.work, "--work", self.log):
-            plan_main(self.plan(), self.args, self.log)
+            plan_main(self.plan(), executor, self.log)
 
 
 def run_preset(preset, argv=None):
     """Parse a per-dataset command line and run its reproduction (reproduce.datasets.<name>.main)."""
     args = get_args_parser(preset).parse_args(argv)
-    Reproduction(preset, args).run()
+    Reproduction(preset, config_from_args(preset, args)).run()

@@ -75,11 +75,12 @@ class SlurmExecutor:
         self.resources, self.max_concurrent, self.no_wait, self.log = resources, max_concurrent, no_wait, log
 
     @classmethod
-    def from_args(cls, args, log=print):
-        resources = {"partition": args.slurm_partition, "cpus_per_task": args.slurm_cpus_per_job,
-                     "gpus_per_node": args.slurm_gpus_per_job or None, "mem": f"{args.slurm_mem_gb}GB",
-                     "time": args.slurm_time_min}
-        return cls(resources, args.slurm_max_concurrent, args.no_wait, log)
+    def from_settings(cls, settings, log=print):
+        """The executor of a command's ExecutorSettings (reproduce.executors)."""
+        resources = {"partition": settings.slurm_partition, "cpus_per_task": settings.slurm_cpus_per_job,
+                     "gpus_per_node": settings.slurm_gpus_per_job or None, "mem": f"{settings.slurm_mem_gb}GB",
+                     "time": settings.slurm_time_min}
+        return cls(resources, settings.slurm_max_concurrent, settings.no_wait, log)
 
     def _executor(self, plan):
         import submitit

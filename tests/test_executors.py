@@ -47,15 +47,13 @@ def toy_command(tmp_path, *extra):
 import sys
 sys.path.insert(0, {TESTS!r})
 from test_plan import toy_plan
-from reproduce.errors import run_cli
-from reproduce.executors import plan_main, add_arguments
-from reproduce.errors import ArgumentParser
+from reproduce.cli import ArgumentParser, add_plan_options, executor_settings, run_cli
+from reproduce.executors import plan_main
 import pathlib
 def main(argv):
     p = ArgumentParser("toy")
-    p.add_argument("--plan", action="store_true")
-    add_arguments(p)
-    plan_main(toy_plan(pathlib.Path({str(tmp_path)!r})), p.parse_args(argv))
+    add_plan_options(p)
+    plan_main(toy_plan(pathlib.Path({str(tmp_path)!r})), executor_settings(p.parse_args(argv)))
 run_cli(main, sys.argv[1:])
 """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, str(REPO)]))

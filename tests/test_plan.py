@@ -15,7 +15,7 @@ from reproduce import identity as ids
 from reproduce.errors import UserError
 from reproduce.lists import ImageList
 from reproduce.locks import writer_lock
-from reproduce.executors import plan_main
+from reproduce.executors import ExecutorSettings, plan_main
 from reproduce.plan import Job, Plan, run_inline
 
 
@@ -97,7 +97,7 @@ def test_failed_jobs_are_recorded_and_run_again(tmp_path, monkeypatch, capsys):
     assert state["value/a"] == "done" and state["value/b"] == "failed" and state["total"] == "pending"
     status = json.load(open(plan.status_path(plan.by_name["value/b"])))
     assert status["state"] == "failed" and "toy failure" in status["error"]
-    plan_main(plan, type("A", (), {"plan": True})())
+    plan_main(plan, ExecutorSettings(show_plan=True))
     printed = capsys.readouterr().out.splitlines()
     assert printed[1].split() == ["value/b", "failed", str(tmp_path / "b.json")]
     assert printed[-1] == "5 jobs: 1 done, 3 pending, 1 failed"

@@ -127,14 +127,15 @@ def test_a_deleted_training_is_trained_again_and_its_codes_are_not_kept(finished
 
 
 def test_sweep_settings_and_the_validation_split_are_in_the_identities(finished):
-    from reproduce.reproduction import Reproduction, get_args_parser
+    from reproduce.reproduction import Reproduction, config_from_args, get_args_parser
     _, argv = finished
 
     def jobs(*extra):
         args = get_args_parser(custom.TEMPLATE).parse_args(argv + ["--sweep", "--sweep-bits", "12"] + list(extra))
         preset = custom.Preset("toy", "toy", None, custom.make_lists, protocol={"topk": None, "ties": "index",
                                "zero_hit": "skip", "radius": 2, "ns": [100]})
-        return {j.name: j.identity["hex"] for j in Reproduction(preset, args).plan(dry=True).jobs}
+        config = config_from_args(custom.TEMPLATE, args)
+        return {j.name: j.identity["hex"] for j in Reproduction(preset, config).plan(dry=True).jobs}
     base = jobs()
     for extra in (["--validation-fraction", "0.2"], ["--sweep-lrs", "1e-3"], ["--sweep-max-iter", "2"],
                   ["--sweep-quant-weights", "1"]):

@@ -15,6 +15,7 @@ MAP is taken over the whole database (reproduce.protocols.PROTOCOLS).
 
 The command (`python -m reproduce.cifar10`, see `main`): DHN on CIFAR-10, from nothing to results/cifar10/.
 """
+import dataclasses
 import os
 import re
 
@@ -199,10 +200,17 @@ def add_arguments(p):
                    help="database = the 54,000 non-query, non-training images (common alternative)")
 
 
-def make_lists(args, lists_dir):
-    images = prepare_images(args.root, download=args.download, progress=True)
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The options of add_arguments."""
+    download: bool = True
+    database_excludes_train: bool = False
+
+
+def make_lists(config, lists_dir):
+    images = prepare_images(config.root, download=config.options.download, progress=True)
     committed = DATA_LISTS / NAME
-    if not args.smoke and (committed / "train.txt").exists():
+    if not config.smoke and (committed / "train.txt").exists():
         lists = read_split(committed, NUM_LABELS)
         truth = dict(zip(images.paths, map(bytes, images.labels)))
         for name, il in lists.items():
@@ -212,15 +220,15 @@ def make_lists(args, lists_dir):
                                     f"not in the downloaded data; regenerate the split with "
                                     f"reproduce.datasets.cifar10.build_lists")
     else:
-        sizes = SMOKE_PER_CLASS if args.smoke else {}
+        sizes = SMOKE_PER_CLASS if config.smoke else {}
         lists = lists_from_split(images, make_split(images.labels, SPLIT_SEED, **sizes))
-    if args.database_excludes_train:
+    if config.options.database_excludes_train:
         lists["database"] = database_excludes_train(lists["train"], lists["database"])
     write_split(lists, lists_dir, overwrite=True)
     return lists
 
 
-PRESET = Preset(NAME, "CIFAR-10", NUM_LABELS, make_lists, add_arguments)
+PRESET = Preset(NAME, "CIFAR-10", NUM_LABELS, make_lists, add_arguments, options=Options)
 
 
 def main(argv=None):

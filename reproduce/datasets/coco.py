@@ -24,7 +24,7 @@ BITS = (16, 32, 48, 64)            # HashNet's table
 PUBLISHED_PREFIX = "./data/coco/"
 
 
-def make_lists(args, lists_dir):
+def make_lists(config, lists_dir):
     return published_split(DATA_LISTS / NAME, PUBLISHED_PREFIX, NUM_LABELS, lists_dir)
 
 

@@ -14,6 +14,7 @@ images and the unlabeled ones, by analogy with the DNNH/DHN CIFAR-10 protocol th
 
 The command (`python -m reproduce.flickr`, see `main`): DHN on MIRFlickr-25k, from nothing to results/flickr/.
 """
+import dataclasses
 import os
 from pathlib import Path
 
@@ -136,13 +137,21 @@ def add_arguments(p):
     g.add_argument("--num-images", type=POSITIVE, default=NUM_IMAGES, help="images in the collection (25,000)")
 
 
-def make_lists(args, lists_dir):
-    annotations = args.annotations or os.path.join(args.root, "mirflickr25k_annotations_v080")
-    sizes = SMOKE_SIZES if args.smoke else {}
-    return build_lists(annotations, lists_dir, overwrite=True, num_images=args.num_images, **sizes)
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The options of add_arguments."""
+    annotations: str | None = None
+    num_images: int = NUM_IMAGES
 
 
-PRESET = Preset(NAME, "Flickr", NUM_LABELS, make_lists, add_arguments)
+def make_lists(config, lists_dir):
+    o = config.options
+    annotations = o.annotations or os.path.join(config.root, "mirflickr25k_annotations_v080")
+    sizes = SMOKE_SIZES if config.smoke else {}
+    return build_lists(annotations, lists_dir, overwrite=True, num_images=o.num_images, **sizes)
+
+
+PRESET = Preset(NAME, "Flickr", NUM_LABELS, make_lists, add_arguments, options=Options)
 
 
 def main(argv=None):

@@ -25,7 +25,7 @@ BITS = (16, 32, 48, 64)            # HashNet's table
 PUBLISHED_PREFIX = "./data/imagenet/"
 
 
-def make_lists(args, lists_dir):
+def make_lists(config, lists_dir):
     return published_split(DATA_LISTS / NAME, PUBLISHED_PREFIX, NUM_LABELS, lists_dir)
 
 

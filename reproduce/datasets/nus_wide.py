@@ -20,6 +20,7 @@ sums fall from 56,424 to 3,171, with two near-ties inverted by the sampling), an
 
 The command (`python -m reproduce.nus_wide`, see `main`): DHN on NUS-WIDE-21.
 """
+import dataclasses
 import posixpath
 from pathlib import Path
 
@@ -241,16 +242,25 @@ def add_arguments(p):
                    help="official NUS-WIDE metadata folder (ImageList/, Groundtruth/AllLabels/, Concepts81.txt)")
 
 
-def make_lists(args, lists_dir):
-    if bool(args.authors_lists) == bool(args.metadata):
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The options of add_arguments."""
+    authors_lists: str | None = None
+    strip_prefix: str | None = None
+    metadata: str | None = None
+
+
+def make_lists(config, lists_dir):
+    o = config.options
+    if bool(o.authors_lists) == bool(o.metadata):
         raise UserError("NUS-WIDE: give exactly one of --authors-lists DIR and --metadata DIR")
-    if args.authors_lists:
-        return import_authors_lists(args.authors_lists, lists_dir, strip_prefix=args.strip_prefix, overwrite=True)
-    sizes = SMOKE_PER_LABEL if args.smoke else {}
-    return build_from_metadata(args.metadata, lists_dir, overwrite=True, **sizes)
+    if o.authors_lists:
+        return import_authors_lists(o.authors_lists, lists_dir, strip_prefix=o.strip_prefix, overwrite=True)
+    sizes = SMOKE_PER_LABEL if config.smoke else {}
+    return build_from_metadata(o.metadata, lists_dir, overwrite=True, **sizes)
 
 
-PRESET = Preset(NAME, "NUS-WIDE", NUM_LABELS, make_lists, add_arguments)
+PRESET = Preset(NAME, "NUS-WIDE", NUM_LABELS, make_lists, add_arguments, options=Options)
 
 
 def main(argv=None):
