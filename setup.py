@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Deep Hashing Network (Zhu et al., AAAI 2016) reproduced as the authors' Caffe code ran it",
     packages=find_packages(include=["reproduce", "reproduce.*"]),
-    package_data={"reproduce": ["data/*.csv"]},
+    package_data={"reproduce.reporting": ["*.csv"]},
     python_requires=">=3.10",
     install_requires=[
         # Capped at the builds this project is tested with (torch 2.14.1 / torchvision 0.29.1);

@@ -46,5 +46,5 @@ __version__ = "0.1.0"
 # command-line documentation). Ctrl-C and SIGTERM then end with one line from the very start,
 # also while the command's module imports torch; a library import leaves signals alone.
 if sys.argv[:1] == ["-m"]:
-    from .signals import install_startup_handlers
+    from .utils.signals import install_startup_handlers
     install_startup_handlers()

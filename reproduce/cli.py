@@ -2,25 +2,25 @@
 
 Option types are argparse `type=` callables: a bad value becomes argparse's "argument --x: ..."
 usage error, which `ArgumentParser` turns into one line and exit status 2. Every number a user
-passes is range-checked here (reproduce.limits), before any work starts. `run_cli` runs a
+passes is range-checked here (reproduce.utils.limits), before any work starts. `run_cli` runs a
 command's `main`: a UserError becomes `error: <message>` on stderr and its exit status, Ctrl-C
-and SIGTERM one line and 130 / 143 (reproduce.signals).
+and SIGTERM one line and 130 / 143 (reproduce.utils.signals).
 """
 import argparse
 import dataclasses
 import math
 import sys
 
-from . import signals
-from .caffe_format import PIXEL_RANGE
+from .caffe.caffe_format import PIXEL_RANGE
+from .data.transforms import MEAN_VALUE
 from .errors import UserError
-from .executors import EXECUTORS, ExecutorSettings
-from .limits import FLOAT32_MAX, INT_MAX, MAX_BATCH, MAX_WORKERS
-from .losses import LOSS_PRESETS
-from .messages import printable
-from .nets import MAX_BITS
-from .solver import PRESETS, SolverSettings
-from .transforms import MEAN_VALUE
+from .model.nets import MAX_BITS
+from .pipeline.executors import EXECUTORS, ExecutorSettings
+from .training.losses import LOSS_PRESETS
+from .training.solver import PRESETS, SolverSettings
+from .utils import signals
+from .utils.limits import FLOAT32_MAX, INT_MAX, MAX_BATCH, MAX_WORKERS
+from .utils.messages import printable
 
 
 # --------------------------------------------------------------------------------- option types
@@ -208,15 +208,15 @@ def preset_settings(preset, overrides, solver=None):
 # ------------------------------------------------------------------ the plan and its executors
 def add_plan_options(parser):
     """--plan, --rerun-stale and the executor options of the per-dataset commands and the demo
-    (reproduce.plan, reproduce.executors); `executor_settings` reads them."""
+    (reproduce.pipeline.plan, reproduce.pipeline.executors); `executor_settings` reads them."""
     d = ExecutorSettings()
-    g = parser.add_argument_group("the plan (reproduce.plan)")
+    g = parser.add_argument_group("the plan (reproduce.pipeline.plan)")
     g.add_argument("--plan", action="store_true",
                    help="print every job with its state (done, pending, stale, failed) and output; run nothing")
     g.add_argument("--rerun-stale", action="store_true",
                    help="recompute outputs made with other settings (and what depends on them) instead "
                         "of stopping")
-    g = parser.add_argument_group("running the plan (reproduce.executors)")
+    g = parser.add_argument_group("running the plan (reproduce.pipeline.executors)")
     g.add_argument("--jobs", type=POSITIVE, default=d.jobs,
                    help="jobs at once on this machine (default 1: one after another in this process)")
     g.add_argument("--devices", default=d.devices,

@@ -7,11 +7,11 @@
 Two image pipelines, both checked against real Caffe (README, Checked against real Caffe):
   imagedata (default)  Caffe's ImageData layer in the TEST phase: decoded as BGR, resized to
                        256 x 256 as cv::resize INTER_LINEAR does, centre crop 227 x 227, minus the
-                       authors' mean_value 104,117,123 (reproduce.transforms).
+                       authors' mean_value 104,117,123 (reproduce.data.transforms).
   pycaffe              what produced the papers' numbers: caffe.io.load_image + caffe.Classifier
                        .predict as the authors' predict scripts call it (scikit-image resize,
                        RGB -> BGR, x 255, minus ilsvrc_2012_mean.npy averaged per channel;
-                       reproduce.pycaffe_pipeline).
+                       reproduce.data.pycaffe_pipeline).
 With --oversample, pycaffe's 10 crops are encoded and their outputs averaged (the authors' first
 evaluation script, dhn-caffe generate.py). The HDF5 output holds
 
@@ -28,17 +28,17 @@ import os
 
 import numpy as np
 
-from . import identity as ids
-from .checkpoint import load_checkpoint, model_from_checkpoint
 from .cli import BATCH_SIZE, WORKERS, ArgumentParser, format_mean, parse_mean_value, run_cli
-from .data import check_images_exist
-from .encoding import PIPELINES, EncodeSettings, encode_list
+from .data.cache import check_images_exist
+from .data.lists import read_list
+from .data.pycaffe_pipeline import ILSVRC_2012_MEAN_BGR
+from .data.transforms import MEAN_VALUE, load_mean_file
 from .errors import UserError
-from .fileio import check_output_file, sha1_file
-from .lists import read_list
-from .locks import file_lock, remove_leftovers
-from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR
-from .transforms import MEAN_VALUE, load_mean_file
+from .evaluation.encoding import PIPELINES, EncodeSettings, encode_list
+from .model.checkpoint import load_checkpoint, model_from_checkpoint
+from .pipeline import identity as ids
+from .utils.fileio import check_output_file, sha1_file
+from .utils.locks import file_lock, remove_leftovers
 
 
 def get_args_parser():

@@ -1,13 +1,13 @@
 """`python -m reproduce.run_job SPEC.json`: run one job of a plan in this process (what SLURM
-jobs and the local executor's workers run: reproduce.execution.execute). With --worker it runs
+jobs and the local executor's workers run: reproduce.pipeline.execution.execute). With --worker it runs
 the spec files it reads from its standard input one after another, answering each with a line
-(reproduce.executors.Worker). Users do not need it: the per-dataset commands and the demo start
+(reproduce.pipeline.executors.Worker). Users do not need it: the per-dataset commands and the demo start
 it with --jobs N."""
 import sys
 
 from .cli import POSITIVE, ArgumentParser, run_cli
 from .errors import UserError
-from .execution import WORKER_MARK, execute, limit_threads, pin_device
+from .pipeline.execution import WORKER_MARK, execute, limit_threads, pin_device
 
 
 def get_args_parser():

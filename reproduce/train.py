@@ -10,21 +10,21 @@ import contextlib
 import dataclasses
 import os
 
-from .checkpoint import load_checkpoint
-from .cli import (BITS, DEFAULT_PRESET, NON_NEGATIVE, POSITIVE, ArgumentParser, add_solver_options, format_mean,
-                  number, parse_mean_value, preset_settings, run_cli)
-from .config import DataSettings, MethodSettings, ModelSettings, RunConfig
-from .data import check_images_exist
-from .engine import run_identity, train
+from .caffe.solver_prototxt import read_solver_prototxt, where as solver_where
+from .cli import (BITS, DEFAULT_PRESET, NON_NEGATIVE, POSITIVE, ArgumentParser, add_solver_options,
+                  format_mean, number, parse_mean_value, preset_settings, run_cli)
+from .data.cache import check_images_exist
+from .data.lists import read_list
+from .data.transforms import MEAN_VALUE, load_mean_file
 from .errors import UserError
-from .lists import read_list
-from .locks import writer_lock
-from .losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
 from .methods import DEEP_METHODS
-from .nets import ARCHS
-from .solver import LR_POLICIES, PRESETS, SolverSettings
-from .solver_prototxt import read_solver_prototxt, where as solver_where
-from .transforms import MEAN_VALUE, load_mean_file
+from .model.checkpoint import load_checkpoint
+from .model.nets import ARCHS
+from .training.config import DataSettings, MethodSettings, ModelSettings, RunConfig
+from .training.engine import run_identity, train
+from .training.losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
+from .training.solver import LR_POLICIES, PRESETS, SolverSettings
+from .utils.locks import writer_lock
 
 DEFAULT_SOLVER = PRESETS[DEFAULT_PRESET]   # quoted in the help texts
 

@@ -7,8 +7,8 @@ downloads the BVLC model zoo caffemodel, checks its sha1 and converts it into we
 downloaded again. Without network it prints the manual steps.
 """
 from .cli import ArgumentParser, run_cli
-from .nets import ARCHS
-from .pretrained import DEFAULT_WEIGHTS_DIR, fetch
+from .model.nets import ARCHS
+from .model.pretrained import DEFAULT_WEIGHTS_DIR, fetch
 
 
 def get_args_parser():

@@ -10,9 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
-from reproduce import compare, comparison, protocols, records
+from reproduce import compare
 from reproduce.baselines import make_baseline
 from reproduce.errors import UserError
+from reproduce.evaluation import protocols, records
+from reproduce.reporting import comparison
 
 from test_reports import metrics_doc, write_metrics
 from reference import plain_map

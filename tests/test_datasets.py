@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import fake_datasets
+from reproduce.data.lists import ImageList, format_list, read_list
 from reproduce.datasets import cifar10, common, flickr, nus_wide
 from reproduce.errors import UserError
-from reproduce.lists import ImageList, format_list, read_list
-from reproduce.protocols import PROTOCOLS
+from reproduce.evaluation.protocols import PROTOCOLS
 
 DATASETS = (cifar10, nus_wide, flickr)
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from reproduce.checkpoint import save_checkpoint
 from reproduce.cli import run_cli
+from reproduce.data.lists import read_list
 from reproduce.encode import main
-from reproduce.encoding import EncodeSettings, encode_list
 from reproduce.errors import UserError
-from reproduce.lists import read_list
-from reproduce.nets import DHNNet
+from reproduce.evaluation.encoding import EncodeSettings, encode_list
+from reproduce.model.checkpoint import save_checkpoint
+from reproduce.model.nets import DHNNet
 
 cv2 = pytest.importorskip("cv2")
 BITS = 12
@@ -112,8 +112,8 @@ def test_oversample_with_workers_matches_opencv_ten_crops(dataset, model, tmp_pa
 
 
 def test_mean_file_is_subtracted_at_the_crop(dataset, model, tmp_path):
-    caffe_format = pytest.importorskip("reproduce.caffe_format")
-    from reproduce import caffe_writer
+    caffe_format = pytest.importorskip("reproduce.caffe.caffe_format")
+    from reproduce.caffe import caffe_writer
     rng = np.random.default_rng(3)
     mean = (rng.random((3, 256, 256)) * 255).astype(np.float32)
     caffe_writer.write_binaryproto(tmp_path / "mean.binaryproto", mean[None])

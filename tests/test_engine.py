@@ -12,11 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from reproduce import data, engine, train
-from reproduce.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from reproduce import train
+from reproduce.data import cache as data
+from reproduce.data.lists import read_list, write_list
 from reproduce.errors import UserError
-from reproduce.lists import read_list, write_list
-from reproduce.nets import DHNNet
+from reproduce.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from reproduce.model.nets import DHNNet
+from reproduce.training import engine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -203,7 +205,7 @@ def test_shared_dropout_draws_the_global_batch_masks():
     """One process draws what nn.Dropout draws from torch's RNG in the same state (the masks of
     single-process runs are those of earlier versions, on CPU); with G processes, process r gets
     rows r*b ... (r+1)*b - 1 of the global batch's masks, for drop6 then drop7."""
-    from reproduce.nets import SharedDropout, share_dropout_stream
+    from reproduce.model.nets import SharedDropout, share_dropout_stream
     x6, x7 = torch.rand(64, 4096) + 0.5, torch.rand(64, 4096) + 0.5
     torch.manual_seed(5)
     plain = torch.nn.Dropout(0.5)

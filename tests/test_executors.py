@@ -1,4 +1,4 @@
-"""The local executor (reproduce.executors): --jobs N worker processes give the numbers of one job
+"""The local executor (reproduce.pipeline.executors): --jobs N worker processes give the numbers of one job
 after another, a failing job is named with its log while the others go on, a killed run resumes.
 (The SLURM executor: tests/test_slurm_executor.py, the slurm tier.)"""
 import json
@@ -48,7 +48,7 @@ import sys
 sys.path.insert(0, {TESTS!r})
 from test_plan import toy_plan
 from reproduce.cli import ArgumentParser, add_plan_options, executor_settings, run_cli
-from reproduce.executors import plan_main
+from reproduce.pipeline.executors import plan_main
 import pathlib
 def main(argv):
     p = ArgumentParser("toy")

@@ -1,5 +1,5 @@
-"""The job plan (reproduce.plan), identities (reproduce.identity) and writer locks
-(reproduce.locks) on toy jobs: states, staleness, forcing downstream, failures, leftovers."""
+"""The job plan (reproduce.pipeline.plan), identities (reproduce.pipeline.identity) and writer locks
+(reproduce.utils.locks) on toy jobs: states, staleness, forcing downstream, failures, leftovers."""
 import json
 import os
 import signal
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import toy_jobs
-from reproduce import identity as ids
+from reproduce.data.lists import ImageList
 from reproduce.errors import UserError
-from reproduce.lists import ImageList
-from reproduce.locks import writer_lock
-from reproduce.executors import ExecutorSettings, plan_main
-from reproduce.plan import Job, Plan, run_inline
+from reproduce.pipeline import identity as ids
+from reproduce.pipeline.executors import ExecutorSettings, plan_main
+from reproduce.pipeline.plan import Job, Plan, run_inline
+from reproduce.utils.locks import writer_lock
 
 
 def toy_plan(tmp_path, a=1, b=2, scale=1, title="t"):
@@ -165,7 +165,7 @@ def test_images_identity_is_root_sizes_and_mtimes(tmp_path):
 # ------------------------------------------------------------------------------- locks
 HOLD = """
 import sys, time
-from reproduce.locks import writer_lock
+from reproduce.utils.locks import writer_lock
 with writer_lock(sys.argv[1], "--out"):
     print("held", flush=True)
     time.sleep(60)

@@ -13,11 +13,11 @@ import torch
 
 import fake_datasets
 from reproduce import compare, evaluate, train
-from reproduce.checkpoint import load_checkpoint, save_checkpoint
+from reproduce.data.lists import write_list
 from reproduce.datasets import custom
 from reproduce.errors import UserError
-from reproduce.lists import write_list
-from reproduce.nets import DHNNet
+from reproduce.model.checkpoint import load_checkpoint, save_checkpoint
+from reproduce.model.nets import DHNNet
 
 FAST = ["--bits", "12", "--variants", "dhn", "--baselines", "lsh", "--methods", "--workers", "0",
         "--device", "cpu", "--smoke"]
@@ -127,7 +127,7 @@ def test_a_deleted_training_is_trained_again_and_its_codes_are_not_kept(finished
 
 
 def test_sweep_settings_and_the_validation_split_are_in_the_identities(finished):
-    from reproduce.reproduction import Reproduction, config_from_args, get_args_parser
+    from reproduce.pipeline.reproduction import Reproduction, config_from_args, get_args_parser
     _, argv = finished
 
     def jobs(*extra):

@@ -123,7 +123,7 @@ import sys, pathlib
 sys.path.insert(0, {TESTS!r})
 from test_plan import toy_plan
 from reproduce.cli import ArgumentParser, add_plan_options, executor_settings, run_cli
-from reproduce.executors import plan_main
+from reproduce.pipeline.executors import plan_main
 def main(argv):
     p = ArgumentParser("toy")
     add_plan_options(p)

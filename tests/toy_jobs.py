@@ -1,10 +1,10 @@
-"""Job functions of the plan tests (reproduce.plan calls them by "toy_jobs:<name>"): tiny outputs
+"""Job functions of the plan tests (reproduce.pipeline.plan calls them by "toy_jobs:<name>"): tiny outputs
 that record their identity, so that states, staleness and forcing are tested in milliseconds."""
 import json
 import os
 
 from reproduce.errors import UserError
-from reproduce.fileio import write_text_atomic
+from reproduce.utils.fileio import write_text_atomic
 
 CALLS = []     # (job function, out) in the order they ran, for the tests to inspect
 

@@ -11,7 +11,7 @@ Split (DNNH, Lai et al. 2015, followed by DHN; official_settings.md "Data protoc
 60,000 images: per class 100 queries (1,000) and 500 training images drawn from the non-query
 images (5,000); database = the 59,000 non-query images, which contains the training set. The
 common alternative database without the training images (54,000) is `database_excludes_train`.
-MAP is taken over the whole database (reproduce.protocols.PROTOCOLS).
+MAP is taken over the whole database (reproduce.evaluation.protocols.PROTOCOLS).
 
 The command (`python -m reproduce.cifar10`, see `main`): DHN on CIFAR-10, from nothing to results/cifar10/.
 """
@@ -21,10 +21,10 @@ import re
 
 import numpy as np
 
+from ..data.lists import ImageList
 from ..errors import UserError
-from ..fileio import atomic_output
-from ..lists import ImageList
-from ..reproduction import Preset, run_preset
+from ..pipeline.reproduction import Preset, run_preset
+from ..utils.fileio import atomic_output
 from .common import DATA_LISTS, exclude, read_split, sample_per_label, write_split
 
 NAME = "cifar10"

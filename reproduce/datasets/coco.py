@@ -10,12 +10,12 @@ image but the training set, so it contains the queries (and a query finds itself
 
 Protocol (HashNet's caffe/models/predict/coco/predict_parallel.py): MAP@5000 over sign codes of
 the centre crop; a query with relevant images in the database but none in the top 5,000 counts as
-AP 0 (zero_hit "zero"; reproduce.protocols.PROTOCOLS). Bit lengths 16, 32, 48, 64.
+AP 0 (zero_hit "zero"; reproduce.evaluation.protocols.PROTOCOLS). Bit lengths 16, 32, 48, 64.
 
 The command (`python -m reproduce.coco`, see `main`): DHN on MS-COCO, from nothing to
 results/coco/.
 """
-from ..reproduction import Preset, run_preset
+from ..pipeline.reproduction import Preset, run_preset
 from .common import DATA_LISTS, published_split
 
 NAME = "coco"

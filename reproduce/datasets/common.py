@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import warn_outside_root
+from ..data.cache import warn_outside_root
+from ..data.lists import ImageList, read_list, write_list
 from ..errors import UserError
-from ..fileio import write_text_atomic
-from ..lists import ImageList, read_list, write_list
+from ..utils.fileio import write_text_atomic
 
 SPLITS = ("train", "query", "database")
 """The three list files every build writes: `<name>.txt` in the output folder."""

@@ -8,17 +8,17 @@ The lists are in the field's format (`relative/path l1 ... lC`, 0/1 labels, or `
 paths relative to --root, the same label count in all three. --topk is the MAP cut-off of your
 protocol (`all`: the whole database). The name is used in every title, file and folder
 (results/NAME, runs/NAME); the tables show no published numbers unless --paper-numbers gives
-yours, in the layout of reproduce/data/paper_tables.csv (rows whose dataset column is NAME).
+yours, in the layout of reproduce/reporting/paper_tables.csv (rows whose dataset column is NAME).
 Everything else (--smoke, --sweep, --seeds, the plan: --plan, re-runs, --rerun-stale, the
-executors) is reproduce.reproduction's, as for the paper's datasets.
+executors) is reproduce.pipeline.reproduction's, as for the paper's datasets.
 """
 import dataclasses
 
 from ..cli import topk_option
-from ..lists import read_list
-from ..paper import read_paper_numbers
-from ..protocols import check_dataset_name, dataset_protocol
-from ..reproduction import Preset, Reproduction, config_from_args, get_args_parser
+from ..data.lists import read_list
+from ..evaluation.protocols import check_dataset_name, dataset_protocol
+from ..pipeline.reproduction import Preset, Reproduction, config_from_args, get_args_parser
+from ..reporting.paper import read_paper_numbers
 from .common import write_split
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import POSITIVE
+from ..data.lists import ImageList
 from ..errors import UserError
-from ..fileio import refuse_special
-from ..lists import ImageList
-from ..reproduction import Preset, run_preset
+from ..pipeline.reproduction import Preset, run_preset
+from ..utils.fileio import refuse_special
 from .common import rank_candidates, split_bit_generator, write_split
 
 NAME = "flickr"

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.lists import ImageList, read_list
 from ..errors import UserError
-from ..fileio import refuse_special, write_text_atomic
-from ..lists import ImageList, read_list
-from ..reproduction import Preset, run_preset
+from ..pipeline.reproduction import Preset, run_preset
+from ..utils.fileio import refuse_special, write_text_atomic
 from .common import check_paths, relative_to, sample_per_label, write_split
 
 NAME = "nus_wide"
