@@ -2,7 +2,7 @@
 
 The paper's setting needs ImageNet weights and a GPU; neither ships with a package. This demo runs
 the same loss (reproduce.training.losses.DHNLoss), solver (reproduce.training.solver.CaffeSGD with the authors'
-multipliers), training loop (reproduce.training.engine.fit), batch order (reproduce.data.cache.BatchOrder),
+multipliers), training loop (reproduce.training.engine.fit), batch order (reproduce.data.batches.BatchOrder),
 evaluation (reproduce.evaluation.metrics), tables and figures (reproduce.reporting.comparison) on a real dataset that
 ships with scikit-learn: the handwritten digits (1,797 images of 8 x 8 pixels, 10 classes), split
 as the paper splits CIFAR-10. Its work is the per-dataset commands' job plan (reproduce.pipeline.grid: the
@@ -24,7 +24,7 @@ from torch import nn
 
 from .baselines import BASELINES, make_baseline
 from .cli import BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, add_plan_options, executor_settings, run_cli
-from .data.cache import BatchOrder
+from .data.batches import BatchOrder
 from .datasets.common import sample_per_label
 from .evaluation.codes import ENCODE_FORMAT, sign_codes
 from .evaluation.metrics import mean_average_precision

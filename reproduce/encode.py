@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from .cli import BATCH_SIZE, WORKERS, ArgumentParser, format_mean, parse_mean_value, run_cli
-from .data.cache import check_images_exist
+from .data.images import check_images_exist
 from .data.lists import read_list
 from .data.pycaffe_pipeline import ILSVRC_2012_MEAN_BGR
 from .data.transforms import MEAN_VALUE, load_mean_file

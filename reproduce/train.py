@@ -13,7 +13,7 @@ import os
 from .caffe.solver_prototxt import read_solver_prototxt, where as solver_where
 from .cli import (BITS, DEFAULT_PRESET, NON_NEGATIVE, POSITIVE, ArgumentParser, add_solver_options,
                   format_mean, number, parse_mean_value, preset_settings, run_cli)
-from .data.cache import check_images_exist
+from .data.images import check_images_exist
 from .data.lists import read_list
 from .data.transforms import MEAN_VALUE, load_mean_file
 from .errors import UserError

@@ -6,7 +6,7 @@ The authors' ImageData layers (train_val.prototxt) read every image with ReadIma
 mirror; TEST: centre), subtracts the mean and emits float CHW BGR with pixel values 0-255.
 
 Everything here is a pure function: randomness (crop offsets, mirror flags) is drawn by the
-caller (reproduce.data.cache, from its own seeded generator) and passed in. The package does not import
+caller (reproduce.data.batches.BatchOrder, from its own seeded generator) and passed in. The package does not import
 OpenCV; the tests compare against it (cv2.imread + cv2.resize of OpenCV 4.x).
 """
 import functools

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.cache import warn_outside_root
+from ..data.images import warn_outside_root
 from ..data.lists import ImageList, read_list, write_list
 from ..errors import UserError
 from ..utils.fileio import write_text_atomic

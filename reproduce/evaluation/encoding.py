@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.cache import check_images_exist, checked_batches, load_resized
+from ..data.batches import checked_batches
+from ..data.images import check_images_exist, load_resized
 from ..data.pycaffe_pipeline import ILSVRC_2012_MEAN_BGR, predict_inputs
 from ..data.transforms import CROP_SIZE, MEAN_VALUE, center_crop, mean_array, oversample
 from ..errors import UserError

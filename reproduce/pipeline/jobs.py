@@ -16,7 +16,8 @@ import os
 import time
 
 from . import identity as ids
-from ..data.cache import build_cache, check_images_exist
+from ..data.cache import build_cache
+from ..data.images import check_images_exist
 from ..data.lists import read_list
 from ..errors import UserError
 from ..evaluation.codes import read_codes

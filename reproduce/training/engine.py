@@ -1,7 +1,7 @@
 """The DHN training loop shared by every dataset and variant (one Caffe solver run).
 
 `train(cfg)` (cfg: a reproduce.training.config.RunConfig) follows the authors' Caffe run step for step: global batch of `batch_size` images in
-the ImageData order (reproduce.data.cache.BatchOrder), forward to the tanh codes, the DHN loss on all
+the ImageData order (reproduce.data.batches.BatchOrder), forward to the tanh codes, the DHN loss on all
 B x B pairs of the batch, backward, one Caffe SGD update (reproduce.training.solver.CaffeSGD). Under
 torchrun the global batch is split across processes and the codes are all-gathered, so the
 pairwise loss still sees the same B x B pairs as one Caffe process.
@@ -20,8 +20,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..data.cache import (BatchOrder, TrainBatches, build_cache, check_images_exist, checked_batches,
-                          make_loader, open_cache)
+from ..data.batches import BatchOrder, TrainBatches, checked_batches, make_loader
+from ..data.cache import build_cache, open_cache
+from ..data.images import check_images_exist
 from ..data.lists import read_list
 from ..data.transforms import load_mean_file, mean_array
 from ..errors import UserError

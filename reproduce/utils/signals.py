@@ -5,9 +5,10 @@ records the signal and raises KeyboardInterrupt or `Terminated` at once, so that
 block (temporary outputs, open files) unwinds; loader workers (forked children) leave quietly.
 Where a raised exception would be swallowed (fork hooks, destructors, thread and logging
 internals) the signal is only recorded and takes effect at the next `check_signal()`: writers
-call it before they commit an output, the loaders before every batch (reproduce.data.cache). While a
-command still imports its modules, `install_startup_handlers` (called by the package's
-__init__) ends it with the same line and status.
+call it before they commit an output, the loaders before every batch
+(reproduce.data.batches.checked_batches). While a command still imports its modules,
+`install_startup_handlers` (called by the package's __init__) ends it with the same line and
+status.
 """
 import contextlib
 import os
