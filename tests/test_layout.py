@@ -98,6 +98,15 @@ def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def test_the_package_root_holds_the_commands_and_three_modules_more():
+    root = sorted(n for n, path in MODULES.items() if path.parent == PACKAGE and path.name != "__init__.py")
+    others = [n for n in root if n not in COMMANDS]
+    assert others == ["reproduce.cli", "reproduce.errors"], others
+    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert folders == ["baselines", "caffe", "data", "datasets", "evaluation", "methods", "model", "pipeline",
+                       "reporting", "training", "utils"], folders
+
+
 def test_no_library_module_imports_a_command():
     offenders = {name: sorted(GRAPH[name] & set(COMMANDS)) for name in MODULES if name not in COMMANDS}
     assert not any(offenders.values()), {k: v for k, v in offenders.items() if v}

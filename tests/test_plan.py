@@ -48,6 +48,19 @@ def ran(plan, **kw):
     return [os.path.basename(out) for _, out in toy_jobs.CALLS]
 
 
+def test_a_jobs_identity_does_not_hold_where_its_function_lives(tmp_path):
+    """Moving a job's function to another module (reproduce.jobs -> reproduce.pipeline.jobs) makes no
+    output stale: the identity holds the job's kind, settings and inputs, not its `func`."""
+    def job(func):
+        return Job("value/a", "value", {"value": 1}, func, {"out": str(tmp_path / "a.json"), "value": 1},
+                   stamp=str(tmp_path / "a.json"))
+    moved, before = job("toy_jobs:write_value"), job("old.place.toy_jobs:write_value")
+    assert moved.identity == before.identity and "toy_jobs" not in json.dumps(moved.identity)
+    assert ran(Plan([moved], str(tmp_path / "jobs"))) == ["a.json"]
+    state, _ = Plan([before], str(tmp_path / "jobs")).states()      # its function is not even importable
+    assert state == {"value/a": "done"}
+
+
 def test_done_means_done_with_these_settings(tmp_path):
     assert ran(toy_plan(tmp_path)) == ["a.json", "b.json", "cache.json", "total.json", "summary.json"]
     assert json.load(open(tmp_path / "summary.json"))["value"] == 4
