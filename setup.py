@@ -5,8 +5,12 @@ setup(
     name="reproduce-dhn",
     version="0.1.0",
     description="Deep Hashing Network (Zhu et al., AAAI 2016) reproduced as the authors' Caffe code ran it",
-    packages=find_packages(include=["reproduce", "reproduce.*"]),
-    package_data={"reproduce.reporting": ["*.csv"]},
+    # data_lists/ stays at the repository's top level and ships inside the package as
+    # reproduce.data_lists (read with importlib.resources: reproduce.datasets.common.DATA_LISTS).
+    packages=find_packages(include=["reproduce", "reproduce.*"]) + ["reproduce.data_lists"],
+    package_dir={"reproduce.data_lists": "data_lists"},
+    package_data={"reproduce.reporting": ["*.csv"],
+                  "reproduce.data_lists": ["README.md", "*/*.txt", "*/*.txt.gz"]},
     python_requires=">=3.10",
     install_requires=[
         # Capped at the builds this project is tested with (torch 2.14.1 / torchvision 0.29.1);
