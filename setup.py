@@ -21,9 +21,9 @@ setup(
         "h5py>=3.8",
         "scipy>=1.10",
         "matplotlib>=3.7",
-        "pillow>=9",                 # image decoding (reproduce.transforms matches cv2.imread with it)
+        "pillow>=9",                 # image decoding (reproduce.data.transforms matches cv2.imread with it)
         "tqdm>=4.60",                # progress bars with ETA (encode, cache build, training)
-        "numba>=0.58",               # compiled O(N) Hamming-ranking kernels in reproduce.metrics
+        "numba>=0.58",               # compiled O(N) Hamming-ranking kernels in reproduce.evaluation.metrics
         "threadpoolctl>=3",          # KSH's descent runs single-threaded (speed, same rounding everywhere)
         "scikit-learn>=1.2",         # only for the offline demo's dataset (handwritten digits)
         "submitit>=1.5",             # the SLURM executor: each job of a job plan as a SLURM job (pure Python)
