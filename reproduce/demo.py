@@ -339,6 +339,8 @@ class DemoGrid(GridBuilder):
                     "sweeps": [{"path": j.stamp, "hex": j.identity["hex"]} for j in sweeps],
                     "out": self.out, "run": self.run_info},
                    stamp=os.path.join(self.out, "run.json"),
+                   # out itself: what a killed summary left there (.staging-*) goes before it runs
+                   outputs=(os.path.join(self.out, "run.json"), self.out),
                    inputs={j.name: j.identity for j in evaluations + sweeps},
                    deps=tuple(j.name for j in evaluations + sweeps), summary=True, lineage=False)
 

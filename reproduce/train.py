@@ -124,10 +124,22 @@ def main(argv=None):
     identity = run_identity(cfg, image_list=image_list)
     # One writer per run folder; under torchrun only rank 0 writes it (and holds the lock).
     lock = writer_lock(cfg.out, "--out") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    final_path = os.path.join(cfg.out, "final.pth")
+    before = _file_version(final_path)
     with lock:
         final = train(cfg, ckpt=ckpt, resume=args.resume, progress=args.progress, identity=identity)
-    if final:
+    # a finished run resumed at its max_iter is left as it was: no "wrote" after "nothing to do"
+    if final and _file_version(final) != before:
         print(f"wrote {final}")
+
+
+def _file_version(path):
+    """(inode, mtime) of a file, None if absent: whether a command replaced it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Shared test fixtures. The authors' reference files in ../shared are optional: tests that use
 them skip cleanly where they are absent."""
+import faulthandler
 import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -37,3 +39,16 @@ def random_caffenet(tmp_path_factory):
 def pytest_configure(config):
     # Deterministic and bounded: the suite runs on 2 cores.
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+# A test that hangs inside compiled code (HDF5 looping on a corrupt file, as a fuzzed code file
+# once did) cannot be interrupted by a Python signal handler: after this long the run prints every
+# thread's stack and exits, so that CI fails with the place instead of running out of its time.
+TEST_HANG_S = 900
+
+
+@pytest.fixture(autouse=True)
+def _exit_on_hang():
+    faulthandler.dump_traceback_later(TEST_HANG_S, exit=True, file=sys.stderr)
+    yield
+    faulthandler.cancel_dump_traceback_later()

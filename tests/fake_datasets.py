@@ -255,3 +255,18 @@ def make_command_inputs(d, rng, n_images):
     torch.manual_seed(0)
     save_checkpoint(d / "dhn.pth", DHNNet("caffenet", bits=8).state_dict(), "caffenet", 8)
     save_checkpoint(d / "base.pth", DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0)
+
+
+def make_toy_list_dataset(folder, weights):
+    """A 40-image stand-in dataset in list form under `folder` (fake Flickr images, 5 labels; 30
+    training, 6 query, 34 database images) and the `reproduce.custom` arguments that name it
+    (dataset `toy`, every image list, --topk all, `weights`), without --out/--work."""
+    folder = str(folder)
+    fake = make_fake_flickr(os.path.join(folder, "data"), num_images=40, unlabeled=0)
+    rows = [f"mirflickr/im{n}.jpg " + " ".join(map(str, fake["labels"][n - 1, :5])) for n in range(1, 41)]
+    for name, part in (("train", rows[:30]), ("query", rows[30:36]), ("database", rows[6:])):
+        with open(os.path.join(folder, f"{name}.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(part) + "\n")
+    return ["--name", "toy", "--root", os.path.join(folder, "data"),
+            "--train-list", os.path.join(folder, "train.txt"), "--query-list", os.path.join(folder, "query.txt"),
+            "--database-list", os.path.join(folder, "database.txt"), "--topk", "all", "--weights", weights]

@@ -10,11 +10,10 @@ import time
 
 import pytest
 
-from conftest import REPO
 from reproduce import demo
 from reproduce.errors import UserError
+from toy_jobs import toy_command
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
 SMALL = ["--bits", "8", "12", "--seeds", "0", "--max-iter", "40", "--baselines", "lsh", "--methods", "cnnh"]
 
 
@@ -41,33 +40,8 @@ def test_two_jobs_at_once_give_the_numbers_of_one_after_another(tmp_path, capsys
     assert "=== train/dhn_8bits_seed0: started" in log.read_text()
 
 
-def toy_command(tmp_path, *extra):
-    """A plan of toy jobs run by the local executor in a subprocess (tests/toy_jobs.py)."""
-    script = f"""
-import sys
-sys.path.insert(0, {TESTS!r})
-from test_plan import toy_plan
-from reproduce.cli import ArgumentParser, add_plan_options, executor_settings, run_cli
-from reproduce.pipeline.executors import plan_main
-import pathlib
-def main(argv):
-    p = ArgumentParser("toy")
-    add_plan_options(p)
-    plan_main(toy_plan(pathlib.Path({str(tmp_path)!r})), executor_settings(p.parse_args(argv)))
-run_cli(main, sys.argv[1:])
-"""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, str(REPO)]))
-    return subprocess.run([sys.executable, "-c", script, *extra], capture_output=True, text=True, env=env,
-                          timeout=300)
-
-
 def test_a_failing_job_is_named_and_the_others_go_on(tmp_path):
-    env_fail = {"TOY_FAIL": "b.json"}
-    os.environ.update(env_fail)
-    try:
-        res = toy_command(tmp_path, "--jobs", "2")
-    finally:
-        os.environ.pop("TOY_FAIL")
+    res = toy_command(tmp_path, "--jobs", "2", env={"TOY_FAIL": "b.json"})
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert "failed: value/b: " in res.stderr and "toy failure" in res.stderr
     assert f"log: {tmp_path / 'jobs' / 'value' / 'b.log'}" in res.stderr

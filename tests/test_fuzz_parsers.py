@@ -674,6 +674,31 @@ def test_hdf5_dataset_declaring_more_than_it_stores_is_refused(work):
         check("read_codes", path, lambda: read_codes(path)) or read_codes(path)
 
 
+@pytest.mark.parametrize("size", [0, 2**64 - 8])
+def test_a_global_heap_object_that_would_loop_hdf5_forever_is_refused(work, size):
+    """A string attribute whose global heap's free-space object declares 0 bytes (or an object a
+    size that wraps around) made HDF5 loop forever (a fuzzed code file hung CI): refused first.
+    The read runs in a subprocess with a timeout, so a regression fails instead of hanging."""
+    import subprocess
+    import sys
+    path = str(work / "heap.h5")
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "reproduce-dhn-codes/1"
+        f["codes"] = np.ones((3, 4), np.float32)
+        f["paths"] = np.array(["a.jpg", "b.jpg", "c.jpg"], dtype=h5py.string_dtype())
+    data = bytearray(open(path, "rb").read())
+    heap = data.find(b"GCOL")
+    pos = heap + 16
+    while struct.unpack_from("<H", data, pos)[0] != 0 if size == 0 else pos != heap + 16:
+        pos += 16 + (struct.unpack_from("<Q", data, pos + 8)[0] + 7) // 8 * 8
+    struct.pack_into("<Q", data, pos + 8, size)
+    open(path, "wb").write(bytes(data))
+    code = ("from reproduce.evaluation.codes import read_codes\nfrom reproduce.errors import run_cli\n"
+            f"run_cli(lambda argv: read_codes({path!r}), [])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "heap.h5: global heap object" in res.stderr, res.stderr
+
+
 # ===================================================================================== records
 def valid_record():
     return {"method": "DHN", "dataset": "cifar10", "bits": 48, "seed": 0,

@@ -27,13 +27,8 @@ FAST = ["--bits", "12", "--variants", "dhn", "--baselines", "lsh", "--methods", 
 def finished(tmp_path_factory, random_caffenet):
     """A finished `custom --smoke` reproduction (DHN 12 bits, LSH) and the arguments it ran with."""
     d = tmp_path_factory.mktemp("provenance")
-    fake = fake_datasets.make_fake_flickr(str(d / "data"), num_images=40, unlabeled=0)
-    rows = [f"mirflickr/im{n}.jpg " + " ".join(map(str, fake["labels"][n - 1, :5])) for n in range(1, 41)]
-    for name, part in (("train", rows[:30]), ("query", rows[30:36]), ("database", rows[6:])):
-        (d / f"{name}.txt").write_text("\n".join(part) + "\n")
-    argv = ["--name", "toy", "--root", str(d / "data"), "--train-list", str(d / "train.txt"),
-            "--query-list", str(d / "query.txt"), "--database-list", str(d / "database.txt"), "--topk", "all",
-            "--weights", random_caffenet, "--out", str(d / "res"), "--work", str(d / "work")] + FAST
+    argv = fake_datasets.make_toy_list_dataset(d, random_caffenet) + [
+        "--out", str(d / "res"), "--work", str(d / "work")] + FAST
     custom.main(argv)
     return d, argv
 
@@ -161,7 +156,9 @@ def test_resume_of_a_finished_run_changes_nothing(small, capsys):
     before = (final.stat().st_mtime_ns, log.read_bytes())
     capsys.readouterr()
     train.main(argv + ["--max-iter", "2", "--resume"])
-    assert "finished at iteration 2; nothing to do" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "finished at iteration 2; nothing to do" in said
+    assert "wrote" not in said                  # nothing was written: no "wrote final.pth" after it
     assert (final.stat().st_mtime_ns, log.read_bytes()) == before
     with pytest.raises(UserError, match=r"finished at iteration 2; continuing it to 3 needs snapshot_iter_2.pth"):
         train.main(argv + ["--max-iter", "3", "--resume"])
@@ -297,3 +294,17 @@ def test_a_killed_writers_staging_folder_is_never_a_result(tmp_path, rng):
     evaluate.main(["--query", str(tmp_path / "c.npz"), "--database", str(tmp_path / "c.npz"), "--out",
                    str(tmp_path / "runs" / "a"), "--method", "DHN", "--seed", "0", "--force"])
     assert not staging.exists()                                    # the next writer there removed it
+
+
+def test_a_killed_summarys_staging_folder_is_removed_by_the_next_run(finished):
+    # kill -9 while the tables were written left out/.staging-*; the summary's outputs named
+    # only run.json, so the re-run's clean-up never looked into out itself
+    d, argv = finished
+    staging = d / "res" / ".staging-killed"
+    staging.mkdir()
+    (staging / ".tmp-fig_a_precision_radius2.png-x").write_bytes(b"partial")
+    tmp = d / "res" / ".tmp-run.json-killed"
+    tmp.write_text("{")
+    os.remove(d / "res" / "run.json")                  # the summary runs again, nothing else
+    custom.main(argv)
+    assert not staging.exists() and not tmp.exists() and (d / "res" / "run.json").is_file()

@@ -10,11 +10,10 @@ import time
 import pytest
 
 import fake_datasets
-from conftest import REPO
 from slurm_cluster import cluster, squeue_state
+from toy_jobs import toy_command
 
 pytestmark = pytest.mark.slurm
-TESTS = os.path.dirname(os.path.abspath(__file__))
 SLURM = ["--executor", "slurm", "--slurm-cpus-per-job", "1", "--slurm-mem-gb", "2", "--slurm-time-min", "30"]
 
 
@@ -22,14 +21,9 @@ SLURM = ["--executor", "slurm", "--slurm-cpus-per-job", "1", "--slurm-mem-gb", "
 def grid(tmp_path_factory, random_caffenet):
     """`reproduce.custom --smoke` arguments of a two-bit-length grid on a stand-in dataset."""
     d = tmp_path_factory.mktemp("slurm_grid")
-    fake = fake_datasets.make_fake_flickr(str(d / "data"), num_images=40, unlabeled=0)
-    rows = [f"mirflickr/im{n}.jpg " + " ".join(map(str, fake["labels"][n - 1, :5])) for n in range(1, 41)]
-    for name, part in (("train", rows[:30]), ("query", rows[30:36]), ("database", rows[6:])):
-        (d / f"{name}.txt").write_text("\n".join(part) + "\n")
-    argv = ["--name", "toy", "--root", str(d / "data"), "--train-list", str(d / "train.txt"),
-            "--query-list", str(d / "query.txt"), "--database-list", str(d / "database.txt"), "--topk", "all",
-            "--weights", random_caffenet, "--bits", "8", "12", "--variants", "dhn", "--baselines", "lsh",
-            "--methods", "--workers", "0", "--device", "cpu", "--smoke"]
+    argv = fake_datasets.make_toy_list_dataset(d, random_caffenet) + [
+        "--bits", "8", "12", "--variants", "dhn", "--baselines", "lsh", "--methods", "--workers", "0",
+        "--device", "cpu", "--smoke"]
     return d, argv
 
 
@@ -118,21 +112,7 @@ def test_queued_jobs_of_other_settings_are_not_overwritten(grid):
 
 def test_a_failing_slurm_job_is_named_with_its_log(tmp_path):
     cluster()
-    script = f"""
-import sys, pathlib
-sys.path.insert(0, {TESTS!r})
-from test_plan import toy_plan
-from reproduce.cli import ArgumentParser, add_plan_options, executor_settings, run_cli
-from reproduce.pipeline.executors import plan_main
-def main(argv):
-    p = ArgumentParser("toy")
-    add_plan_options(p)
-    plan_main(toy_plan(pathlib.Path({str(tmp_path)!r})), executor_settings(p.parse_args(argv)))
-run_cli(main, sys.argv[1:])
-"""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, str(REPO)]), TOY_FAIL="b.json")
-    res = subprocess.run([sys.executable, "-c", script, *SLURM], capture_output=True, text=True, env=env,
-                         timeout=600, cwd=tmp_path)
+    res = toy_command(tmp_path, *SLURM, env={"TOY_FAIL": "b.json"}, timeout=600)
     assert res.returncode == 1 and "Traceback" not in res.stderr.split("error:")[-1], res.stderr[-3000:]
     assert "failed: value/b: " in res.stderr and "toy failure" in res.stderr
     assert "2 done, 1 failed, 2 not run" in res.stdout

@@ -2,6 +2,8 @@
 that record their identity, so that states, staleness and forcing are tested in milliseconds."""
 import json
 import os
+import subprocess
+import sys
 
 from reproduce.errors import UserError
 from reproduce.utils.fileio import write_text_atomic
@@ -25,3 +27,27 @@ def total(identity, out, parts):
         with open(path) as f:
             value += json.load(f)["value"]
     write_text_atomic(out, json.dumps({"identity": identity, "value": value}) + "\n")
+
+
+TOY_COMMAND = """
+import pathlib, sys
+sys.path.insert(0, {tests!r})
+from test_plan import toy_plan
+from reproduce.cli import ArgumentParser, add_plan_options, executor_settings, run_cli
+from reproduce.pipeline.executors import plan_main
+def main(argv):
+    p = ArgumentParser("toy")
+    add_plan_options(p)
+    plan_main(toy_plan(pathlib.Path({folder!r})), executor_settings(p.parse_args(argv)))
+run_cli(main, sys.argv[1:])
+"""
+
+
+def toy_command(folder, *extra, env=None, timeout=300):
+    """A command running test_plan.toy_plan's jobs (outputs in `folder`) with the executor options
+    `extra`, in a subprocess from `folder`; env: variables added (e.g. TOY_FAIL)."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.dirname(tests)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, repo]), **(env or {}))
+    return subprocess.run([sys.executable, "-c", TOY_COMMAND.format(tests=tests, folder=str(folder)), *extra],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=folder)

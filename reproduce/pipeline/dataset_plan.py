@@ -241,6 +241,8 @@ class DatasetGrid(GridBuilder):
                     "sweeps": [{"path": j.stamp, "hex": j.identity["hex"]} for j in sweeps],
                     "paper_csv": s.paper_csv, "paper_default": s.paper_default},
                    stamp=os.path.join(out, "run.json"),
+                   # out itself: what a killed summary left there (.staging-*) goes before it runs
+                   outputs=(os.path.join(out, "run.json"), out),
                    inputs=inputs, deps=tuple(j.name for j in evaluations + sweeps), verb="summarised", summary=True,
                    lineage=False)
 

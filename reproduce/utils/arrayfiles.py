@@ -93,6 +93,8 @@ def read_h5_dataset(dset, path, name):
         raise UserError(f"{path}: {name} has an empty (null) dataspace, no values")
     stored = min(dset.id.get_storage_size(), os.path.getsize(path))
     filtered = dset.id.get_create_plist().get_nfilters() > 0
+    if h5py.check_vlen_dtype(dset.dtype) is not None:
+        check_h5_global_heaps(path)
     _check_declared(path, name, dset.shape, dset.dtype.itemsize, stored,
                     MAX_EXPANSION if filtered else 1, slack=H5_SLACK)
     return np.asarray(dset[()])
@@ -101,10 +103,55 @@ def read_h5_dataset(dset, path, name):
 MAX_H5_ATTRIBUTE = 1 << 20   # bytes: our attributes are short texts and numbers
 
 
+H5_GLOBAL_HEAP = b"GCOL"
+H5_GLOBAL_HEAP_MIN = 4096      # H5HG_MINSIZE: a smaller "collection" is not one
+_checked_heaps = {}            # (path, size, mtime) of files whose heaps were walked
+
+
+def check_h5_global_heaps(path):
+    """Refuse an HDF5 file whose global heap (where variable-length strings live) holds an object
+    whose declared size does not fit its collection: HDF5's reader (H5HG__cache_heap_deserialize)
+    advances by that size, so a free-space object of size 0, or a size that wraps around, loops
+    forever (found by the fuzz tests: reading a string attribute of a mutated code file never
+    returned, in HDF5 1.14 as h5py 3.16 ships it).
+    Collections are found by their signature, GCOL version 1 (HDF5 file format, III.E); a chance
+    match elsewhere in the data is one only if its declared size fits the file."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key in _checked_heaps or stat.st_size < H5_GLOBAL_HEAP_MIN:
+        return
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        at = buf.find(H5_GLOBAL_HEAP)
+        while at >= 0:
+            if at + 16 <= len(buf) and buf[at + 4] == 1:
+                size = struct.unpack_from("<Q", buf, at + 8)[0]
+                if H5_GLOBAL_HEAP_MIN <= size <= len(buf) - at:
+                    _check_heap_objects(buf, at, at + size, path)
+            at = buf.find(H5_GLOBAL_HEAP, at + 4)
+    _checked_heaps[key] = True
+
+
+def _check_heap_objects(buf, start, end, path):
+    """Each object of the collection at buf[start:end] within it; the free-space object (index 0,
+    its size counting its own 16-byte header) at least a header: HDF5 advances by that size, so 0
+    is a loop that never ends."""
+    pos = start + 16
+    while pos + 16 <= end:
+        index, _, _, size = struct.unpack_from("<HHIQ", buf, pos)
+        room = end - pos
+        if (size < 16 or size > room) if index == 0 else size > room - 16:
+            raise UserError(f"{path}: global heap object {index} at byte {pos} declares {size} bytes "
+                            f"where its collection has {room}; the file is corrupt")
+        if index == 0:                  # the free space: the rest of the collection
+            return
+        pos += 16 + (size + 7) // 8 * 8
+
+
 def read_h5_attrs(obj, path):
     """{name: value} of an HDF5 object's attributes, bytes decoded and numpy scalars as Python ones,
     once each attribute's declared size is known to be small: a corrupt header can declare an
     attribute of terabytes, which h5py would allocate or walk for hours (found by the fuzz tests)."""
+    check_h5_global_heaps(path)
     values = {}
     for name in obj.attrs:
         aid = h5py.h5a.open(obj.id, name.encode("utf-8"))
