@@ -4,7 +4,10 @@ Option types are argparse `type=` callables: a bad value becomes argparse's "arg
 usage error, which `ArgumentParser` turns into one line and exit status 2. Every number a user
 passes is range-checked here (reproduce.utils.limits), before any work starts. `run_cli` runs a
 command's `main`: a UserError becomes `error: <message>` on stderr and its exit status, Ctrl-C
-and SIGTERM one line and 130 / 143 (reproduce.utils.signals).
+and SIGTERM one line and 130 / 143 (reproduce.utils.signals). The options several commands share
+are declared once: `add_solver_options` (train and the per-dataset commands, resolved by
+`preset_settings`: the preset, then the options given) and `add_plan_options` (the per-dataset
+commands and the demo, read by `executor_settings`).
 """
 import argparse
 import dataclasses
