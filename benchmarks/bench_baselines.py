@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from reproduce.baselines import BASELINES, make_baseline
-from reproduce.errors import run_cli
+from reproduce.cli import run_cli
 
 
 def get_args_parser():

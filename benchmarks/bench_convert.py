@@ -4,7 +4,7 @@
 
 Generates random weights of bvlc_reference_caffenet's shapes (conv1..fc8, and the blob-less layers
 in CaffeNet's order), writes them in the chosen format, then converts the file with
-`reproduce.pretrained.convert` in a fresh process and prints the seconds and the peak extra
+`reproduce.model.pretrained.convert` in a fresh process and prints the seconds and the peak extra
 memory (peak RSS during the conversion minus the RSS before it). Targets (issue 2): <= 10 s and <= 2x the file.
 The file is freshly written, so it is read from the page cache (a cold disk adds its read time).
 """
@@ -17,14 +17,14 @@ import time
 
 import numpy as np
 
-from reproduce.caffe_writer import write_caffemodel
-from reproduce.nets import expected_shapes
+from reproduce.caffe.caffe_writer import write_caffemodel
+from reproduce.model.nets import expected_shapes
 
 # Peak extra memory = peak RSS during the conversion (VmHWM) minus the RSS just before it (VmRSS),
 # from /proc/self/status (Linux); the mmap'ed file pages the conversion touches count in both.
 CHILD = r"""
 import sys, time
-from reproduce.pretrained import convert
+from reproduce.model.pretrained import convert
 def status(key):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))

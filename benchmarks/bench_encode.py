@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from reproduce.encoding import encode_list
-from reproduce.errors import run_cli
-from reproduce.lists import ImageList
-from reproduce.nets import DHNNet
-from reproduce.transforms import (MEAN_VALUE, center_crop, oversample, read_image_bgr, resize_linear,
-                                  train_transform_batch)
+from reproduce.cli import run_cli
+from reproduce.data.lists import ImageList
+from reproduce.data.transforms import (MEAN_VALUE, center_crop, oversample, read_image_bgr, resize_linear,
+                                       train_transform_batch)
+from reproduce.evaluation.encoding import EncodeSettings, encode_list
+from reproduce.model.nets import DHNNet
 
 
 def median_seconds(fn, repeat):
@@ -84,8 +84,9 @@ def main(argv=None):
         out = os.path.join(tmp, "codes.h5")
 
         def run_encode():
-            encode_list(model, image_list, tmp, out, batch_size=args.batch_size, oversample=args.oversample,
-                        workers=args.workers, device=device, overwrite=True, progress=False)
+            settings = EncodeSettings(oversample=args.oversample, batch_size=args.batch_size, workers=args.workers,
+                                      device=device)
+            encode_list(model, image_list, tmp, out, settings, overwrite=True, progress=False)
             if device.type == "cuda":
                 torch.cuda.synchronize()
 

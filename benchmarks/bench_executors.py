@@ -60,8 +60,8 @@ def make_dataset(root, sizes, side, seed=0):
 
 def random_caffenet(path):
     import torch
-    from reproduce.checkpoint import save_checkpoint
-    from reproduce.nets import DHNNet
+    from reproduce.model.checkpoint import save_checkpoint
+    from reproduce.model.nets import DHNNet
     torch.manual_seed(0)
     save_checkpoint(path, DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0, meta={"kind": "benchmark"})
     return path

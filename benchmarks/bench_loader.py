@@ -2,7 +2,7 @@
 
     python benchmarks/bench_loader.py [--images 2000] [--batches 60] [--workers 2]
 
-Writes a cache of random 256 x 256 images in reproduce.data's format (no decoding: this measures
+Writes a cache of random 256 x 256 images in reproduce.data.cache's format (no decoding: this measures
 the loader the training loop waits on), then times TrainBatches through make_loader. Goal (issue
 3): >= 1500 images/s on 2 CPU cores.
 """
@@ -13,9 +13,10 @@ import time
 
 import numpy as np
 
-from reproduce import data
-from reproduce.lists import ImageList
-from reproduce.transforms import MEAN_VALUE
+from reproduce.data.batches import BatchOrder, TrainBatches, make_loader
+from reproduce.data.cache import CACHE_FORMAT, list_digest
+from reproduce.data.lists import ImageList
+from reproduce.data.transforms import MEAN_VALUE
 
 
 def make_cache(path, n, num_labels=21, seed=0):
@@ -24,7 +25,7 @@ def make_cache(path, n, num_labels=21, seed=0):
                            (rng.random((n, num_labels)) < 0.1).astype(np.uint8), "bench")
     import h5py
     with h5py.File(path, "w") as f:
-        f.attrs.update(format=data.CACHE_FORMAT, list_sha1=data.list_digest(image_list), size=256)
+        f.attrs.update(format=CACHE_FORMAT, list_sha1=list_digest(image_list), size=256)
         images = f.create_dataset("images", (n, 256, 256, 3), dtype=np.uint8, chunks=(1, 256, 256, 3))
         for s in range(0, n, 500):
             images[s:s + 500] = rng.integers(0, 256, (min(500, n - s), 256, 256, 3), dtype=np.uint8)
@@ -43,10 +44,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         cache = os.path.join(tmp, "cache.h5")
         image_list = make_cache(cache, args.images)
-        order = data.BatchOrder(args.images, args.batch_size, seed=0)
+        order = BatchOrder(args.images, args.batch_size, seed=0)
         mean = np.asarray(MEAN_VALUE, np.float32)
-        batches = data.TrainBatches(image_list, order, mean, 0, args.batches + 5, cache_path=cache)
-        loader = iter(data.make_loader(batches, workers=args.workers))
+        batches = TrainBatches(image_list, order, mean, 0, args.batches + 5, cache_path=cache)
+        loader = iter(make_loader(batches, workers=args.workers))
         for _ in range(5):            # start the workers, fill the prefetch queue
             next(loader)
         t = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Speed of reproduce.metrics on the paper's evaluation sizes (issue 4's targets).
+"""Speed of reproduce.evaluation.metrics on the paper's evaluation sizes (issue 4's targets).
 
   (1) CIFAR-10: 1,000 queries x 59,000 database x 48 bits, MAP over the whole ranking, next to a
       plain float-dot + stable argsort implementation in the same run: equal values, target
@@ -98,7 +98,7 @@ def main(argv=None):
         atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], ignore_errors=True)
     import numba                      # imported here, after NUMBA_CACHE_DIR is set
 
-    from reproduce import metrics
+    from reproduce.evaluation import metrics
 
     rng = np.random.default_rng(args.seed)
     rows = []

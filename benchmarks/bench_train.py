@@ -4,7 +4,7 @@
 
 Both on the same network (CaffeNet + 48-bit hash layer), loss (DHNLoss) and solver (CaffeSGD with
 the authors' multipliers): "bare" repeats forward, loss, backward and update on one fixed batch
-already on the device; "loop" is reproduce.engine.fit fed by the cached loader (crop, mirror,
+already on the device; "loop" is reproduce.training.engine.fit fed by the cached loader (crop, mirror,
 mean, workers prefetching). Goal (issue 3): loop / bare >= 0.90. On a CPU the loader's worker
 processes compete with the network for the same cores; on a GPU machine they do not.
 """
@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from bench_loader import make_cache
-from reproduce import data
-from reproduce.engine import fit
-from reproduce.losses import DHNLoss
-from reproduce.nets import DHNNet, pick_device
-from reproduce.solver import PRESETS, CaffeSGD, caffe_param_groups
-from reproduce.transforms import MEAN_VALUE
+from reproduce.data.batches import BatchOrder, TrainBatches, checked_batches, make_loader
+from reproduce.data.transforms import MEAN_VALUE
+from reproduce.model.nets import DHNNet, pick_device
+from reproduce.training.engine import Report, fit
+from reproduce.training.losses import DHNLoss
+from reproduce.training.solver import PRESETS, CaffeSGD, caffe_param_groups
 
 
 def setup(device):
@@ -58,16 +58,15 @@ def bare(device, batch_size, iters, labels):
 
 def loop(device, batch_size, iters, workers, cache, image_list):
     model, solver, criterion = setup(device)
-    order = data.BatchOrder(len(image_list), batch_size, seed=0)
+    order = BatchOrder(len(image_list), batch_size, seed=0)
     mean = np.asarray(MEAN_VALUE, np.float32)
-    batches = data.TrainBatches(image_list, order, mean, 0, iters + 2, cache_path=cache)
-    loader = iter(data.make_loader(batches, workers=workers, pin_memory=device.type == "cuda"))
-    fit(model, loader, criterion, solver, 0, 2, batch_size=batch_size, display=10 ** 9, device=device,
-        progress=False)
+    batches = TrainBatches(image_list, order, mean, 0, iters + 2, cache_path=cache)
+    loader = checked_batches(iter(make_loader(batches, workers=workers, pin_memory=device.type == "cuda")))
+    fit(model, loader, criterion, solver, 0, 2, Report(batch_size, display=10 ** 9, progress=False), device=device)
     sync(device)
     t = time.perf_counter()
-    fit(model, loader, criterion, solver, 2, iters + 2, batch_size=batch_size, display=10 ** 9, device=device,
-        progress=False)
+    fit(model, loader, criterion, solver, 2, iters + 2, Report(batch_size, display=10 ** 9, progress=False),
+        device=device)
     sync(device)
     return iters * batch_size / (time.perf_counter() - t)
 

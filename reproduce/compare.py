@@ -8,10 +8,10 @@ imported codes of other methods and shallow baselines on the same fc7 features.
         [--seed 0] [--paper-numbers CSV] [--force]
 
 Runs: every metrics.json under the --runs folders (written by reproduce.evaluate). Imported codes
-(.h5 .mat .npy .npz, read by reproduce.codes) and baselines (fitted on the training
+(.h5 .mat .npy .npz, read by reproduce.evaluation.codes) and baselines (fitted on the training
 features, with labels for the supervised ones; query and database encoded) are evaluated here with
-the dataset's protocol (MAP@MAP_TOPK of reproduce.datasets.<dataset>; ties by database order,
-queries without hits left out, radius 2, top-N 100..1000: reproduce.records.protocol), each
+the dataset's protocol (its MAP cut-off in reproduce.evaluation.protocols.PROTOCOLS; ties by database order,
+queries without hits left out, radius 2, top-N 100..1000: reproduce.evaluation.records.protocol), each
 into `--out/methods/<name>_<bits>/` (metrics.json and the curves as CSV, as reproduce.evaluate
 writes them). Then `--out` receives table1/table2 (.md .csv .tex) and the three figures
 (.png .pdf). `build_comparison` is the core the per-dataset commands call.
@@ -19,17 +19,18 @@ writes them). Then `--out` receives table1/table2 (.md .csv .tex) and the three 
 import os
 
 from .baselines import BASELINES
-from .codes import ORIENTATIONS
-from .comparison import (FROM_PRESET, check_dataset_name, check_same_source, comparison_outputs, dataset_protocol,
-                         evaluate_baselines, evaluate_method, load_import, method_dir, parse_baseline_options,
-                         read_labels, write_comparison)
-from .errors import NON_NEGATIVE, ArgumentParser, UserError, run_cli
-from .fileio import staged_outputs
-from .nets import BITS
-from .figures import default_curve_bits
-from .locks import remove_leftovers, writer_lock
-from .paper import PAPER_BITS, PAPER_DATASETS, canonical_method, read_paper_numbers
-from .records import check_records, collect_records, topk_option, write_record
+from .cli import BITS, NON_NEGATIVE, ArgumentParser, run_cli, topk_option
+from .errors import UserError
+from .evaluation.codes import ORIENTATIONS
+from .evaluation.protocols import FROM_PRESET, check_dataset_name, dataset_protocol
+from .evaluation.records import check_records, collect_records, write_record
+from .reporting.comparison import (check_same_source, comparison_outputs, evaluate_baselines,
+                                   evaluate_method, load_import, method_dir, parse_baseline_options,
+                                   read_labels, write_comparison)
+from .reporting.figures import default_curve_bits
+from .reporting.paper import PAPER_BITS, PAPER_DATASETS, canonical_method, read_paper_numbers
+from .utils.fileio import staged_outputs
+from .utils.locks import remove_leftovers, writer_lock
 
 
 def get_args_parser():
@@ -42,7 +43,7 @@ def get_args_parser():
                    help="MAP over the top R, or over the whole database (default: the dataset's preset)")
     p.add_argument("--paper-numbers", default=None, metavar="CSV",
                    help="published numbers to show beside ours (table,method,dataset,bits,map as "
-                        "reproduce/data/paper_tables.csv; default: the paper's)")
+                        "reproduce/reporting/paper_tables.csv; default: the paper's)")
     p.add_argument("--runs", nargs="*", default=[], metavar="DIR",
                    help="folders (or files) with the runs' metrics.json, walked recursively")
     p.add_argument("--out", required=True, help="output folder of tables, figures and methods/")

@@ -6,11 +6,11 @@
 conv1..fc7 are checked against the arch's shapes and kept; fc8 (the ImageNet classifier) is dropped
 with a note; a hash layer (`hash_layer`, or `fch` as the authors' dhn-caffe names it) is imported,
 so a model fine-tuned with the authors' Caffe code can be evaluated here as is. The checkpoint
-records the source file's name and sha1 and the notes (reproduce.checkpoint).
+records the source file's name and sha1 and the notes (reproduce.model.checkpoint).
 """
-from .errors import ArgumentParser, run_cli
-from .nets import ARCHS
-from .pretrained import convert
+from .cli import ArgumentParser, run_cli
+from .model.nets import ARCHS
+from .model.pretrained import convert
 
 
 def get_args_parser():

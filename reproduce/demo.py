@@ -1,11 +1,11 @@
 """`python -m reproduce.demo [--out results/demo]`: the whole method, offline, in minutes on a CPU.
 
 The paper's setting needs ImageNet weights and a GPU; neither ships with a package. This demo runs
-the same loss (reproduce.losses.DHNLoss), solver (reproduce.solver.CaffeSGD with the authors'
-multipliers), training loop (reproduce.engine.fit), batch order (reproduce.data.BatchOrder),
-evaluation (reproduce.metrics), tables and figures (reproduce.comparison) on a real dataset that
+the same loss (reproduce.training.losses.DHNLoss), solver (reproduce.training.solver.CaffeSGD with the authors'
+multipliers), training loop (reproduce.training.engine.fit), batch order (reproduce.data.batches.BatchOrder),
+evaluation (reproduce.evaluation.metrics), tables and figures (reproduce.reporting.comparison) on a real dataset that
 ships with scikit-learn: the handwritten digits (1,797 images of 8 x 8 pixels, 10 classes), split
-as the paper splits CIFAR-10. Its work is the per-dataset commands' job plan (reproduce.grid: the
+as the paper splits CIFAR-10. Its work is the per-dataset commands' job plan (reproduce.pipeline.grid: the
 same grid, names, identities, states, --plan and --rerun-stale), with jobs that train the small
 network below on the pixels; trainings and codes go to --work (runs/demo), results to --out.
 What differs from the paper is printed (DIFFERENCES) and in the README.
@@ -22,37 +22,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import identity as ids
 from .baselines import BASELINES, make_baseline
-from .codes import ENCODE_FORMAT
-from .comparison import evaluate_method, write_comparison
-from .config import VARIANTS
-from .data import BatchOrder
+from .cli import BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, add_plan_options, executor_settings, run_cli
+from .data.batches import BatchOrder
 from .datasets.common import sample_per_label
-from .engine import NonFiniteLoss, fit
-from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, run_cli
-from .fileio import atomic_output, staged_outputs, write_text_atomic
-from .figures import default_curve_bits
-from .grid import GridBuilder, GridSpec, SweepSpec, make_sweep_job, run_name, write_diverged
-from .jobs import require_identity, sweep_markdown
-from .locks import writer_lock
-from .losses import LossSettings
+from .evaluation.codes import ENCODE_FORMAT, sign_codes
+from .evaluation.metrics import mean_average_precision
+from .evaluation.records import check_records, protocol, read_record, write_record
 from .methods import DEEP_METHODS, make_method
-from .metrics import mean_average_precision
-from .nets import BITS
-from .paper import PAPER_BITS, canonical_method
-from .executors import add_arguments as add_executor_arguments, check_arguments as check_executor_arguments, plan_main
-from .plan import Job, Plan
-from .provenance import git_revision, versions
-from .records import check_records, protocol, read_record, write_record
-from .solver import SolverSettings, caffe_param_groups
+from .pipeline import identity as ids
+from .pipeline.executors import plan_main
+from .pipeline.grid import (GridBuilder, GridSpec, SweepSpec, make_sweep_job, run_name, sweep_choice,
+                            write_diverged)
+from .pipeline.jobs import require_identity, sweep_markdown
+from .pipeline.plan import Job, Plan
+from .reporting.comparison import evaluate_method, write_comparison
+from .reporting.figures import default_curve_bits
+from .reporting.paper import PAPER_BITS, canonical_method
+from .training.config import VARIANTS
+from .training.engine import NonFiniteLoss, Report, fit
+from .training.losses import LossSettings
+from .training.solver import SolverSettings, caffe_param_groups
+from .utils.fileio import atomic_output, staged_outputs, write_text_atomic
+from .utils.locks import writer_lock
+from .utils.provenance import git_revision, versions
 
 DATASET = "digits"
 PROTOCOL = protocol(topk=None)       # MAP over the whole database, as the paper's CIFAR-10
 QUERY_PER_CLASS, TRAIN_PER_CLASS = 10, 50   # the CIFAR-10 protocol at 1/10 scale: 100 queries, 500 training
 HIDDEN = 256
 SWEEP_LRS = (1e-3, 1e-2, 1e-1)   # base_lr candidates, chosen per variant and bits on a validation split
-SWEEP_LR_LIMITS = (1e-5, 10.0)   # how far reproduce.sweep.search may extend them past an edge
+SWEEP_LR_LIMITS = (1e-5, 10.0)   # how far reproduce.pipeline.sweep.search may extend them past an edge
 VALIDATION_PER_CLASS = 10        # of the 50 training images per class
 STEPSIZE = 500                   # the step policy's stepsize at the demo's 1,500 iterations
 
@@ -124,7 +124,7 @@ def load_digits_split(seed=0):
     return x, labels, {"query": query, "train": train, "database": database}
 
 
-# Table 2's trained variants and their losses (reproduce.config.VARIANTS; DHN-B is the DHN model
+# Table 2's trained variants and their losses (reproduce.training.config.VARIANTS; DHN-B is the DHN model
 # ranked without sign).
 VARIANT_LOSS = {v.method: v.loss(LossSettings()) for v in VARIANTS.values() if v.trained_as is None}
 
@@ -147,8 +147,8 @@ def train_dhn(x, labels, train, bits, seed, max_iter=1500, base_lr=0.01, progres
     batches = ((xs[i], ys[i]) for i in (order.batch(t)[0] for t in range(max_iter)))
     log = []
     criterion = method.make_loss() if method else loss.make_loss()
-    fit(model.train(), batches, criterion, solver, 0, max_iter, batch_size=settings.batch_size,
-        display=100, log=log.append, progress=progress, echo=False)
+    fit(model.train(), batches, criterion, solver, 0, max_iter,
+        Report(settings.batch_size, display=100, log=log.append, progress=progress, echo=False))
     return model.eval(), log
 
 
@@ -170,7 +170,7 @@ def data_identity():
 
 
 # ---------------------------------------------------------------------------- the demo's jobs
-# Module-level functions with JSON arguments (reproduce.plan.Job): any executor can run them.
+# Module-level functions with JSON arguments (reproduce.pipeline.plan.Job): any executor can run them.
 
 def _loss(trained):
     """The LossSettings of a trained variant (Table 2); None for a deep baseline (its own loss)."""
@@ -185,7 +185,6 @@ def _train(trained, x, labels, train, bits, seed, max_iter, base_lr):
 
 def demo_train(identity, trained, bits, seed, max_iter, out, base_lr=None, sweep=None):
     """Job: one training on the digits; final.pth holds the state dict, the log's ends, base_lr."""
-    from .grid import sweep_choice
     if sweep:
         base_lr = sweep_choice(sweep["path"], sweep["hex"])["base_lr"]
     x, labels, split = load_digits_split()
@@ -234,7 +233,7 @@ def demo_trial(identity, trained, bits, max_iter, base_lr, quant_weight, out):
     except NonFiniteLoss as e:
         return write_diverged(os.path.join(out, "metrics.json"), identity, e)
     with torch.no_grad():
-        b = np.where(model.codes(torch.from_numpy(x[train])).numpy() >= 0, 1, -1).astype(np.int8)
+        b = sign_codes(model.codes(torch.from_numpy(x[train])).numpy())
     score = mean_average_precision(b[val], b[rest], labels[train][val], labels[train][rest])
     doc = {"method": canonical_method(trained) if trained not in VARIANTS else VARIANTS[trained].method,
            "dataset": DATASET, "bits": bits, "seed": 0, "metrics": {"map": float(score)}, "identity": identity}
@@ -272,7 +271,7 @@ def demo_summary(identity, records, sweeps, out, run):
 
 # ---------------------------------------------------------------------------- the plan
 class DemoGrid(GridBuilder):
-    """The grid of reproduce.grid with the demo's jobs: PixelHashNet on the digits."""
+    """The grid of reproduce.pipeline.grid with the demo's jobs: PixelHashNet on the digits."""
 
     def __init__(self, spec, out, work, max_iter, run_info):
         super().__init__(spec)
@@ -310,7 +309,7 @@ class DemoGrid(GridBuilder):
         encode = codes["query"][0]          # one job wrote both files
         return Job(f"evaluate/{name}", "evaluate",
                    {"method": label, "binary": binary, "seed": run.seed, "protocol": PROTOCOL},
-                   "reproduce.jobs:evaluate_run",
+                   "reproduce.pipeline.jobs:evaluate_run",
                    {"dataset": DATASET, "method": label, "seed": run.seed, "binary": binary, "protocol": PROTOCOL,
                     "out": out, **{p: {"path": path, "hex": encode.identity["hex"]} for p, (_, path) in codes.items()}},
                    stamp=os.path.join(out, "metrics.json"), outputs=(out, os.path.join(out, "metrics.json")),
@@ -359,10 +358,7 @@ def get_args_parser():
     p.add_argument("--methods", nargs="*", choices=list(DEEP_METHODS), default=list(DEEP_METHODS),
                    help="deep baselines on the same small network (default: all)")
     p.add_argument("--max-iter", type=POSITIVE, default=1500)
-    p.add_argument("--plan", action="store_true", help="print every job with its state and output; run nothing")
-    p.add_argument("--rerun-stale", action="store_true",
-                   help="recompute outputs made with other settings (and what depends on them) instead of stopping")
-    add_executor_arguments(p)
+    add_plan_options(p)
     return p
 
 
@@ -380,15 +376,16 @@ def make_plan(args, started=None):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    check_executor_arguments(args)
+    executor = executor_settings(args)
+    executor.check()
     start = time.time()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     if args.plan:
-        plan_main(make_plan(args, start), args)
+        plan_main(make_plan(args, start), executor)
         return
     print(DIFFERENCES + "\n")
     with writer_lock(args.out, "--out"), writer_lock(args.work, "--work"):
-        plan_main(make_plan(args, start), args, log=lambda text: print(f"{text}  [{time.time() - start:.0f} s]"))
+        plan_main(make_plan(args, start), executor, log=lambda text: print(f"{text}  [{time.time() - start:.0f} s]"))
     print(f"\nwrote {args.out}/table1.md, table2.md, figures and metrics in {time.time() - start:.0f} s")
     with open(os.path.join(args.out, "table1.md"), encoding="utf-8") as f:
         print(f.read())

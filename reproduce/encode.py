@@ -7,11 +7,11 @@
 Two image pipelines, both checked against real Caffe (README, Checked against real Caffe):
   imagedata (default)  Caffe's ImageData layer in the TEST phase: decoded as BGR, resized to
                        256 x 256 as cv::resize INTER_LINEAR does, centre crop 227 x 227, minus the
-                       authors' mean_value 104,117,123 (reproduce.transforms).
+                       authors' mean_value 104,117,123 (reproduce.data.transforms).
   pycaffe              what produced the papers' numbers: caffe.io.load_image + caffe.Classifier
                        .predict as the authors' predict scripts call it (scikit-image resize,
                        RGB -> BGR, x 255, minus ilsvrc_2012_mean.npy averaged per channel;
-                       reproduce.pycaffe_pipeline).
+                       reproduce.data.pycaffe_pipeline).
 With --oversample, pycaffe's 10 crops are encoded and their outputs averaged (the authors' first
 evaluation script, dhn-caffe generate.py). The HDF5 output holds
 
@@ -28,16 +28,17 @@ import os
 
 import numpy as np
 
-from . import identity as ids
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import check_images_exist
-from .encoding import PIPELINES, encode_list
-from .pycaffe_pipeline import ILSVRC_2012_MEAN_BGR
-from .errors import BATCH_SIZE, WORKERS, ArgumentParser, UserError, run_cli
-from .fileio import check_output_file, sha1_file
-from .lists import read_list
-from .locks import file_lock, remove_leftovers
-from .transforms import MEAN_VALUE, format_mean, load_mean_file, parse_mean_value
+from .cli import BATCH_SIZE, WORKERS, ArgumentParser, format_mean, parse_mean_value, run_cli
+from .data.images import check_images_exist
+from .data.lists import read_list
+from .data.pycaffe_pipeline import ILSVRC_2012_MEAN_BGR
+from .data.transforms import MEAN_VALUE, load_mean_file
+from .errors import UserError
+from .evaluation.encoding import PIPELINES, EncodeSettings, encode_list
+from .model.checkpoint import load_checkpoint, model_from_checkpoint
+from .pipeline import identity as ids
+from .utils.fileio import check_output_file, sha1_file
+from .utils.locks import file_lock, remove_leftovers
 
 
 def get_args_parser():
@@ -50,7 +51,7 @@ def get_args_parser():
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--pipeline", choices=PIPELINES, default="imagedata",
                    help="imagedata (default): Caffe's ImageData layer, TEST phase (cv::resize, mean "
-                        "104,117,123); pycaffe: caffe.Classifier as the authors' predict scripts "
+                        f"{format_mean(MEAN_VALUE)}); pycaffe: caffe.Classifier as the authors' predict scripts "
                         "(scikit-image resize, mean of ilsvrc_2012_mean.npy per channel)")
     p.add_argument("--oversample", action="store_true",
                    help="pycaffe's 10 crops averaged (the authors' first evaluation script); "
@@ -107,9 +108,9 @@ def main(argv=None):
     attrs["identity"] = ids.to_attr(encode_identity(args, ckpt, image_list))
     with file_lock(args.out, "--out"):            # one writer of this file at a time
         remove_leftovers([args.out])
-        encode_list(model, image_list, args.root, args.out, batch_size=args.batch_size,
-                    oversample=args.oversample, features=args.features, mean=mean, workers=args.workers,
-                    device=args.device, attrs=attrs, overwrite=args.force, pipeline=args.pipeline)
+        settings = EncodeSettings(args.pipeline, args.oversample, args.batch_size, mean, args.features, args.workers,
+                                  args.device)
+        encode_list(model, image_list, args.root, args.out, settings, attrs=attrs, overwrite=args.force)
     print(f"wrote {args.out}: {len(image_list)} images, "
           + ", ".join(k for k, on in (("codes", model.has_codes), ("features", args.features)) if on))
 

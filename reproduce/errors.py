@@ -15,7 +15,7 @@ import sys
 
 class UserError(Exception):
     """A problem with the user's input; the message is a single line shown as is. run_cli exits
-    with `exit_code` (2; 1 for a plan whose jobs failed, reproduce.executors.JobsFailed)."""
+    with `exit_code` (2; 1 for a plan whose jobs failed, reproduce.pipeline.execution.JobsFailed)."""
     exit_code = 2
 
 

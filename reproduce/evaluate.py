@@ -5,24 +5,24 @@ PR curve of Hamming ranking and precision/recall at top-N, with the conventions 
         [--ties index|expected] [--zero-hit skip|zero] [--radius 2] [--continuous] [--force]
 
 Writes DIR/metrics.json ({method, dataset, bits, seed, conventions, metrics, inputs, version};
-"metrics" is reproduce.metrics.evaluate_codes' dict), DIR/pr_curve.csv (radius, precision,
+"metrics" is reproduce.evaluation.metrics.evaluate_codes' dict), DIR/pr_curve.csv (radius, precision,
 recall; Hamming ranking only) and DIR/precision_at_n.csv (n, precision, recall). An existing
 output with different content is refused unless --force (re-running the same evaluation is fine).
-The metrics and their conventions (AP normalisation, ties, zero-hit queries): reproduce.metrics.
+The metrics and their conventions (AP normalisation, ties, zero-hit queries): reproduce.evaluation.metrics.
 The accepted code files (this package's .h5, MATLAB .mat, .h5, .npz, .npy; codes N x K or K x N,
-±1, 0/1 or packed; labels as matrices or class indices) are described in reproduce.codes.
+±1, 0/1 or packed; labels as matrices or class indices) are described in reproduce.evaluation.codes.
 """
 import argparse
 
-from . import identity as ids
-from .codes import (LABEL_KEYS, ORIENTATIONS, code_paths, encoding_difference, labels_by_path, read_codes,
-                    read_external_labels)
-from .locks import remove_leftovers, writer_lock
-from .errors import NON_NEGATIVE, POSITIVE, ArgumentParser, UserError, run_cli
-from .nets import BITS
-from .fileio import sha1_file
-from .metrics import DEFAULT_NS, TIES, ZERO_HIT
-from .records import evaluate_record, protocol, write_record
+from .cli import BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, run_cli
+from .errors import UserError
+from .evaluation.codes import (LABEL_KEYS, ORIENTATIONS, code_paths, encoding_difference, labels_by_path,
+                               read_codes, read_external_labels)
+from .evaluation.metrics import DEFAULT_NS, TIES, ZERO_HIT
+from .evaluation.records import evaluate_record, protocol, write_record
+from .pipeline import identity as ids
+from .utils.fileio import sha1_file
+from .utils.locks import remove_leftovers, writer_lock
 
 
 MAX_NS = 1000    # cut-offs of precision@N (the paper plots 20; our bound)

@@ -1,12 +1,13 @@
 """`python -m reproduce.run_job SPEC.json`: run one job of a plan in this process (what SLURM
-jobs and the local executor's workers run: reproduce.executors.execute). With --worker it runs
+jobs and the local executor's workers run: reproduce.pipeline.execution.execute). With --worker it runs
 the spec files it reads from its standard input one after another, answering each with a line
-(reproduce.executors.Worker). Users do not need it: the per-dataset commands and the demo start
+(reproduce.pipeline.executors.Worker). Users do not need it: the per-dataset commands and the demo start
 it with --jobs N."""
 import sys
 
-from .errors import POSITIVE, ArgumentParser, UserError, run_cli
-from .executors import WORKER_MARK, _limit_threads, _pin_device, execute
+from .cli import POSITIVE, ArgumentParser, run_cli
+from .errors import UserError
+from .pipeline.execution import WORKER_MARK, execute, limit_threads, pin_device
 
 
 def get_args_parser():
@@ -26,8 +27,8 @@ def main(argv=None):
         execute(args.spec)
         return
     if args.device:
-        _pin_device(args.device)            # before anything starts CUDA
-    _limit_threads(args.threads)
+        pin_device(args.device)            # before anything starts CUDA
+    limit_threads(args.threads)
     for line in sys.stdin:
         code = 0
         try:

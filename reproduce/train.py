@@ -10,21 +10,23 @@ import contextlib
 import dataclasses
 import os
 
-from .checkpoint import load_checkpoint
-from .config import DataSettings, MethodSettings, ModelSettings, RunConfig
-from .data import check_images_exist
-from .engine import run_identity, train
-from .locks import writer_lock
-from .errors import BATCH_SIZE, NON_NEGATIVE, POSITIVE, WORKERS, ArgumentParser, UserError, number, run_cli
-from .lists import read_list
-from .losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
+from .caffe.solver_prototxt import read_solver_prototxt, where as solver_where
+from .cli import (BITS, DEFAULT_PRESET, NON_NEGATIVE, POSITIVE, ArgumentParser, add_solver_options,
+                  format_mean, number, parse_mean_value, preset_settings, run_cli)
+from .data.images import check_images_exist
+from .data.lists import read_list
+from .data.transforms import MEAN_VALUE, load_mean_file
+from .errors import UserError
 from .methods import DEEP_METHODS
-from .nets import ARCHS, BITS
-from .solver import LR_POLICIES, PRESETS, SolverSettings
-from .solver_prototxt import read_solver_prototxt, where as solver_where
-from .transforms import MEAN_VALUE, format_mean, load_mean_file, parse_mean_value
+from .model.checkpoint import load_checkpoint
+from .model.nets import ARCHS
+from .training.config import DataSettings, MethodSettings, ModelSettings, RunConfig
+from .training.engine import run_identity, train
+from .training.losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
+from .training.solver import LR_POLICIES, PRESETS, SolverSettings
+from .utils.locks import writer_lock
 
-DEFAULTS = PRESETS["dhn-caffe"], LOSS_PRESETS["dhn-caffe"]   # quoted in the help texts
+DEFAULT_SOLVER = PRESETS[DEFAULT_PRESET]   # quoted in the help texts
 
 
 def get_args_parser():
@@ -37,7 +39,6 @@ def get_args_parser():
     g.add_argument("--cache", default=None,
                    help="HDF5 cache of the list's images resized to 256x256 (built if absent; default "
                         "<out>/train_cache.h5); 'none' decodes every batch from the image files")
-    g.add_argument("--workers", type=WORKERS, default=2, help="loader processes (default 2)")
     g.add_argument("--mean", default=None,
                    help=f"per-channel B,G,R mean (default {format_mean(MEAN_VALUE)}: the authors' mean_value)")
     g.add_argument("--mean-file", default=None, help="imagenet_mean.binaryproto or ilsvrc_2012_mean.npy instead")
@@ -49,42 +50,33 @@ def get_args_parser():
     g.add_argument("--arch", choices=ARCHS, default=None, help="default: the checkpoint's")
     g.add_argument("--bits", type=BITS, default=48, help="K, hash code length (default 48)")
     g.add_argument("--dropout", type=number(0, 1, high_open=True), default=0.5, help="fc6/fc7 dropout ratio (default 0.5, as the zoo nets)")
+    add_solver_options(p)
     g = p.add_argument_group("loss")
-    g.add_argument("--quant-weight", type=number(0), default=None,
-                   help=f"λ of the quantization loss (preset: {DEFAULTS[1].quant_weight:g}, the dhn-caffe "
-                        "q_gamma); 0 = DHN-Q")
-    g.add_argument("--pair-loss", choices=PAIR_LOSSES, default=DEFAULTS[1].pair_loss,
+    g.add_argument("--pair-loss", choices=PAIR_LOSSES, default=LOSS_PRESETS[DEFAULT_PRESET].pair_loss,
                    help="cross_entropy (DHN, default) or squared (DHN-E)")
     g.add_argument("--method", choices=list(DEEP_METHODS), default=None,
                    help="train a deep baseline of Table 1 instead of DHN (its head and loss on the same "
                         "network and solver; reproduce.methods)")
     g.add_argument("--threshold", type=number(), default=DEFAULT_THRESHOLD,
                    help=f"θ above which the pair loss is linear (default {DEFAULT_THRESHOLD:g}, the authors' layer)")
-    g = p.add_argument_group("solver")
-    g.add_argument("--preset", choices=sorted(PRESETS), default="dhn-caffe",
-                   help="named solver settings (default dhn-caffe: the authors' solver.prototxt)")
+    g = p.add_argument_group("solver (an option given here, else --solver-prototxt, else --preset)")
     g.add_argument("--solver-prototxt", default=None, help="read the settings from a Caffe solver.prototxt")
-    g.add_argument("--base-lr", type=number(0, low_open=True))
     g.add_argument("--lr-policy", choices=LR_POLICIES)
     g.add_argument("--gamma", type=number(0))
     g.add_argument("--stepsize", type=POSITIVE)
     g.add_argument("--power", type=number())
     g.add_argument("--stepvalue", type=NON_NEGATIVE, nargs="*")
-    g.add_argument("--max-iter", type=POSITIVE)
     g.add_argument("--momentum", type=number(0, 1, high_open=True))
     g.add_argument("--weight-decay", type=number(0))
-    g.add_argument("--batch-size", type=BATCH_SIZE,
-                   help=f"global batch, over all processes (preset: {DEFAULTS[0].batch_size})")
     g.add_argument("--snapshot", type=NON_NEGATIVE,
-                   help=f"snapshot interval in iterations (preset: {DEFAULTS[0].snapshot}; 0: only the "
+                   help=f"snapshot interval in iterations (preset: {DEFAULT_SOLVER.snapshot}; 0: only the "
                         "final snapshot, as Caffe)")
     g.add_argument("--display", type=NON_NEGATIVE,
-                   help=f"log interval in iterations (preset: {DEFAULTS[0].display}; 0: only at the end)")
+                   help=f"log interval in iterations (preset: {DEFAULT_SOLVER.display}; 0: only at the end)")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run folder")
     g.add_argument("--seed", type=NON_NEGATIVE, default=0, help="drives the batch order, crops, mirrors, dropout, fch filler")
     g.add_argument("--resume", action="store_true", help="continue from the latest snapshot in --out")
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     g.add_argument("--keep-snapshots", type=NON_NEGATIVE, default=0,
                    help="keep only the newest N snapshots (default 0 = all, as Caffe)")
     g.add_argument("--quiet", dest="progress", action="store_false", help="no progress bar")
@@ -94,32 +86,31 @@ def get_args_parser():
 def config_from_args(args, ckpt=None):
     """The RunConfig of parsed arguments: an explicit option, else --solver-prototxt, else the
     --preset. UserError on settings Caffe would refuse or that cannot train."""
-    solver = read_solver_prototxt(args.solver_prototxt) if args.solver_prototxt else PRESETS[args.preset]
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SolverSettings)
-             if getattr(args, f.name, None) is not None}
-    loss = LOSS_PRESETS[args.preset]
-    if args.quant_weight is not None:
-        loss = dataclasses.replace(loss, quant_weight=args.quant_weight)
+    solver_file = read_solver_prototxt(args.solver_prototxt) if args.solver_prototxt else None
+    options = vars(args)
+    overrides = {f.name: options[f.name] for f in dataclasses.fields(SolverSettings)}
+    given = {k for k, v in overrides.items() if v is not None}
     num_labels = args.num_labels or read_list(args.train_list).labels.shape[1]
     if args.mean_file:
         load_mean_file(args.mean_file)           # a bad mean file stops the run before it starts
     cache = os.path.join(args.out, "train_cache.h5") if args.cache is None else (
         None if args.cache == "none" else args.cache)
     try:
+        solver, loss = preset_settings(args.preset, dict(overrides, quant_weight=args.quant_weight), solver_file)
         return RunConfig(
             data=DataSettings(args.train_list, args.root, num_labels, cache,
                               parse_mean_value(args.mean) if args.mean else MEAN_VALUE,
                               args.mean_file, args.mirror, args.workers),
             model=ModelSettings(args.weights, args.arch or (ckpt or load_checkpoint(args.weights))["arch"],
                                 args.bits, args.dropout),
-            solver=dataclasses.replace(solver, **given),
+            solver=solver,
             loss=dataclasses.replace(loss, pair_loss=args.pair_loss, threshold=args.threshold),
             out=args.out, seed=args.seed, device=args.device, keep_snapshots=args.keep_snapshots,
             method=MethodSettings(args.method) if args.method else None)
     except ValueError as e:
         # A setting the solver file gave (not overridden by an option) is named with the file.
         key = str(e).split()[0]
-        if args.solver_prototxt and key in solver.to_dict() and key not in given:
+        if solver_file is not None and key in solver_file.to_dict() and key not in given:
             raise UserError(f"{solver_where(args.solver_prototxt, key)}: {e}") from None
         raise UserError(f"solver settings: {e}") from None
 

@@ -6,9 +6,9 @@ downloads the BVLC model zoo caffemodel, checks its sha1 and converts it into we
 (reproduce.convert_weights). A caffemodel already in the folder with the right sha1 is not
 downloaded again. Without network it prints the manual steps.
 """
-from .errors import ArgumentParser, run_cli
-from .nets import ARCHS
-from .pretrained import DEFAULT_WEIGHTS_DIR, fetch
+from .cli import ArgumentParser, run_cli
+from .model.nets import ARCHS
+from .model.pretrained import DEFAULT_WEIGHTS_DIR, fetch
 
 
 def get_args_parser():

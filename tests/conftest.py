@@ -28,8 +28,8 @@ def shared_reference():
 def random_caffenet(tmp_path_factory):
     """A converted-ImageNet-style checkpoint (no hash layer) of a randomly initialised CaffeNet."""
     import torch
-    from reproduce.checkpoint import save_checkpoint
-    from reproduce.nets import DHNNet
+    from reproduce.model.checkpoint import save_checkpoint
+    from reproduce.model.nets import DHNNet
     path = str(tmp_path_factory.mktemp("weights") / "caffenet.pth")
     torch.manual_seed(0)
     save_checkpoint(path, DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0, meta={"kind": "test"})

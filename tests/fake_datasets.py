@@ -246,8 +246,8 @@ def make_command_inputs(d, rng, n_images):
     list.txt with two labels (alternating), dhn.pth (a random CaffeNet with an 8-bit hash layer)
     and base.pth (without one). Images are drawn from rng; the networks from torch seed 0."""
     import torch
-    from reproduce.checkpoint import save_checkpoint
-    from reproduce.nets import DHNNet
+    from reproduce.model.checkpoint import save_checkpoint
+    from reproduce.model.nets import DHNNet
     (d / "imgs").mkdir()
     for i in range(n_images):
         Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(d / "imgs" / f"{i}.png")

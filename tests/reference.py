@@ -25,7 +25,7 @@ GAIN = {"conv1": 1.0, "conv2": 1 / 30, "fc6": 0.7, "fc7": 0.7, "hash_layer": 0.7
 
 def random_net_layers(bits, seed):
     """{Caffe layer: [weight, bias]} float32 of conv1..fc7 (+ hash_layer with bits), scaled by GAIN."""
-    from reproduce.nets import expected_shapes
+    from reproduce.model.nets import expected_shapes
     rng = np.random.default_rng(seed)
     layers = {}
     for key, shape in expected_shapes(bits).items():

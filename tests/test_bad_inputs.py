@@ -19,10 +19,10 @@ from PIL import Image
 
 import fake_datasets
 from reproduce import compare, convert_weights, demo, encode, evaluate, train, weights
-from reproduce.checkpoint import save_checkpoint
+from reproduce.cli import run_cli
 from reproduce.datasets import cifar10, coco, custom, flickr, imagenet100, nus_wide
-from reproduce.errors import run_cli
-from reproduce.nets import DHNNet
+from reproduce.model.checkpoint import save_checkpoint
+from reproduce.model.nets import DHNNet
 
 PROGRESS = re.compile(r"^\w+: +\d+%\|")       # a tqdm line: "encode:  50%|#####     | 1/2 ..."
 
@@ -352,7 +352,8 @@ def test_the_case_table_covers_every_command():
 def test_error_lines_are_printable_and_bounded(tmp_path, capsys):
     """A list written by Notepad (a byte-order mark), a NUL in a path, a path of megabytes: the
     one line shows the invisible characters as escapes and keeps its length bounded."""
-    from reproduce.errors import MAX_MESSAGE, UserError, printable
+    from reproduce.utils.messages import MAX_MESSAGE, printable
+    from reproduce.errors import UserError
     assert printable("image \ufeff0.png not found") == "image \\ufeff0.png not found"
     assert printable("a\x00b\nc") == "a\\x00b\\nc"
     assert printable("±1 codes, label ²") == "±1 codes, label ²"        # printable stays as is

@@ -9,10 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from reproduce.baselines import (BASELINES, ITQ, LSH, SpectralHashing, itq_rotation,
-                                 make_baseline, pca_components)
-from reproduce.baselines.supervised import (ITQCCA, KSH, PairwiseTarget, opt_projection_fast,
-                                            smoothed_sign)
+from reproduce.baselines import (BASELINES, ITQ, LSH, SpectralHashing, itq_rotation, make_baseline,
+                                 pca_components)
+from reproduce.baselines.supervised import ITQCCA, KSH, PairwiseTarget, opt_projection_fast, smoothed_sign
 from reproduce.errors import UserError
 from reference import plain_map
 

@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 
 from test_baselines import class_data
-from reproduce.baselines import LSH
-from reproduce.baselines import mlh as mlh_module
+from reproduce.baselines import LSH, mlh as mlh_module
 from reproduce.baselines.bre import BRE, bre_objective, coordinate_step, kernel_matrix
-from reproduce.baselines.mlh import (MLH, PositivePairs, hinge_loss_table,
-                                     loss_adjusted_inference, mlh_update, rho_heuristic,
-                                     unit_rows)
+from reproduce.baselines.mlh import (MLH, PositivePairs, hinge_loss_table, loss_adjusted_inference,
+                                     mlh_update, rho_heuristic, unit_rows)
 from reproduce.errors import UserError
 from reference import plain_map
 

@@ -1,4 +1,4 @@
-"""reproduce.caffe_format: the hand-written protobuf reader against a plain, field-by-field encoder,
+"""reproduce.caffe.caffe_format: the hand-written protobuf reader against a plain, field-by-field encoder,
 the writers' round trips in every format, bad files, mean files, deploy prototxts and the mapping
 of Caffe layers onto DHNNet parameters."""
 import re
@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce import caffe_format as cf
-from reproduce import caffe_writer as cw
-from reproduce import caffe_net
+from reproduce.caffe import caffe_format as cf, caffe_net, caffe_writer as cw
 from reproduce.errors import UserError
-from reproduce.nets import FEATURE_LAYERS, expected_shapes
+from reproduce.model.nets import FEATURE_LAYERS, expected_shapes
 
 
 # ---------------------------------------------------------------- plain protobuf encoder (reference)

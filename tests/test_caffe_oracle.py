@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from caffe_oracle import run
-from reproduce.caffe_format import read_caffemodel
-from reproduce.caffe_writer import write_caffemodel
-from reproduce.caffe_net import caffe_to_state_dict, deploy_prototxt, train_val_prototxt
-from reproduce.losses import DHNLoss
-from reproduce.nets import DHNNet
-from reproduce.transforms import MEAN_VALUE
+from reproduce.caffe.caffe_format import read_caffemodel
+from reproduce.caffe.caffe_net import caffe_to_state_dict, deploy_prototxt, train_val_prototxt
+from reproduce.caffe.caffe_writer import write_caffemodel
+from reproduce.data.transforms import MEAN_VALUE
+from reproduce.model.nets import DHNNet
+from reproduce.training.losses import DHNLoss
 from reference import random_net_layers
 
 pytestmark = pytest.mark.caffe
@@ -144,8 +144,8 @@ def test_files_caffe_writes_and_reads(weights, tmp_path, arch):
     """Caffe loads the package's V1 file (upgrading V1 on read) to exactly the weights the package
     converts from it; Caffe's own Net.save (V2 binary) and solver HDF5 snapshot convert back to
     exactly the weights Caffe held."""
-    from reproduce.checkpoint import load_checkpoint
-    from reproduce.pretrained import convert
+    from reproduce.model.checkpoint import load_checkpoint
+    from reproduce.model.pretrained import convert
     prototxt = tmp_path / "deploy.prototxt"
     prototxt.write_text(deploy_prototxt(arch, BITS))
     saved, prefix = tmp_path / "saved_v2.caffemodel", tmp_path / "snap"
@@ -215,7 +215,7 @@ def _without_data_layers(text):
 
 
 def test_train_val_prototxt_is_the_authors(tmp_path):
-    """reproduce.caffe_net.train_val_prototxt parses (by Caffe) to the authors' dhn-caffe
+    """reproduce.caffe.caffe_net.train_val_prototxt parses (by Caffe) to the authors' dhn-caffe
     models/nus_wide/train_val.prototxt, layer for layer — names, types, bottoms, tops, lr_mult /
     decay_mult, every layer parameter — but for the data layer (Input layers here) and the fillers
     (the weights are loaded). The authors' file is not part of this project: point
@@ -307,7 +307,7 @@ def test_solver_matches_caffe_sgd(weights, tmp_path, policy):
     float32 rounding would change a whole layer's gradient), and its parameters must equal Caffe's
     after the update up to float32 rounding, measured as there: |caffe32 - ours64| beside
     |ours32 - ours64|; and ours32 itself must be Caffe's to within one float32 ulp."""
-    from reproduce.solver import SolverSettings, caffe_param_groups
+    from reproduce.training.solver import SolverSettings, caffe_param_groups
     n = 2
     net = tmp_path / "train.prototxt"
     net.write_text(train_val_prototxt("caffenet", BITS, n, LABELS, dropout=0.0))
@@ -410,9 +410,9 @@ def image_data_prototxt(source, batch, phase):
 @pytest.mark.filterwarnings("ignore:Palette images")
 def test_test_transform_matches_image_data_layer(photos, tmp_path):
     """Caffe's ImageData layer in the TEST phase (the authors' transform_param) and
-    reproduce.transforms.load_test_image give bit-identical blobs on every photograph."""
+    reproduce.data.transforms.load_test_image give bit-identical blobs on every photograph."""
     from PIL import Image
-    from reproduce.transforms import load_test_image
+    from reproduce.data.transforms import load_test_image
     source = tmp_path / "list.txt"
     source.write_text("".join(f"{p} 0\n" for p in photos))
     prototxt = tmp_path / "data.prototxt"
@@ -434,7 +434,7 @@ def test_train_transform_matches_image_data_layer(photos, tmp_path):
     package's crop of the same resized image at one (h_off, w_off, mirror) in 0..29 x 0..29 x
     {no, yes}; over 400 draws the offsets and flips are consistent with uniform (chi-square)."""
     from scipy import stats
-    from reproduce.transforms import MEAN_VALUE, crop_and_subtract, read_image_bgr, resize_linear
+    from reproduce.data.transforms import MEAN_VALUE, crop_and_subtract, read_image_bgr, resize_linear
     chosen = [p for p in photos if p.endswith(("astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png"))]
     assert len(chosen) == 4
     source = tmp_path / "list.txt"
@@ -470,14 +470,14 @@ PREDICT_IMAGES = ("astronaut.png", "camera.png", "logo.png", "palette_color.png"
 @pytest.mark.filterwarnings("ignore:Palette images")
 @pytest.mark.parametrize("oversample", [False, True], ids=["centre", "oversample"])
 def test_pycaffe_pipeline_matches_classifier_predict(photos, weights, tmp_path, oversample):
-    """`encode --pipeline pycaffe` (reproduce.pycaffe_pipeline) against real pycaffe:
+    """`encode --pipeline pycaffe` (reproduce.data.pycaffe_pipeline) against real pycaffe:
     caffe.io.load_image + caffe.Classifier(image_dims 256, raw_scale 255, channel_swap (2,1,0),
     mean = ilsvrc_2012_mean.npy averaged per channel).predict(oversample=...), as the authors'
     predict scripts, with scikit-image's anti-aliasing off (as in 2016): the decoded images, the
     network inputs and the codes agree to float precision. Also measures how far the two pipelines'
     codes are apart on the same images."""
-    from reproduce.pycaffe_pipeline import ILSVRC_2012_MEAN_BGR, load_image, predict_inputs
-    from reproduce.transforms import load_test_image, oversample as ten_crops, resize_linear, read_image_bgr
+    from reproduce.data.pycaffe_pipeline import ILSVRC_2012_MEAN_BGR, load_image, predict_inputs
+    from reproduce.data.transforms import load_test_image, oversample as ten_crops, resize_linear, read_image_bgr
     chosen = [p for name in PREDICT_IMAGES for p in photos if p.endswith("/" + name)]
     assert len(chosen) == len(PREDICT_IMAGES)
     crops = 10 if oversample else 1

@@ -10,9 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
-from reproduce import compare, comparison, records
+from reproduce import compare
 from reproduce.baselines import make_baseline
 from reproduce.errors import UserError
+from reproduce.evaluation import protocols, records
+from reproduce.reporting import comparison
 
 from test_reports import metrics_doc, write_metrics
 from reference import plain_map
@@ -58,15 +60,17 @@ def table_rows(path):
         return {r["method"]: r for r in csv.DictReader(f)}
 
 
-def test_protocol_comes_from_the_dataset_modules():
-    assert comparison.dataset_protocol("cifar10")["topk"] is None
-    assert comparison.dataset_protocol("nus_wide")["topk"] == 5000
-    assert comparison.dataset_protocol("flickr")["topk"] == 5000
-    assert comparison.dataset_protocol("demo", None)["topk"] is None
-    assert comparison.dataset_protocol("demo", 100)["topk"] == 100
+def test_protocol_comes_from_the_protocol_table():
+    assert protocols.dataset_protocol("cifar10")["topk"] is None
+    assert protocols.dataset_protocol("coco")["zero_hit"] == "zero" == protocols.dataset_protocol("imagenet100")["zero_hit"]
+    assert protocols.dataset_protocol("custom_name", 7) == dict(protocols.dataset_protocol("cifar10"), topk=7)
+    assert protocols.dataset_protocol("nus_wide")["topk"] == 5000
+    assert protocols.dataset_protocol("flickr")["topk"] == 5000
+    assert protocols.dataset_protocol("demo", None)["topk"] is None
+    assert protocols.dataset_protocol("demo", 100)["topk"] == 100
     with pytest.raises(UserError, match="has no preset protocol"):
-        comparison.dataset_protocol("demo")
-    assert comparison.method_dir("o", "CNNH*", 48) == os.path.join("o", "methods", "CNNH__48")
+        protocols.dataset_protocol("demo")
+    assert comparison.method_dir("o", "CNNH*", 48) == os.path.join("o", "methods", "CNNH-star_48")
     assert comparison.parse_baseline_options(["ksh:n_anchors=30", "ksh:tol=0.5"]) == {
         "ksh": {"n_anchors": 30, "tol": 0.5}}
 
@@ -92,10 +96,10 @@ def test_end_to_end_runs_imports_and_baselines(tmp_path, rng, features):
                   "--baselines", "lsh", "sh", "itq", "itq-cca", "ksh", "--features", *paths,
                   "--bits", "8", "16", "--seed", "3", *FAST])
     made = sorted(os.listdir(out / "methods"))
-    assert made == sorted(["DPSH_16", "Other__16"] + [f"{b}_{k}" for b in ("lsh", "sh", "itq", "itq-cca", "ksh")
+    assert made == sorted(["DPSH_16", "Other-star_16"] + [f"{b}_{k}" for b in ("lsh", "sh", "itq", "itq-cca", "ksh")
                                                          for k in (8, 16)])
     want = plain_map(qB, dB, Lq, Ld)
-    for folder in ("DPSH_16", "Other__16"):
+    for folder in ("DPSH_16", "Other-star_16"):
         doc = json.loads((out / "methods" / folder / "metrics.json").read_text())
         assert doc["metrics"]["map"] == pytest.approx(want, abs=1e-12)
         assert doc["dataset"] == "cifar10" and doc["seed"] is None and doc["conventions"]["topk"] is None

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce import pretrained, weights
-from reproduce.caffe_writer import write_caffemodel, write_caffemodel_h5
-from reproduce.checkpoint import load_checkpoint, model_from_checkpoint
+from reproduce import weights
+from reproduce.caffe.caffe_writer import write_caffemodel, write_caffemodel_h5
 from reproduce.convert_weights import main as convert_main
 from reproduce.errors import UserError
-from reproduce.fileio import sha1_file
-from reproduce.nets import expected_shapes
+from reproduce.model import pretrained
+from reproduce.model.checkpoint import load_checkpoint, model_from_checkpoint
+from reproduce.model.nets import expected_shapes
+from reproduce.utils.fileio import sha1_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORDER = {   # the layer order of the zoo files (Net::ToProto writes every layer, blobs or not)

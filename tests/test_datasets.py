@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import fake_datasets
+from reproduce.data.lists import ImageList, format_list, read_list
 from reproduce.datasets import cifar10, common, flickr, nus_wide
 from reproduce.errors import UserError
-from reproduce.lists import ImageList, format_list, read_list
+from reproduce.evaluation.protocols import PROTOCOLS
 
 DATASETS = (cifar10, nus_wide, flickr)
 
@@ -169,14 +170,15 @@ def test_module_constants(ds):
     assert isinstance(ds.NAME, str) and ds.NUM_LABELS == len(ds.LABEL_NAMES)
     assert len(set(ds.LABEL_NAMES)) == ds.NUM_LABELS
     assert isinstance(ds.SPLIT_SEED, int) and callable(ds.build_lists)
-    assert ds.MAP_TOPK is None or ds.MAP_TOPK > 0
+    topk = PROTOCOLS[ds.NAME]["topk"]
+    assert topk is None or topk > 0
 
 
 def test_protocol_constants():
-    assert (cifar10.NUM_LABELS, cifar10.MAP_TOPK) == (10, None)
-    assert (nus_wide.NUM_LABELS, nus_wide.MAP_TOPK) == (21, 5000)
+    assert (cifar10.NUM_LABELS, PROTOCOLS[cifar10.NAME]["topk"]) == (10, None)
+    assert (nus_wide.NUM_LABELS, PROTOCOLS[nus_wide.NAME]["topk"]) == (21, 5000)
     assert flickr.NUM_LABELS == 38 and len(flickr.POTENTIAL_LABELS) == 24
-    assert len(flickr.RELEVANT_LABELS) == 14 and isinstance(flickr.MAP_TOPK, int)
+    assert len(flickr.RELEVANT_LABELS) == 14 and isinstance(PROTOCOLS[flickr.NAME]["topk"], int)
     assert all(n[:-3] in flickr.POTENTIAL_LABELS for n in flickr.RELEVANT_LABELS)
 
 

@@ -53,7 +53,7 @@ def test_committed_demo_output_is_complete():
     # DHN, -B, -Q, -E and CNNH, CNNH*, DNNH x 4 bits x 3 seeds + 7 shallow baselines x 4 bits
     assert len(os.listdir(out / "metrics")) == 4 * 3 * (4 + 3) + 4 * 7
     table1 = open(out / "table1.md").read()
-    from reproduce.paper import TABLE1_METHODS
+    from reproduce.reporting.paper import TABLE1_METHODS
     for method in TABLE1_METHODS:                      # all eleven rows, each with a number
         row = next(line for line in table1.splitlines() if line.startswith(f"| {method} |"))
         assert row.split("|")[2].strip() not in ("", "\u2014"), method

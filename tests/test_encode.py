@@ -9,12 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from reproduce.checkpoint import save_checkpoint
+from reproduce.cli import run_cli
+from reproduce.data.lists import read_list
 from reproduce.encode import main
-from reproduce.encoding import encode_list
-from reproduce.errors import UserError, run_cli
-from reproduce.lists import read_list
-from reproduce.nets import DHNNet
+from reproduce.errors import UserError
+from reproduce.evaluation.encoding import EncodeSettings, encode_list
+from reproduce.model.checkpoint import save_checkpoint
+from reproduce.model.nets import DHNNet
 
 cv2 = pytest.importorskip("cv2")
 BITS = 12
@@ -98,8 +99,9 @@ def test_encode_command_matches_opencv_pipeline(dataset, model):
 
 def test_oversample_with_workers_matches_opencv_ten_crops(dataset, model, tmp_path):
     image_list = read_list(dataset / "list.txt").subset([0, 1, 3])
-    out = encode_list(model, image_list, dataset / "imgs", tmp_path / "ten.h5", batch_size=20,
-                      oversample=True, workers=2, device="cpu", progress=False, attrs={"split": "query"})
+    out = encode_list(model, image_list, dataset / "imgs", tmp_path / "ten.h5",
+                      EncodeSettings(batch_size=20, oversample=True, workers=2, device="cpu"), progress=False,
+                      attrs={"split": "query"})
     codes, _ = expected(model, opencv_blobs(dataset / "imgs", image_list.paths, ten_crops=True))
     with h5py.File(out, "r") as f:
         np.testing.assert_allclose(f["codes"][:], codes, rtol=1e-5, atol=1e-6)
@@ -110,8 +112,8 @@ def test_oversample_with_workers_matches_opencv_ten_crops(dataset, model, tmp_pa
 
 
 def test_mean_file_is_subtracted_at_the_crop(dataset, model, tmp_path):
-    caffe_format = pytest.importorskip("reproduce.caffe_format")
-    from reproduce import caffe_writer
+    caffe_format = pytest.importorskip("reproduce.caffe.caffe_format")
+    from reproduce.caffe import caffe_writer
     rng = np.random.default_rng(3)
     mean = (rng.random((3, 256, 256)) * 255).astype(np.float32)
     caffe_writer.write_binaryproto(tmp_path / "mean.binaryproto", mean[None])
@@ -124,7 +126,7 @@ def test_mean_file_is_subtracted_at_the_crop(dataset, model, tmp_path):
           "--root", str(dataset / "imgs"), "--out", str(tmp_path / "out.h5"),
           "--mean-file", str(tmp_path / "mean.binaryproto"), "--workers", "0"])
     encode_list(model, read_list(tmp_path / "list.txt"), dataset / "imgs", tmp_path / "npy.h5",
-                mean=caffe_format.read_mean(tmp_path / "mean.npy"), workers=0, progress=False)
+                EncodeSettings(mean=caffe_format.read_mean(tmp_path / "mean.npy"), workers=0), progress=False)
     for out in ("out.h5", "npy.h5"):
         with h5py.File(tmp_path / out, "r") as f:
             np.testing.assert_allclose(f["codes"][:], codes, rtol=1e-5, atol=1e-6)
@@ -142,9 +144,9 @@ def test_model_without_hash_layer_encodes_features_only(dataset, tmp_path):
     imagenet = DHNNet("alexnet", bits=0).eval()
     image_list = read_list(dataset / "list.txt").subset([2])
     with pytest.raises(UserError, match="--features"):
-        encode_list(imagenet, image_list, dataset / "imgs", tmp_path / "f.h5", workers=0, progress=False)
+        encode_list(imagenet, image_list, dataset / "imgs", tmp_path / "f.h5", EncodeSettings(workers=0), progress=False)
     assert not (tmp_path / "f.h5").exists()
-    encode_list(imagenet, image_list, dataset / "imgs", tmp_path / "f.h5", features=True, workers=0,
+    encode_list(imagenet, image_list, dataset / "imgs", tmp_path / "f.h5", EncodeSettings(features=True, workers=0),
                 progress=False)
     _, fc7 = expected(imagenet, opencv_blobs(dataset / "imgs", image_list.paths))
     with h5py.File(tmp_path / "f.h5", "r") as f:
@@ -167,8 +169,8 @@ def test_undecodable_image_names_list_line_and_path(dataset, model, tmp_path, ba
     assert cv2.imread(str(root / bad)) is None
     (tmp_path / "list.txt").write_text(f"a.jpg 1 0\nc.png 0 1\n\n{bad} 1 1\n")
     with pytest.raises(UserError) as e:
-        encode_list(model, read_list(tmp_path / "list.txt"), root, tmp_path / "out.h5", batch_size=1,
-                    workers=1, progress=False)
+        encode_list(model, read_list(tmp_path / "list.txt"), root, tmp_path / "out.h5",
+                    EncodeSettings(batch_size=1, workers=1), progress=False)
     assert str(e.value).startswith(f"{tmp_path / 'list.txt'}:4: {root / bad}: cannot decode")
     assert "\n" not in str(e.value) and "BytesIO" not in str(e.value)
     assert sorted(os.listdir(tmp_path)) == ["imgs", "list.txt"]      # no output, no temporary file

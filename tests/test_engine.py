@@ -12,11 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from reproduce import data, engine, train
-from reproduce.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from reproduce import train
+from reproduce.data import batches, cache as image_cache, images
+from reproduce.data.lists import read_list, write_list
 from reproduce.errors import UserError
-from reproduce.lists import read_list, write_list
-from reproduce.nets import DHNNet
+from reproduce.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from reproduce.model.nets import DHNNet
+from reproduce.training import engine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -59,25 +61,25 @@ def config(root, list_path, out, **over):
 # ------------------------------------------------------------------------------- batch order
 
 def test_batch_order_is_a_function_of_seed_and_iteration():
-    order = data.BatchOrder(10, 4, seed=3)
+    order = batches.BatchOrder(10, 4, seed=3)
     stream = np.concatenate([order.batch(t)[0] for t in range(10)])   # 40 = 4 passes of 10
     for e in range(4):
         assert sorted(stream[10 * e:10 * (e + 1)]) == list(range(10))          # each pass a permutation
     assert not all((stream[:10] == stream[10 * e:10 * (e + 1)]).all() for e in range(1, 4))  # reshuffled
-    again = data.BatchOrder(10, 4, seed=3)
+    again = batches.BatchOrder(10, 4, seed=3)
     for t in (7, 2, 9):                                                    # any order of asking
         for a, b in zip(order.batch(t), again.batch(t)):
             np.testing.assert_array_equal(a, b)
     _, offsets, mirror = order.batch(5)
     assert offsets.min() >= 0 and offsets.max() <= 29 and mirror.dtype == bool
-    assert not np.array_equal(data.BatchOrder(10, 4, seed=4).batch(0)[0], order.batch(0)[0])
+    assert not np.array_equal(batches.BatchOrder(10, 4, seed=4).batch(0)[0], order.batch(0)[0])
 
 
 def test_batch_order_indices_are_the_batches_indices():
     """indices(t) (no crop and mirror draws) is batch(t)[0], inside a pass, across passes and
     with batches longer than the list; writing into it does not change later batches."""
     for n, size in ((10, 4), (500, 64), (7, 16), (64, 64)):
-        order = data.BatchOrder(n, size, seed=2)
+        order = batches.BatchOrder(n, size, seed=2)
         for t in list(range(40)) + [10**6 + 3]:
             index = order.indices(t)
             assert index.dtype == np.int64
@@ -89,12 +91,12 @@ def test_batch_order_indices_are_the_batches_indices():
 def test_batches_do_not_depend_on_workers_or_processes(dataset, tmp_path):
     root, list_path = dataset
     image_list = read_list(list_path)
-    cache = data.build_cache(image_list, root, str(tmp_path / "cache.h5"), workers=0, progress=False)
-    order = data.BatchOrder(len(image_list), 8, seed=1)
+    cache = image_cache.build_cache(image_list, root, str(tmp_path / "cache.h5"), workers=0, progress=False)
+    order = batches.BatchOrder(len(image_list), 8, seed=1)
     mean = np.array([104, 117, 123], np.float32)
-    whole = list(data.make_loader(data.TrainBatches(image_list, order, mean, 2, 6, cache_path=cache), workers=2))
-    direct = [data.TrainBatches(image_list, order, mean, 2, 6, root=root)[i] for i in range(4)]
-    halves = [[data.TrainBatches(image_list, order, mean, 2, 6, cache_path=cache, rank=r, world_size=2)[i]
+    whole = list(batches.make_loader(batches.TrainBatches(image_list, order, mean, 2, 6, cache_path=cache), workers=2))
+    direct = [batches.TrainBatches(image_list, order, mean, 2, 6, root=root)[i] for i in range(4)]
+    halves = [[batches.TrainBatches(image_list, order, mean, 2, 6, cache_path=cache, rank=r, world_size=2)[i]
                for r in (0, 1)] for i in range(4)]
     for (x, y, err), (xd, yd, _), parts in zip(whole, direct, halves):
         assert err == ""
@@ -108,10 +110,10 @@ def test_cache_is_resumable_and_bound_to_its_list(dataset, tmp_path):
     root, list_path = dataset
     image_list = read_list(list_path)
     cache = str(tmp_path / "c.h5")
-    data.build_cache(image_list.subset(range(3)), root, str(tmp_path / "other.h5"), workers=0, progress=False)
+    image_cache.build_cache(image_list.subset(range(3)), root, str(tmp_path / "other.h5"), workers=0, progress=False)
     # An interrupted build: a partial file with some images done.
     with pytest.raises(RuntimeError):
-        with_failure = data._ResizedImages.__getitem__
+        with_failure = image_cache._ResizedImages.__getitem__
         calls = {"n": 0}
 
         def flaky(self, j):
@@ -119,18 +121,18 @@ def test_cache_is_resumable_and_bound_to_its_list(dataset, tmp_path):
             if calls["n"] > 5:
                 raise RuntimeError("killed")
             return with_failure(self, j)
-        data._ResizedImages.__getitem__ = flaky
+        image_cache._ResizedImages.__getitem__ = flaky
         try:
-            data.build_cache(image_list, root, cache, workers=0, progress=False)
+            image_cache.build_cache(image_list, root, cache, workers=0, progress=False)
         finally:
-            data._ResizedImages.__getitem__ = with_failure
+            image_cache._ResizedImages.__getitem__ = with_failure
     assert not os.path.exists(cache) and os.path.exists(cache + ".partial")
-    data.build_cache(image_list, root, cache, workers=0, progress=False)
-    with data.open_cache(cache, image_list) as f:
+    image_cache.build_cache(image_list, root, cache, workers=0, progress=False)
+    with image_cache.open_cache(cache, image_list) as f:
         for i in (0, 7, len(image_list) - 1):
-            np.testing.assert_array_equal(f["images"][i], data.load_resized(image_list, root, i))
+            np.testing.assert_array_equal(f["images"][i], images.load_resized(image_list, root, i))
     with pytest.raises(UserError, match="another list"):
-        data.open_cache(str(tmp_path / "other.h5"), image_list)
+        image_cache.open_cache(str(tmp_path / "other.h5"), image_list)
 
 
 def test_missing_image_names_list_line_and_path(dataset, tmp_path):
@@ -138,7 +140,7 @@ def test_missing_image_names_list_line_and_path(dataset, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text(open(list_path).read() + "img/nothere.png 1 0 0\n")
     with pytest.raises(UserError, match=r"bad.txt:25: image .*nothere.png not found \(1 of 25"):
-        data.check_images_exist(read_list(str(bad)), root)
+        images.check_images_exist(read_list(str(bad)), root)
 
 
 # ------------------------------------------------------------------------------- training runs
@@ -203,7 +205,7 @@ def test_shared_dropout_draws_the_global_batch_masks():
     """One process draws what nn.Dropout draws from torch's RNG in the same state (the masks of
     single-process runs are those of earlier versions, on CPU); with G processes, process r gets
     rows r*b ... (r+1)*b - 1 of the global batch's masks, for drop6 then drop7."""
-    from reproduce.nets import SharedDropout, share_dropout_stream
+    from reproduce.model.nets import SharedDropout, share_dropout_stream
     x6, x7 = torch.rand(64, 4096) + 0.5, torch.rand(64, 4096) + 0.5
     torch.manual_seed(5)
     plain = torch.nn.Dropout(0.5)

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import scipy.io
 
-from reproduce import codes as code_files
-from reproduce import evaluate, records
-from reproduce.errors import UserError, run_cli
-from reproduce.lists import write_list
-from reproduce.metrics import evaluate_codes
+from reproduce import evaluate
+from reproduce.cli import run_cli
+from reproduce.data.lists import write_list
+from reproduce.errors import UserError
+from reproduce.evaluation import codes as code_files, records
+from reproduce.evaluation.metrics import evaluate_codes
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 

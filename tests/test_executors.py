@@ -1,4 +1,4 @@
-"""The local executor (reproduce.executors): --jobs N worker processes give the numbers of one job
+"""The local executor (reproduce.pipeline.executors): --jobs N worker processes give the numbers of one job
 after another, a failing job is named with its log while the others go on, a killed run resumes.
 (The SLURM executor: tests/test_slurm_executor.py, the slurm tier.)"""
 import json

@@ -30,13 +30,12 @@ import scipy.io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reproduce import caffe_format as cf
-from reproduce import caffe_writer as cw
-from reproduce.codes import read_codes, read_external_labels
+from reproduce.caffe import caffe_format as cf, caffe_writer as cw
+from reproduce.caffe.solver_prototxt import read_solver_prototxt
+from reproduce.data.lists import MAX_CLASSES, read_list
 from reproduce.errors import UserError
-from reproduce.lists import MAX_CLASSES, read_list
-from reproduce.records import read_record
-from reproduce.solver_prototxt import read_solver_prototxt
+from reproduce.evaluation.codes import read_codes, read_external_labels
+from reproduce.evaluation.records import read_record
 
 PEAK_BYTES = 96 << 20        # the largest input here is ~1.6 MiB; a parse may use a few times that
 TIME_LIMIT_S = 20
@@ -694,7 +693,7 @@ def test_a_global_heap_object_that_would_loop_hdf5_forever_is_refused(work, size
         pos += 16 + (struct.unpack_from("<Q", data, pos + 8)[0] + 7) // 8 * 8
     struct.pack_into("<Q", data, pos + 8, size)
     open(path, "wb").write(bytes(data))
-    code = ("from reproduce.codes import read_codes\nfrom reproduce.errors import run_cli\n"
+    code = ("from reproduce.evaluation.codes import read_codes\nfrom reproduce.errors import run_cli\n"
             f"run_cli(lambda argv: read_codes({path!r}), [])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "heap.h5: global heap object" in res.stderr, res.stderr
@@ -748,7 +747,7 @@ def test_fuzz_read_record_mutated_and_bytes(work, ops, raw, use_raw):
     _read_record(put(work / "mut-metrics.json", raw if use_raw == 0 else mutate(seed, ops)))
 
 
-# Documents that once escaped reproduce.records.read_record as ValueError / RecursionError.
+# Documents that once escaped reproduce.evaluation.records.read_record as ValueError / RecursionError.
 @pytest.mark.parametrize("text", ['{"method": "DHN", "bits": ' + "1" * 5000 + ', "metrics": {"map": 0.5}}',
                                   "[" * 100000 + "]" * 100000],
                          ids=["int-over-4300-digits", "nested-100000-deep"])

@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pytest
 
-from reproduce.lists import read_list
+from reproduce.data.lists import read_list
 
 LISTS = pathlib.Path(__file__).resolve().parents[1] / "data_lists"
 SPLITS = ("train", "test", "database")
@@ -142,7 +142,7 @@ def test_counts_labels_and_format(dataset, split):
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_package_reader_reads_the_lists(dataset, tmp_path):
-    """reproduce.lists.read_list (plain text only) agrees with the strict parse once decompressed."""
+    """reproduce.data.lists.read_list (plain text only) agrees with the strict parse once decompressed."""
     C = DATASETS[dataset]["labels"]
     for split in SPLITS:
         path = tmp_path / f"{split}.txt"

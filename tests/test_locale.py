@@ -9,10 +9,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r'''
 import locale, sys
-from reproduce.fileio import read_json, write_text_atomic
-from reproduce.lists import read_list, write_list
-from reproduce.paper import load_paper_tables
-from reproduce.solver_prototxt import read_solver_prototxt
+from reproduce.utils.fileio import read_json, write_text_atomic
+from reproduce.data.lists import read_list, write_list
+from reproduce.reporting.paper import load_paper_tables
+from reproduce.caffe.solver_prototxt import read_solver_prototxt
 assert locale.getpreferredencoding(False) == "ANSI_X3.4-1968", locale.getpreferredencoding(False)
 folder = sys.argv[1]
 with open(f"{folder}/list.txt", "wb") as f:

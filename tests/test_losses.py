@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.special import expit
 
-from reproduce.losses import DHNLoss, _batch_similarity, pairwise_similarity
+from reproduce.training.losses import DHNLoss, _batch_similarity, pairwise_similarity
 
 
 def reference_similarity(labels):

@@ -13,13 +13,12 @@ import torch
 from torch import nn
 
 from reproduce.errors import UserError
+from reproduce.evaluation.metrics import mean_average_precision
 from reproduce.methods import (DEEP_METHODS, CNNHHead, CodeRegressionLoss, DivideEncodeHead,
-                               PairwiseCodeLoss, TripletRankingLoss, make_method,
-                               piecewise_threshold, similarity_matrix, slice_sizes, stage1,
-                               stage1_objective)
+                               PairwiseCodeLoss, TripletRankingLoss, make_method, piecewise_threshold,
+                               similarity_matrix, slice_sizes, stage1, stage1_objective)
 from reproduce.methods.cnnh_stage1 import _sweep
-from reproduce.metrics import mean_average_precision
-from reproduce.solver import CaffeSGD, caffe_param_groups
+from reproduce.training.solver import CaffeSGD, caffe_param_groups
 
 
 @pytest.fixture

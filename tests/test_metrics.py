@@ -1,4 +1,4 @@
-"""reproduce.metrics against plain float64 references written out below: stable argsort of Hamming
+"""reproduce.evaluation.metrics against plain float64 references written out below: stable argsort of Hamming
 distances and loops, exact enumeration of tie orders, and a Monte Carlo average over tie orders."""
 import itertools
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from reproduce import metrics
+from reproduce.evaluation import metrics
 
 
 # ---------------------------------------------------------------- plain references (float64)

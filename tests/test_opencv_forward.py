@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce.caffe_format import read_caffemodel
-from reproduce.caffe_writer import write_caffemodel
-from reproduce.caffe_net import caffe_to_state_dict, deploy_prototxt
-from reproduce.nets import DHNNet
-from reproduce.transforms import MEAN_VALUE
+from reproduce.caffe.caffe_format import read_caffemodel
+from reproduce.caffe.caffe_net import caffe_to_state_dict, deploy_prototxt
+from reproduce.caffe.caffe_writer import write_caffemodel
+from reproduce.data.transforms import MEAN_VALUE
+from reproduce.model.nets import DHNNet
 from reference import random_net_layers
 
 BITS = 32

@@ -1,5 +1,5 @@
-"""The job plan (reproduce.plan), identities (reproduce.identity) and writer locks
-(reproduce.locks) on toy jobs: states, staleness, forcing downstream, failures, leftovers."""
+"""The job plan (reproduce.pipeline.plan), identities (reproduce.pipeline.identity) and writer locks
+(reproduce.utils.locks) on toy jobs: states, staleness, forcing downstream, failures, leftovers."""
 import json
 import os
 import signal
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import toy_jobs
-from reproduce import identity as ids
+from reproduce.data.lists import ImageList
 from reproduce.errors import UserError
-from reproduce.lists import ImageList
-from reproduce.locks import writer_lock
-from reproduce.executors import plan_main
-from reproduce.plan import Job, Plan, run_inline
+from reproduce.pipeline import identity as ids
+from reproduce.pipeline.executors import ExecutorSettings, plan_main
+from reproduce.pipeline.plan import Job, Plan, run_inline
+from reproduce.utils.locks import writer_lock
 
 
 def toy_plan(tmp_path, a=1, b=2, scale=1, title="t"):
@@ -46,6 +46,19 @@ def ran(plan, **kw):
     plan.check_stale(kw.get("rerun_stale", False), state, why)
     run_inline(plan, state, log=lambda text: None)
     return [os.path.basename(out) for _, out in toy_jobs.CALLS]
+
+
+def test_a_jobs_identity_does_not_hold_where_its_function_lives(tmp_path):
+    """Moving a job's function to another module (reproduce.jobs -> reproduce.pipeline.jobs) makes no
+    output stale: the identity holds the job's kind, settings and inputs, not its `func`."""
+    def job(func):
+        return Job("value/a", "value", {"value": 1}, func, {"out": str(tmp_path / "a.json"), "value": 1},
+                   stamp=str(tmp_path / "a.json"))
+    moved, before = job("toy_jobs:write_value"), job("old.place.toy_jobs:write_value")
+    assert moved.identity == before.identity and "toy_jobs" not in json.dumps(moved.identity)
+    assert ran(Plan([moved], str(tmp_path / "jobs"))) == ["a.json"]
+    state, _ = Plan([before], str(tmp_path / "jobs")).states()      # its function is not even importable
+    assert state == {"value/a": "done"}
 
 
 def test_done_means_done_with_these_settings(tmp_path):
@@ -97,7 +110,7 @@ def test_failed_jobs_are_recorded_and_run_again(tmp_path, monkeypatch, capsys):
     assert state["value/a"] == "done" and state["value/b"] == "failed" and state["total"] == "pending"
     status = json.load(open(plan.status_path(plan.by_name["value/b"])))
     assert status["state"] == "failed" and "toy failure" in status["error"]
-    plan_main(plan, type("A", (), {"plan": True})())
+    plan_main(plan, ExecutorSettings(show_plan=True))
     printed = capsys.readouterr().out.splitlines()
     assert printed[1].split() == ["value/b", "failed", str(tmp_path / "b.json")]
     assert printed[-1] == "5 jobs: 1 done, 3 pending, 1 failed"
@@ -165,7 +178,7 @@ def test_images_identity_is_root_sizes_and_mtimes(tmp_path):
 # ------------------------------------------------------------------------------- locks
 HOLD = """
 import sys, time
-from reproduce.locks import writer_lock
+from reproduce.utils.locks import writer_lock
 with writer_lock(sys.argv[1], "--out"):
     print("held", flush=True)
     time.sleep(60)
@@ -224,7 +237,7 @@ def test_two_commands_on_one_results_folder(tmp_path):
 
 def test_a_dead_jobs_lock_is_taken_over_naming_the_job_lock_not_its_folder(tmp_path, capsys):
     # the note named `<work>/jobs/train`, as if the folder's lock had been taken over
-    from reproduce.plan import job_lock
+    from reproduce.pipeline.plan import job_lock
     jobs = tmp_path / "jobs" / "train"
     jobs.mkdir(parents=True)
     (jobs / "dhn_8bits_seed0.lock").write_text(json.dumps({"pid": 99999999, "host": "h", "since": "s"}))

@@ -13,11 +13,11 @@ import torch
 
 import fake_datasets
 from reproduce import compare, evaluate, train
-from reproduce.checkpoint import load_checkpoint, save_checkpoint
+from reproduce.data.lists import write_list
 from reproduce.datasets import custom
 from reproduce.errors import UserError
-from reproduce.lists import write_list
-from reproduce.nets import DHNNet
+from reproduce.model.checkpoint import load_checkpoint, save_checkpoint
+from reproduce.model.nets import DHNNet
 
 FAST = ["--bits", "12", "--variants", "dhn", "--baselines", "lsh", "--methods", "--workers", "0",
         "--device", "cpu", "--smoke"]
@@ -122,14 +122,15 @@ def test_a_deleted_training_is_trained_again_and_its_codes_are_not_kept(finished
 
 
 def test_sweep_settings_and_the_validation_split_are_in_the_identities(finished):
-    from reproduce.reproduction import Reproduction, get_args_parser
+    from reproduce.pipeline.reproduction import Reproduction, config_from_args, get_args_parser
     _, argv = finished
 
     def jobs(*extra):
         args = get_args_parser(custom.TEMPLATE).parse_args(argv + ["--sweep", "--sweep-bits", "12"] + list(extra))
         preset = custom.Preset("toy", "toy", None, custom.make_lists, protocol={"topk": None, "ties": "index",
                                "zero_hit": "skip", "radius": 2, "ns": [100]})
-        return {j.name: j.identity["hex"] for j in Reproduction(preset, args).plan(dry=True).jobs}
+        config = config_from_args(custom.TEMPLATE, args)
+        return {j.name: j.identity["hex"] for j in Reproduction(preset, config).plan(dry=True).jobs}
     base = jobs()
     for extra in (["--validation-fraction", "0.2"], ["--sweep-lrs", "1e-3"], ["--sweep-max-iter", "2"],
                   ["--sweep-quant-weights", "1"]):
@@ -312,7 +313,7 @@ def test_a_killed_summarys_staging_folder_is_removed_by_the_next_run(finished):
 def test_a_local_run_refuses_while_jobs_of_its_plan_are_queued_in_slurm(finished, capsys, monkeypatch):
     # `--executor slurm --no-wait`, then the same command without --executor slurm: the local run
     # ran the jobs SLURM still held, and SLURM ran them again (failing on the job locks)
-    from reproduce import slurm_executor
+    from reproduce.pipeline import slurm_executor
     d, argv = finished
     status = d / "work" / "jobs" / "summary.json"
     status.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""reproduce.pycaffe_pipeline and `encode --pipeline pycaffe` against plain references.
+"""reproduce.data.pycaffe_pipeline and `encode --pipeline pycaffe` against plain references.
 
 Real pycaffe is the caffe tier's reference (tests/test_caffe_oracle.py); here the pieces are held
 against independent implementations that need no Caffe: scipy.ndimage.zoom (what scikit-image's
@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from reproduce.checkpoint import save_checkpoint
+from reproduce.data.pycaffe_pipeline import (ILSVRC_2012_MEAN_BGR, load_image, predict_inputs, preprocess,
+                                             resize_image)
 from reproduce.encode import main
 from reproduce.errors import UserError
-from reproduce.nets import DHNNet
-from reproduce.pycaffe_pipeline import (ILSVRC_2012_MEAN_BGR, load_image, predict_inputs, preprocess,
-                                        resize_image)
+from reproduce.model.checkpoint import save_checkpoint
+from reproduce.model.nets import DHNNet
 
 
 def skimage_2016_resize(im, dims):

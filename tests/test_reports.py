@@ -1,4 +1,4 @@
-"""Table 1 / Table 2 writers (reproduce.reports) and the paper's figures (reproduce.figures).
+"""Table 1 / Table 2 writers (reproduce.reporting.tables) and the paper's figures (reproduce.reporting.figures).
 
 The metrics.json files are built here by `write_metrics` (the schema reproduce.evaluate writes),
 so these tests do not depend on the evaluation code."""
@@ -13,16 +13,16 @@ import sys
 import numpy as np
 import pytest
 
-from reproduce import figures, records, reports
-from reproduce import paper as paper_facts
 from reproduce.errors import UserError
+from reproduce.evaluation import records
+from reproduce.reporting import figures, paper as paper_facts, tables as reports
 
 DATASETS = ("nus_wide", "cifar10", "flickr")
 CONV = {"topk": None, "ties": "index", "zero_hit": "skip", "radius": 2, "ranking": "hamming"}
 
 
 def metrics_doc(method, dataset, bits, seed, map_value, rng=None, conventions=CONV):
-    """A metrics.json document with the keys of reproduce.metrics.evaluate_codes."""
+    """A metrics.json document with the keys of reproduce.evaluation.metrics.evaluate_codes."""
     rng = rng or np.random.default_rng(seed or 0)
     radius = list(range(bits + 1))
     recall = np.sort(rng.random(bits + 1)).tolist()
@@ -48,7 +48,7 @@ def write_metrics(folder, doc):
 
 def paper_csv_rows():
     """The package's paper_tables.csv read plainly, next to this test's expectations."""
-    path = os.path.join(os.path.dirname(reports.__file__), "data", "paper_tables.csv")
+    path = os.path.join(os.path.dirname(reports.__file__), "paper_tables.csv")
     with open(path) as f:
         return list(csv.DictReader(f))
 
@@ -329,7 +329,7 @@ def test_method_styles_are_stable_and_distinct():
     here = [figures.method_style(m) for m in others]
     assert here == [figures.method_style(m) for m in others]
     assert all(s[2] == "--" and s[0] not in {c for c, _ in figures.METHOD_STYLES.values()} for s in here)
-    code = ("from reproduce.figures import method_style; "
+    code = ("from reproduce.reporting.figures import method_style; "
             f"print([method_style(m) for m in {others!r}])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONHASHSEED="123"))

@@ -10,6 +10,7 @@ import pytest
 import fake_datasets
 from reproduce.datasets import cifar10, flickr, nus_wide
 from reproduce.errors import UserError
+from reproduce.evaluation.protocols import PROTOCOLS
 
 FAST = ["--bits", "12", "--variants", "dhn", "dhn-b", "--baselines", "lsh", "itq", "--workers", "0",
         "--device", "cpu", "--smoke", "--methods", "dnnh"]   # every method: test_smoke_table1_...
@@ -117,7 +118,7 @@ def test_hashnet_benchmarks_smoke(tmp_path, random_caffenet, dataset):
                  "--baselines", "lsh", "--methods", {"imagenet100": "cnnh", "coco": "cnnh*"}[dataset],
                  "--workers", "0", "--device", "cpu", "--smoke"])
     doc = json.load(open(tmp_path / "res" / "metrics" / "DHN_64bits_seed0" / "metrics.json"))
-    assert doc["dataset"] == dataset and doc["conventions"]["topk"] == module.MAP_TOPK
+    assert doc["dataset"] == dataset and doc["conventions"]["topk"] == PROTOCOLS[module.NAME]["topk"]
     assert doc["conventions"]["zero_hit"] == "zero"
     assert {"fig_a_precision_radius2.png", "fig_b_pr_curve_64bits.png", "table1.md"} <= set(outputs(tmp_path / "res"))
     first = open(tmp_path / "work" / "lists_smoke" / "train.txt").readline()
@@ -166,7 +167,7 @@ def test_custom_dataset_smoke_with_its_own_numbers(tmp_path, random_caffenet):
 def test_smoke_table1_has_a_computed_number_in_every_row(tmp_path, random_caffenet):
     """A --smoke run with the defaults computes every method of the paper's Table 1: DHN, the
     three deep baselines trained by the same engine, the seven shallow ones on fc7."""
-    from reproduce.paper import TABLE1_METHODS
+    from reproduce.reporting.paper import TABLE1_METHODS
     fake = fake_datasets.make_fake_nus_wide(str(tmp_path / "data"))
     nus_wide.main(["--root", fake["authors_images_root"], "--authors-lists", fake["authors_dir"],
                    "--weights", random_caffenet, "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work"),

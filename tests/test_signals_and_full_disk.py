@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 import fake_datasets
-from reproduce.caffe_writer import write_caffemodel
-from reproduce.nets import expected_shapes
+from reproduce.caffe.caffe_writer import write_caffemodel
+from reproduce.model.nets import expected_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -193,7 +193,7 @@ def test_sigterm_during_train_keeps_complete_snapshots(inputs, tmp_path):
     code, err = terminate_when(proc, lambda: (run / "snapshot_iter_2.pth").exists())
     assert code == 143 and err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
     assert not [n for n in os.listdir(run) if n.startswith(".tmp")]
-    from reproduce.checkpoint import load_checkpoint
+    from reproduce.model.checkpoint import load_checkpoint
     assert load_checkpoint(run / "snapshot_iter_2.pth")["meta"]["iteration"] == 2
 
 

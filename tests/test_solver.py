@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from reproduce.caffe.solver_prototxt import read_solver_prototxt
 from reproduce.errors import UserError
-from reproduce.nets import DHNNet
-from reproduce import solver as solver_module
-from reproduce.solver import PRESETS, CaffeSGD, SolverSettings, caffe_param_groups, learning_rate
-from reproduce.solver_prototxt import read_solver_prototxt
+from reproduce.model.nets import DHNNet
+from reproduce.training import solver as solver_module
+from reproduce.training.solver import PRESETS, CaffeSGD, SolverSettings, caffe_param_groups, learning_rate
 
 SHAPES = [(4, 3), (3,), (5,), (2, 2)]
 MULTS = [(1.0, 1.0), (2.0, 0.0), (10.0, 1.0), (0.0, 1.0)]    # weight, bias, hash weight, frozen
@@ -261,7 +261,7 @@ def test_param_groups_carry_the_authors_multipliers():
 
 
 def test_presets_are_the_authors_settings():
-    from reproduce.losses import LOSS_PRESETS, LossSettings
+    from reproduce.training.losses import LOSS_PRESETS, LossSettings
     dhn, hashc = PRESETS["dhn-caffe"], PRESETS["hash-caffe"]
     assert (dhn.base_lr, dhn.lr_policy, dhn.gamma, dhn.stepsize, dhn.max_iter, dhn.momentum,
             dhn.weight_decay, dhn.snapshot, dhn.batch_size, LOSS_PRESETS["dhn-caffe"].quant_weight) == \

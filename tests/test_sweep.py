@@ -1,5 +1,5 @@
-"""The cross-validation grid's extension past an edge (reproduce.sweep)."""
-from reproduce.sweep import search
+"""The cross-validation grid's extension past an edge (reproduce.pipeline.sweep)."""
+from reproduce.pipeline.sweep import search
 
 
 def test_best_inside_the_grid_is_not_extended():

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from reproduce.errors import UserError
-from reproduce.transforms import (CROP_SIZE, MEAN_VALUE, center_crop, crop_and_subtract, load_test_image,
+from reproduce.data.transforms import (CROP_SIZE, MEAN_VALUE, center_crop, crop_and_subtract, load_test_image,
                                   mean_array, oversample, read_image_bgr, resize_linear,
                                   train_transform_batch)
-from reproduce.transforms import test_transform_batch as center_crop_batch   # not a pytest test
+from reproduce.data.transforms import test_transform_batch as center_crop_batch   # not a pytest test
 
 cv2 = pytest.importorskip("cv2")
 IMREAD = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION   # Caffe's OpenCV 2.4 did not rotate
@@ -372,7 +372,7 @@ def test_load_test_image_equals_opencv_pipeline(tmp_path, rng):
 def test_decoding_prints_no_warnings(tmp_path, monkeypatch):
     """PIL's warnings (a large image, a corrupt EXIF block) would be lines beside the command's
     one line: decoding is silent, and the image decodes as before."""
-    from reproduce.transforms import decode_image
+    from reproduce.data.transforms import decode_image
     path = tmp_path / "big.png"
     Image.fromarray(np.full((40, 50, 3), 7, np.uint8)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)     # 2,000 pixels: PIL warns

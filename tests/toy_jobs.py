@@ -1,4 +1,4 @@
-"""Job functions of the plan tests (reproduce.plan calls them by "toy_jobs:<name>"): tiny outputs
+"""Job functions of the plan tests (reproduce.pipeline.plan calls them by "toy_jobs:<name>"): tiny outputs
 that record their identity, so that states, staleness and forcing are tested in milliseconds."""
 import json
 import os
@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from reproduce.errors import UserError
-from reproduce.fileio import write_text_atomic
+from reproduce.utils.fileio import write_text_atomic
 
 CALLS = []     # (job function, out) in the order they ran, for the tests to inspect
 
@@ -33,13 +33,12 @@ TOY_COMMAND = """
 import pathlib, sys
 sys.path.insert(0, {tests!r})
 from test_plan import toy_plan
-from reproduce.errors import ArgumentParser, run_cli
-from reproduce.executors import add_arguments, plan_main
+from reproduce.cli import ArgumentParser, add_plan_options, executor_settings, run_cli
+from reproduce.pipeline.executors import plan_main
 def main(argv):
     p = ArgumentParser("toy")
-    p.add_argument("--plan", action="store_true")
-    add_arguments(p)
-    plan_main(toy_plan(pathlib.Path({folder!r})), p.parse_args(argv))
+    add_plan_options(p)
+    plan_main(toy_plan(pathlib.Path({folder!r})), executor_settings(p.parse_args(argv)))
 run_cli(main, sys.argv[1:])
 """
 

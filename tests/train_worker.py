@@ -1,4 +1,4 @@
-"""Run reproduce.engine.train on a tiny network (tests only): `python train_worker.py CONFIG.json`.
+"""Run reproduce.training.engine.train on a tiny network (tests only): `python train_worker.py CONFIG.json`.
 
 Started by tests/test_engine.py directly, under torchrun (2 processes, gloo), and as a process the
 test kills with SIGKILL to check that --resume continues bit for bit.
@@ -10,9 +10,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from reproduce.config import RunConfig
-from reproduce.engine import train
-from reproduce.nets import SharedDropout
+from reproduce.model.nets import SharedDropout
+from reproduce.training.config import RunConfig
+from reproduce.training.engine import train
 
 
 class TinyNet(nn.Module):

@@ -7,7 +7,8 @@ import inspect
 import numpy as np
 import scipy.linalg
 
-from ..errors import FLOAT32_MAX, INT_MAX, UserError
+from ..errors import UserError
+from ..utils.limits import FLOAT32_MAX, INT_MAX
 
 ENCODE_CHUNK = 8192           # rows converted to float64 at a time in project/encode (memory bound)
 MATLAB_EPS = np.finfo(np.float64).eps   # MATLAB's `eps`, used by trainSH.m's box

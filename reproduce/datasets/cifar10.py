@@ -11,19 +11,20 @@ Split (DNNH, Lai et al. 2015, followed by DHN; official_settings.md "Data protoc
 60,000 images: per class 100 queries (1,000) and 500 training images drawn from the non-query
 images (5,000); database = the 59,000 non-query images, which contains the training set. The
 common alternative database without the training images (54,000) is `database_excludes_train`.
-MAP is taken over the whole database.
+MAP is taken over the whole database (reproduce.evaluation.protocols.PROTOCOLS).
 
 The command (`python -m reproduce.cifar10`, see `main`): DHN on CIFAR-10, from nothing to results/cifar10/.
 """
+import dataclasses
 import os
 import re
 
 import numpy as np
 
+from ..data.lists import ImageList
 from ..errors import UserError
-from ..fileio import atomic_output
-from ..lists import ImageList
-from ..reproduction import Preset, run_preset
+from ..pipeline.reproduction import Preset, run_preset
+from ..utils.fileio import atomic_output
 from .common import DATA_LISTS, exclude, read_split, sample_per_label, write_split
 
 NAME = "cifar10"
@@ -31,7 +32,6 @@ NUM_LABELS = 10
 # torchvision's CIFAR10.classes (batches.meta "label_names"), in label-index order.
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
-MAP_TOPK = None  # DNNH/DHN: MAP over the whole database (official_settings.md "Data protocols")
 SPLIT_SEED = 2016  # ours (the year of the paper): the authors did not publish their split or seed
 QUERY_PER_CLASS = 100  # DNNH/DHN protocol: 1,000 queries
 TRAIN_PER_CLASS = 500  # DNNH/DHN protocol: 5,000 training images, drawn from the non-query images
@@ -200,10 +200,17 @@ def add_arguments(p):
                    help="database = the 54,000 non-query, non-training images (common alternative)")
 
 
-def make_lists(args, lists_dir):
-    images = prepare_images(args.root, download=args.download, progress=True)
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The options of add_arguments."""
+    download: bool = True
+    database_excludes_train: bool = False
+
+
+def make_lists(config, lists_dir):
+    images = prepare_images(config.root, download=config.options.download, progress=True)
     committed = DATA_LISTS / NAME
-    if not args.smoke and (committed / "train.txt").exists():
+    if not config.smoke and (committed / "train.txt").exists():
         lists = read_split(committed, NUM_LABELS)
         truth = dict(zip(images.paths, map(bytes, images.labels)))
         for name, il in lists.items():
@@ -213,15 +220,15 @@ def make_lists(args, lists_dir):
                                     f"not in the downloaded data; regenerate the split with "
                                     f"reproduce.datasets.cifar10.build_lists")
     else:
-        sizes = SMOKE_PER_CLASS if args.smoke else {}
+        sizes = SMOKE_PER_CLASS if config.smoke else {}
         lists = lists_from_split(images, make_split(images.labels, SPLIT_SEED, **sizes))
-    if args.database_excludes_train:
+    if config.options.database_excludes_train:
         lists["database"] = database_excludes_train(lists["train"], lists["database"])
     write_split(lists, lists_dir, overwrite=True)
     return lists
 
 
-PRESET = Preset(NAME, "CIFAR-10", NUM_LABELS, make_lists, add_arguments)
+PRESET = Preset(NAME, "CIFAR-10", NUM_LABELS, make_lists, add_arguments, options=Options)
 
 
 def main(argv=None):

@@ -10,23 +10,21 @@ image but the training set, so it contains the queries (and a query finds itself
 
 Protocol (HashNet's caffe/models/predict/coco/predict_parallel.py): MAP@5000 over sign codes of
 the centre crop; a query with relevant images in the database but none in the top 5,000 counts as
-AP 0 (ZERO_HIT "zero"). Bit lengths 16, 32, 48, 64.
+AP 0 (zero_hit "zero"; reproduce.evaluation.protocols.PROTOCOLS). Bit lengths 16, 32, 48, 64.
 
 The command (`python -m reproduce.coco`, see `main`): DHN on MS-COCO, from nothing to
 results/coco/.
 """
-from ..reproduction import Preset, run_preset
+from ..pipeline.reproduction import Preset, run_preset
 from .common import DATA_LISTS, published_split
 
 NAME = "coco"
 NUM_LABELS = 80
-MAP_TOPK = 5000                    # HashNet's predict_parallel.py: R = 5000 for COCO
-ZERO_HIT = "zero"                  # HashNet's MAP: no hit in the top R counts as 0
 BITS = (16, 32, 48, 64)            # HashNet's table
 PUBLISHED_PREFIX = "./data/coco/"
 
 
-def make_lists(args, lists_dir):
+def make_lists(config, lists_dir):
     return published_split(DATA_LISTS / NAME, PUBLISHED_PREFIX, NUM_LABELS, lists_dir)
 
 

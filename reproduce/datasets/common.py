@@ -11,20 +11,32 @@ any numpy that has PCG64 (>= 1.17).
 """
 import gzip
 import os
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from ..data import warn_outside_root
+from ..data.images import warn_outside_root
+from ..data.lists import ImageList, read_list, write_list
 from ..errors import UserError
-from ..fileio import write_text_atomic
-from ..lists import ImageList, read_list, write_list
+from ..utils.fileio import write_text_atomic
 
 SPLITS = ("train", "query", "database")
 """The three list files every build writes: `<name>.txt` in the output folder."""
 
-DATA_LISTS = Path(__file__).resolve().parents[2] / "data_lists"
-"""The committed split files of this repository, `data_lists/<dataset NAME>/<split>.txt`."""
+
+def _data_lists():
+    """The folder of the committed split files: the package data `reproduce.data_lists` of an
+    installed package (a wheel, `pip install .`, or `pip install -e .`, whose finder maps it to the
+    checkout's data_lists/), else, running from a checkout that is not installed, its data_lists/."""
+    try:
+        return Path(os.fspath(resources.files("reproduce.data_lists")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "data_lists"
+
+
+DATA_LISTS = _data_lists()
+"""The committed split files, `data_lists/<dataset NAME>/<split>.txt` of this repository."""
 
 MAX_EXAMPLES = 5
 """How many offending paths a report or an error message names."""

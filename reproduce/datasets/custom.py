@@ -8,17 +8,19 @@ The lists are in the field's format (`relative/path l1 ... lC`, 0/1 labels, or `
 paths relative to --root, the same label count in all three. --topk is the MAP cut-off of your
 protocol (`all`: the whole database). The name is used in every title, file and folder
 (results/NAME, runs/NAME); the tables show no published numbers unless --paper-numbers gives
-yours, in the layout of reproduce/data/paper_tables.csv (rows whose dataset column is NAME).
+yours, in the layout of reproduce/reporting/paper_tables.csv (rows whose dataset column is NAME).
 Everything else (--smoke, --sweep, --seeds, the plan: --plan, re-runs, --rerun-stale, the
-executors) is reproduce.reproduction's, as for the paper's datasets.
+executors) is reproduce.pipeline.reproduction's, as for the paper's datasets.
 """
+import dataclasses
 
-from ..comparison import check_dataset_name, dataset_protocol
-from ..lists import read_list
-from ..paper import read_paper_numbers
-from ..records import topk_option
-from ..reproduction import Preset, Reproduction, get_args_parser
+from ..cli import topk_option
+from ..data.lists import read_list
+from ..evaluation.protocols import check_dataset_name, dataset_protocol
+from ..pipeline.reproduction import Preset, Reproduction, config_from_args, get_args_parser
+from ..reporting.paper import read_paper_numbers
 from .common import write_split
+
 
 def add_arguments(p):
     g = p.add_argument_group("your dataset")
@@ -33,23 +35,37 @@ def add_arguments(p):
                    help="published numbers to show beside ours (table,method,dataset,bits,map)")
 
 
-def make_lists(args, lists_dir):
-    train = read_list(args.train_list)
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The options of add_arguments."""
+    name: str
+    train_list: str
+    query_list: str
+    database_list: str
+    topk: int | None
+    title: str | None = None
+    paper_numbers: str | None = None
+
+
+def make_lists(config, lists_dir):
+    o = config.options
+    train = read_list(o.train_list)
     width = train.labels.shape[1]
-    lists = {"train": train, "query": read_list(args.query_list, num_labels=width),
-             "database": read_list(args.database_list, num_labels=width)}
+    lists = {"train": train, "query": read_list(o.query_list, num_labels=width),
+             "database": read_list(o.database_list, num_labels=width)}
     write_split(lists, lists_dir, overwrite=True)
     return lists
 
 
-TEMPLATE = Preset("custom", "your dataset", None, make_lists, add_arguments)
+TEMPLATE = Preset("custom", "your dataset", None, make_lists, add_arguments, options=Options)
 
 
 def main(argv=None):
     """`python -m reproduce.custom`: the whole reproduction on a dataset given as three lists."""
-    args = get_args_parser(TEMPLATE).parse_args(argv)
-    check_dataset_name(args.name, "--name")
-    paper = read_paper_numbers(args.paper_numbers, args.name) if args.paper_numbers else {}
-    preset = Preset(args.name, args.title or args.name, None, make_lists, add_arguments,
-                    protocol=dataset_protocol(args.name, args.topk), paper=paper)
-    Reproduction(preset, args).run()
+    config = config_from_args(TEMPLATE, get_args_parser(TEMPLATE).parse_args(argv))
+    o = config.options
+    check_dataset_name(o.name, "--name")
+    paper = read_paper_numbers(o.paper_numbers, o.name) if o.paper_numbers else {}
+    preset = dataclasses.replace(TEMPLATE, name=o.name, title=o.title or o.name,
+                                 protocol=dataset_protocol(o.name, o.topk), paper=paper, paper_csv=o.paper_numbers)
+    Reproduction(preset, config).run()

@@ -10,24 +10,22 @@ Their `./data/imagenet/` prefix is rewritten to --root, which must hold `image/`
 
 Protocol (HashNet's caffe/models/predict/imagenet/predict_parallel.py): MAP@1000 over sign codes
 of the centre crop; a query with relevant images in the database but none in the top 1,000 counts
-as AP 0 (ZERO_HIT "zero"; their code leaves out only queries with nothing relevant in the whole
+as AP 0 (zero_hit "zero", reproduce.evaluation.protocols.PROTOCOLS; their code leaves out only queries with nothing relevant in the whole
 database, which on these lists is none). Bit lengths 16, 32, 48, 64.
 
 The command (`python -m reproduce.imagenet100`, see `main`): DHN on ImageNet-100, from nothing to
 results/imagenet100/.
 """
-from ..reproduction import Preset, run_preset
+from ..pipeline.reproduction import Preset, run_preset
 from .common import DATA_LISTS, published_split
 
 NAME = "imagenet100"
 NUM_LABELS = 100
-MAP_TOPK = 1000                    # HashNet's predict_parallel.py: R = 1000 for ImageNet
-ZERO_HIT = "zero"                  # HashNet's MAP: no hit in the top R counts as 0
 BITS = (16, 32, 48, 64)            # HashNet's table
 PUBLISHED_PREFIX = "./data/imagenet/"
 
 
-def make_lists(args, lists_dir):
+def make_lists(config, lists_dir):
     return published_split(DATA_LISTS / NAME, PUBLISHED_PREFIX, NUM_LABELS, lists_dir)
 
 

@@ -20,15 +20,16 @@ sums fall from 56,424 to 3,171, with two near-ties inverted by the sampling), an
 
 The command (`python -m reproduce.nus_wide`, see `main`): DHN on NUS-WIDE-21.
 """
+import dataclasses
 import posixpath
 from pathlib import Path
 
 import numpy as np
 
+from ..data.lists import ImageList, read_list
 from ..errors import UserError
-from ..fileio import refuse_special, write_text_atomic
-from ..lists import ImageList, read_list
-from ..reproduction import Preset, run_preset
+from ..pipeline.reproduction import Preset, run_preset
+from ..utils.fileio import refuse_special, write_text_atomic
 from .common import check_paths, relative_to, sample_per_label, write_split
 
 NAME = "nus_wide"
@@ -39,7 +40,6 @@ NUM_LABELS = 21
 LABEL_NAMES = ("sky", "clouds", "person", "water", "animal", "grass", "buildings", "window",
                "plants", "lake", "ocean", "road", "flowers", "sunset", "reflection", "rocks",
                "vehicle", "snow", "tree", "beach", "mountain")
-MAP_TOPK = 5000  # the authors' NUS-WIDE evaluation: MAP@5000 (official_settings.md)
 SPLIT_SEED = 2016  # ours, for build_from_metadata (the authors' lists are used as published)
 QUERY_PER_LABEL = 100  # paper: 100 images per concept as queries (2,100)
 TRAIN_PER_LABEL = 500  # paper: 500 images per concept for training (10,500)
@@ -242,16 +242,25 @@ def add_arguments(p):
                    help="official NUS-WIDE metadata folder (ImageList/, Groundtruth/AllLabels/, Concepts81.txt)")
 
 
-def make_lists(args, lists_dir):
-    if bool(args.authors_lists) == bool(args.metadata):
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The options of add_arguments."""
+    authors_lists: str | None = None
+    strip_prefix: str | None = None
+    metadata: str | None = None
+
+
+def make_lists(config, lists_dir):
+    o = config.options
+    if bool(o.authors_lists) == bool(o.metadata):
         raise UserError("NUS-WIDE: give exactly one of --authors-lists DIR and --metadata DIR")
-    if args.authors_lists:
-        return import_authors_lists(args.authors_lists, lists_dir, strip_prefix=args.strip_prefix, overwrite=True)
-    sizes = SMOKE_PER_LABEL if args.smoke else {}
-    return build_from_metadata(args.metadata, lists_dir, overwrite=True, **sizes)
+    if o.authors_lists:
+        return import_authors_lists(o.authors_lists, lists_dir, strip_prefix=o.strip_prefix, overwrite=True)
+    sizes = SMOKE_PER_LABEL if config.smoke else {}
+    return build_from_metadata(o.metadata, lists_dir, overwrite=True, **sizes)
 
 
-PRESET = Preset(NAME, "NUS-WIDE", NUM_LABELS, make_lists, add_arguments)
+PRESET = Preset(NAME, "NUS-WIDE", NUM_LABELS, make_lists, add_arguments, options=Options)
 
 
 def main(argv=None):

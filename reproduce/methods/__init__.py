@@ -1,5 +1,5 @@
 """The deep hashing baselines of the paper's Table 1 -- CNNH, CNNH*, DNNH -- as heads and losses on
-DHN's network (CaffeNet/AlexNet conv1 ... fc7, reproduce.nets.DHNNet.features).
+DHN's network (CaffeNet/AlexNet conv1 ... fc7, reproduce.model.nets.DHNNet.features).
 
 Interface: `make_method(name, bits, **options)` gives a `DeepMethod` (reproduce.methods.base);
 every method has
@@ -10,7 +10,7 @@ every method has
       ip_sK for DNNH's divide-and-encode module); `head.lr_mults(prefix="")` gives
       {parameter name: (lr_mult, decay_mult)} (DHN's new-layer multipliers, weight 10/1, bias
       20/0), to pass on, prefixed with where the head is mounted, as `lr_mults` of
-      reproduce.solver.caffe_param_groups. Fillers: gaussian std 0.01, bias 0 (DHN's fch), drawn
+      reproduce.training.solver.caffe_param_groups. Fillers: gaussian std 0.01, bias 0 (DHN's fch), drawn
       from `generator`.
   make_loss() -> MethodLoss (nn.Module)
       loss(outputs, targets) -> 0-d tensor, targets N x T float rows of `prepare_targets`
@@ -23,7 +23,7 @@ every method has
       kept as `method.stage1_`); the others return the labels unchanged.
   codes(outputs) -> N x K real tensor; its sign (>= 0 -> +1) is the binary code
       (DNNH, CNNH*: 2b - 1 of the [0, 1] outputs; CNNH: the code outputs).
-  solver_settings() -> reproduce.solver.SolverSettings to train with (DHN's preset).
+  solver_settings() -> reproduce.training.solver.SolverSettings to train with (DHN's preset).
   settings: {setting: (value, source)} -- what each value is and where it comes from.
 
 The methods' docstrings (reproduce.methods.cnnh, reproduce.methods.dnnh) give the formulas, their

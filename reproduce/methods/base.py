@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..solver import PRESETS
+from ..training.solver import PRESETS
 
 FC7_DIM = 4096                  # CaffeNet/AlexNet fc7, what every head reads
 NEW_WEIGHT_MULTS = (10.0, 1.0)  # DHN's new layer (authors' fch): weight lr_mult 10, decay_mult 1
@@ -135,7 +135,7 @@ class DeepMethod:
         raise NotImplementedError
 
     def solver_settings(self):
-        """The Caffe solver to train with: DHN's (the dhn-caffe preset of reproduce.solver). No
+        """The Caffe solver to train with: DHN's (the dhn-caffe preset of reproduce.training.solver). No
         solver of these baselines for a pretrained CaffeNet is published (see the method's
         `settings`), so the reproduction trains them as DHN is trained."""
         return PRESETS["dhn-caffe"]

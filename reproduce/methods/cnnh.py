@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..losses import pairwise_similarity
-from .base import (FC7_DIM, FILLER_STD, DeepMethod, Head, MethodLoss, check_train_labels)
+from ..training.losses import pairwise_similarity
+from .base import FC7_DIM, FILLER_STD, DeepMethod, Head, MethodLoss, check_train_labels
 from .cnnh_stage1 import DEFAULT_MAX_SWEEPS, DEFAULT_TOL, stage1
 from .dnnh import DEFAULT_EPSILON, divide_encode_head
 

@@ -34,9 +34,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..losses import pairwise_similarity
-from .base import (FC7_DIM, FILLER_STD, DeepMethod, Head, MethodLoss, check_train_labels,
-                   zeros_like_loss)
+from ..training.losses import pairwise_similarity
+from .base import FC7_DIM, FILLER_STD, DeepMethod, Head, MethodLoss, check_train_labels, zeros_like_loss
 
 DEFAULT_MARGIN = 1.0     # paper: max(0, 1 - (d- - d+))
 DEFAULT_EPSILON = 0.1    # our choice: the paper leaves eps "a small positive hyper-parameter"
