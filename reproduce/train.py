@@ -123,7 +123,8 @@ def main(argv=None):
     check_images_exist(image_list, cfg.data.root)
     identity = run_identity(cfg, image_list=image_list)
     # One writer per run folder; under torchrun only rank 0 writes it (and holds the lock).
-    lock = writer_lock(cfg.out, "--out") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    # (named with the folder: a dataset command's training job may be the holder)
+    lock = writer_lock(cfg.out, f"--out {cfg.out}") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     final_path = os.path.join(cfg.out, "final.pth")
     before = _file_version(final_path)
     with lock:

@@ -342,3 +342,48 @@ def test_plan_writes_nothing_into_work(finished, capsys, tmp_path):
     fresh = [str(tmp_path / "fresh") if a == str(d / "work") else a for a in argv]
     jobs, _ = plan_of(fresh, capsys)
     assert jobs["train/dhn_12bits_seed0"] == "pending" and not (tmp_path / "fresh").exists()
+
+
+# ------------------------------------------------------------------------------ two writers
+HOLD_LOCK = """
+import sys, time
+from reproduce.utils.locks import writer_lock
+with writer_lock(sys.argv[1], "--out"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def hold_lock(folder):
+    """A process holding `folder`'s writer lock, as `train --out folder` does while it trains."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_dataset_commands_training_and_train_resume_exclude_each_other(tmp_path, random_caffenet):
+    # The training job held only its job lock (<work>/jobs/train/<run>.lock), not the run folder's:
+    # `train --resume --out <work>/train/<run>` with the same settings trained in the same folder
+    # beside it, both writing snapshots, log.jsonl and final.pth.
+    argv = fake_datasets.make_toy_list_dataset(tmp_path, random_caffenet) + [
+        "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")] + FAST
+    run = tmp_path / "work" / "train" / "dhn_12bits_seed0"
+    proc = hold_lock(run)
+    try:
+        with pytest.raises(UserError, match=rf"^{run}: in use by PID {proc.pid} on \S+ since \d{{4}}-.*one writer"):
+            custom.main(argv)
+        assert os.listdir(run) == [".lock"]                          # the holder's, nothing beside it
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_train_names_the_run_folder_another_writer_holds(small):
+    d, argv = small
+    proc = hold_lock(d / "run")                                      # e.g. a dataset command's job
+    try:
+        with pytest.raises(UserError, match=rf"^--out {d / 'run'}: in use by PID {proc.pid} "):
+            train.main(argv + ["--max-iter", "1", "--resume"])
+    finally:
+        proc.kill()
+        proc.wait()
