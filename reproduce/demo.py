@@ -43,7 +43,7 @@ from .training.config import VARIANTS
 from .training.engine import NonFiniteLoss, Report, fit
 from .training.losses import LossSettings
 from .training.solver import SolverSettings, caffe_param_groups
-from .utils.fileio import atomic_output, staged_outputs, write_text_atomic
+from .utils.fileio import atomic_output, check_output_folder, staged_outputs, write_text_atomic
 from .utils.locks import writer_lock
 from .utils.provenance import git_revision, versions
 
@@ -380,6 +380,9 @@ def main(argv=None):
     executor.check()
     start = time.time()
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    # what the run refuses (a file, a read-only place) --plan refuses too, creating nothing
+    check_output_folder(args.out, "--out")
+    check_output_folder(args.work, "--work")
     if args.plan:
         plan_main(make_plan(args, start), executor)
         return

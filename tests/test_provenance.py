@@ -387,3 +387,22 @@ def test_train_names_the_run_folder_another_writer_holds(small):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_plan_refuses_an_out_or_work_that_is_a_file_as_the_run_does(tmp_path, random_caffenet, capsys):
+    # --plan exited 0 with --out (or --work) naming a regular file, which the run itself refuses
+    from reproduce import demo
+    mine = tmp_path / "mine.txt"
+    mine.write_text("a user's file\n")
+    base = fake_datasets.make_toy_list_dataset(tmp_path, random_caffenet) + FAST
+    for option in ("--out", "--work"):
+        places = {"--out": str(tmp_path / "res"), "--work": str(tmp_path / "work"), option: str(mine)}
+        for command, argv in ((custom, base), (demo, ["--bits", "8", "--seeds", "0", "--max-iter", "2"])):
+            said = []
+            for extra in ([], ["--plan"]):
+                with pytest.raises(UserError, match=rf"^{option}: ") as e:
+                    command.main(argv + [a for kv in places.items() for a in kv] + extra)
+                said.append(str(e.value))
+            assert said[0] == said[1] and str(mine) in said[0] and "\n" not in said[0]
+    assert mine.read_text() == "a user's file\n"
+    assert not (tmp_path / "res").exists() and not (tmp_path / "work").exists()
