@@ -406,3 +406,20 @@ def test_plan_refuses_an_out_or_work_that_is_a_file_as_the_run_does(tmp_path, ra
             assert said[0] == said[1] and str(mine) in said[0] and "\n" not in said[0]
     assert mine.read_text() == "a user's file\n"
     assert not (tmp_path / "res").exists() and not (tmp_path / "work").exists()
+
+
+def test_figures_of_an_earlier_plan_do_not_stay_beside_the_tables_of_this_one(tmp_path, random_caffenet):
+    # --bits 12 16, then --bits 12 into the same --out: the tables were rebuilt from the 12-bit
+    # runs, but fig_b/fig_c at 16 bits of the first plan stayed beside them, as if made from it
+    argv = fake_datasets.make_toy_list_dataset(tmp_path, random_caffenet) + [
+        "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")] + FAST
+    custom.main(argv[:argv.index("--bits") + 2] + ["16"] + argv[argv.index("--bits") + 2:])
+    res = tmp_path / "res"
+    assert (res / "fig_b_pr_curve_16bits.png").is_file() and not (res / "fig_b_pr_curve_12bits.png").exists()
+    (res / "notes.txt").write_text("a user's file\n")
+    custom.main(argv)
+    figures = sorted(p.name for p in res.glob("fig_*"))
+    assert figures == sorted(f"{n}.{e}" for n in ("fig_a_precision_radius2", "fig_b_pr_curve_12bits",
+                                                    "fig_c_precision_at_n_12bits") for e in ("png", "pdf"))
+    assert (res / "notes.txt").read_text() == "a user's file\n"
+    assert json.load(open(res / "run.json"))["outputs"][0] == "table1.md"
