@@ -196,6 +196,19 @@ def test_resume_after_the_list_or_images_changed_is_refused_with_or_without_a_ca
             train.main(args + ["--max-iter", "2", "--resume"] + cache)
 
 
+def test_train_removes_what_a_killed_train_left_in_its_run_folder(small):
+    # SIGKILL while a snapshot was written left .tmp-snapshot_iter_<N>.pth-* (a partial file as
+    # large as a snapshot: 455 MB for CaffeNet); `train --resume` never removed it
+    d, argv = small
+    train.main(argv + ["--max-iter", "1"])
+    tmp = d / "run" / ".tmp-snapshot_iter_2.pth-killed"
+    tmp.write_bytes(b"partial")
+    (d / "run" / ".staging-killed").mkdir()
+    train.main(argv + ["--max-iter", "2", "--resume"])
+    assert not tmp.exists() and not (d / "run" / ".staging-killed").exists()
+    assert load_checkpoint(d / "run" / "final.pth")["meta"]["iteration"] == 2
+
+
 def test_a_deep_baselines_checkpoint_is_not_the_weights_of_another_method(small):
     d, argv = small
     argv[argv.index("--batch-size") + 1] = "4"          # DNNH's triplets need 3 images or more
