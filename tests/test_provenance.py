@@ -121,6 +121,21 @@ def test_a_deleted_training_is_trained_again_and_its_codes_are_not_kept(finished
     assert jobs["baseline/LSH_12bits_seed0"] == "done"
 
 
+def test_rerun_stale_trains_again_a_run_whose_final_checkpoint_is_damaged(finished, capsys):
+    # "its identity cannot be read ...; pass --rerun-stale to recompute it", and --rerun-stale
+    # then failed on the same damaged final.pth, run after run
+    d, argv = finished
+    final = d / "work" / "train" / "dhn_12bits_seed0" / "final.pth"
+    before = load_checkpoint(final)["meta"]["identity"]["hex"]
+    os.truncate(final, 100_000)                        # a disk error, a copy cut short
+    with pytest.raises(UserError, match=r"dhn_12bits_seed0: its identity cannot be read .* pass --rerun-stale"):
+        custom.main(argv)
+    custom.main(argv + ["--rerun-stale"])
+    assert load_checkpoint(final)["meta"]["identity"]["hex"] == before
+    jobs, _ = plan_of(argv, capsys)
+    assert set(jobs.values()) == {"done"}
+
+
 def test_sweep_settings_and_the_validation_split_are_in_the_identities(finished):
     from reproduce.pipeline.reproduction import Reproduction, config_from_args, get_args_parser
     _, argv = finished

@@ -75,6 +75,20 @@ def _clear_run(run_dir):
             os.remove(path)
 
 
+def _holds_run(run_dir, identity):
+    """Whether what run_dir holds is (part of) the training of `identity`, or nothing: its
+    config.json and final.pth record it. A damaged one (the plan called it stale, and the user
+    asked for it to be recomputed) is not resumed: a resume would stop on it, run after run."""
+    try:
+        _, old = recorded_run(run_dir)
+    except UserError:
+        return False
+    if os.path.exists(os.path.join(run_dir, "config.json")) and (old is None or old["hex"] != identity["hex"]):
+        return False
+    final = recorded_identity(os.path.join(run_dir, "final.pth"))
+    return final is None or (isinstance(final, dict) and final["hex"] == identity["hex"])
+
+
 def train_run(identity, config, train_list, cache=None, sweep=None, progress=True):
     """Job: one training (reproduce.training.engine.train), resumed from its last snapshot when its folder
     holds one of the same identity; its snapshots are removed once final.pth is written.
@@ -91,8 +105,7 @@ def train_run(identity, config, train_list, cache=None, sweep=None, progress=Tru
     read_checked_list(train_list, cfg.data.root)
     if cache is not None:
         require_identity(cache["path"], cache["hex"], "image cache")
-    _, old = recorded_run(cfg.out)
-    if os.path.exists(os.path.join(cfg.out, "config.json")) and (old is None or old["hex"] != identity["hex"]):
+    if not _holds_run(cfg.out, identity):
         _clear_run(cfg.out)
     final = train(cfg, resume=True, identity=identity, progress=progress)
     for path in snapshots(cfg.out).values():      # a finished run is never resumed
