@@ -34,7 +34,7 @@ from .pipeline import identity as ids
 from .pipeline.executors import plan_main
 from .pipeline.grid import (GridBuilder, GridSpec, SweepSpec, make_sweep_job, run_name, sweep_choice,
                             write_diverged)
-from .pipeline.jobs import require_identity, sweep_markdown
+from .pipeline.jobs import earlier_summary_outputs, require_identity, summary_names, sweep_markdown
 from .pipeline.plan import Job, Plan
 from .reporting.comparison import evaluate_method, write_comparison
 from .reporting.figures import default_curve_bits
@@ -43,7 +43,7 @@ from .training.config import VARIANTS
 from .training.engine import NonFiniteLoss, Report, fit
 from .training.losses import LossSettings
 from .training.solver import SolverSettings, caffe_param_groups
-from .utils.fileio import atomic_output, staged_outputs, write_text_atomic
+from .utils.fileio import atomic_output, check_output_folder, staged_outputs, write_text_atomic
 from .utils.locks import writer_lock
 from .utils.provenance import git_revision, versions
 
@@ -260,12 +260,15 @@ def demo_summary(identity, records, sweeps, out, run):
         require_identity(spec["path"], spec["hex"], "evaluation")
         loaded.append(read_record(spec["path"]))
     loaded = check_records(loaded, DATASET)
-    with staged_outputs(out) as stage:
-        write_comparison(loaded, DATASET, stage, default_curve_bits(loaded), dataset_title="Digits (demo)")
+    curve_bits = default_curve_bits(loaded)
+    names = summary_names(curve_bits, True)
+    # an earlier plan's figures at other bits go when these are committed (earlier_summary_outputs)
+    with staged_outputs(out, remove=earlier_summary_outputs(out, names)) as stage:
+        write_comparison(loaded, DATASET, stage, curve_bits, dataset_title="Digits (demo)")
         with open(os.path.join(stage, "sweep.md"), "w", encoding="utf-8") as f:
             f.write(sweep_markdown(sweeps))
     doc = dict(run, identity=identity, versions=versions(), git_revision=git_revision(),
-               seconds=round(time.time() - run["started"], 1))
+               seconds=round(time.time() - run["started"], 1), outputs=names)
     write_text_atomic(os.path.join(out, "run.json"), json.dumps(doc, indent=2) + "\n")
 
 
@@ -380,6 +383,9 @@ def main(argv=None):
     executor.check()
     start = time.time()
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    # what the run refuses (a file, a read-only place) --plan refuses too, creating nothing
+    check_output_folder(args.out, "--out")
+    check_output_folder(args.work, "--work")
     if args.plan:
         plan_main(make_plan(args, start), executor)
         return

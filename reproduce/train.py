@@ -24,7 +24,7 @@ from .training.config import DataSettings, MethodSettings, ModelSettings, RunCon
 from .training.engine import run_identity, train
 from .training.losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
 from .training.solver import LR_POLICIES, PRESETS, SolverSettings
-from .utils.locks import writer_lock
+from .utils.locks import remove_leftovers, writer_lock
 
 DEFAULT_SOLVER = PRESETS[DEFAULT_PRESET]   # quoted in the help texts
 
@@ -123,10 +123,14 @@ def main(argv=None):
     check_images_exist(image_list, cfg.data.root)
     identity = run_identity(cfg, image_list=image_list)
     # One writer per run folder; under torchrun only rank 0 writes it (and holds the lock).
-    lock = writer_lock(cfg.out, "--out") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    # (named with the folder: a dataset command's training job may be the holder)
+    lock = writer_lock(cfg.out, f"--out {cfg.out}") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     final_path = os.path.join(cfg.out, "final.pth")
     before = _file_version(final_path)
     with lock:
+        if os.environ.get("RANK", "0") == "0":
+            # what a killed train left (a partial snapshot is as large as a snapshot) goes now
+            remove_leftovers([cfg.out])
         final = train(cfg, ckpt=ckpt, resume=args.resume, progress=args.progress, identity=identity)
     # a finished run resumed at its max_iter is left as it was: no "wrote" after "nothing to do"
     if final and _file_version(final) != before:

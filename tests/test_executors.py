@@ -54,6 +54,20 @@ def test_a_failing_job_is_named_and_the_others_go_on(tmp_path):
     assert json.load(open(tmp_path / "summary.json"))["value"] == 4
 
 
+def test_a_job_whose_worker_was_killed_is_named_with_its_own_log(tmp_path):
+    # the line named the worker's log (jobs/.workers/worker-N.log) and an exit status -9, not the
+    # job's log nor that it was killed
+    res = toy_command(tmp_path, "--jobs", "2", env={"TOY_KILL": "b.json"})
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    line = next(line for line in res.stderr.splitlines() if line.startswith("failed: value/b: "))
+    assert "was killed (signal 9, SIGKILL)" in line and f"log: {tmp_path / 'jobs' / 'value' / 'b.log'}" in line
+    assert ".workers" not in line, line
+    assert "2 done, 1 failed, 2 not run" in res.stdout
+    res = toy_command(tmp_path, "--jobs", "2")                 # the re-run does what is left
+    assert res.returncode == 0, res.stderr
+    assert json.load(open(tmp_path / "summary.json"))["value"] == 4
+
+
 def test_a_killed_grid_resumes_with_the_same_numbers(tmp_path):
     """SIGKILL in the middle of --jobs 2 (the command and its workers): the next run finishes what
     was not done, and the numbers are those of an uninterrupted run."""

@@ -121,6 +121,21 @@ def test_a_deleted_training_is_trained_again_and_its_codes_are_not_kept(finished
     assert jobs["baseline/LSH_12bits_seed0"] == "done"
 
 
+def test_rerun_stale_trains_again_a_run_whose_final_checkpoint_is_damaged(finished, capsys):
+    # "its identity cannot be read ...; pass --rerun-stale to recompute it", and --rerun-stale
+    # then failed on the same damaged final.pth, run after run
+    d, argv = finished
+    final = d / "work" / "train" / "dhn_12bits_seed0" / "final.pth"
+    before = load_checkpoint(final)["meta"]["identity"]["hex"]
+    os.truncate(final, 100_000)                        # a disk error, a copy cut short
+    with pytest.raises(UserError, match=r"dhn_12bits_seed0: its identity cannot be read .* pass --rerun-stale"):
+        custom.main(argv)
+    custom.main(argv + ["--rerun-stale"])
+    assert load_checkpoint(final)["meta"]["identity"]["hex"] == before
+    jobs, _ = plan_of(argv, capsys)
+    assert set(jobs.values()) == {"done"}
+
+
 def test_sweep_settings_and_the_validation_split_are_in_the_identities(finished):
     from reproduce.pipeline.reproduction import Reproduction, config_from_args, get_args_parser
     _, argv = finished
@@ -194,6 +209,19 @@ def test_resume_after_the_list_or_images_changed_is_refused_with_or_without_a_ca
         args = [a if a != str(d / "list.txt") else str(d / "list2.txt") for a in argv]
         with pytest.raises(UserError, match=r"config.json: this run was made from lists/train with entries"):
             train.main(args + ["--max-iter", "2", "--resume"] + cache)
+
+
+def test_train_removes_what_a_killed_train_left_in_its_run_folder(small):
+    # SIGKILL while a snapshot was written left .tmp-snapshot_iter_<N>.pth-* (a partial file as
+    # large as a snapshot: 455 MB for CaffeNet); `train --resume` never removed it
+    d, argv = small
+    train.main(argv + ["--max-iter", "1"])
+    tmp = d / "run" / ".tmp-snapshot_iter_2.pth-killed"
+    tmp.write_bytes(b"partial")
+    (d / "run" / ".staging-killed").mkdir()
+    train.main(argv + ["--max-iter", "2", "--resume"])
+    assert not tmp.exists() and not (d / "run" / ".staging-killed").exists()
+    assert load_checkpoint(d / "run" / "final.pth")["meta"]["iteration"] == 2
 
 
 def test_a_deep_baselines_checkpoint_is_not_the_weights_of_another_method(small):
@@ -342,3 +370,84 @@ def test_plan_writes_nothing_into_work(finished, capsys, tmp_path):
     fresh = [str(tmp_path / "fresh") if a == str(d / "work") else a for a in argv]
     jobs, _ = plan_of(fresh, capsys)
     assert jobs["train/dhn_12bits_seed0"] == "pending" and not (tmp_path / "fresh").exists()
+
+
+# ------------------------------------------------------------------------------ two writers
+HOLD_LOCK = """
+import sys, time
+from reproduce.utils.locks import writer_lock
+with writer_lock(sys.argv[1], "--out"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def hold_lock(folder):
+    """A process holding `folder`'s writer lock, as `train --out folder` does while it trains."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_dataset_commands_training_and_train_resume_exclude_each_other(tmp_path, random_caffenet):
+    # The training job held only its job lock (<work>/jobs/train/<run>.lock), not the run folder's:
+    # `train --resume --out <work>/train/<run>` with the same settings trained in the same folder
+    # beside it, both writing snapshots, log.jsonl and final.pth.
+    argv = fake_datasets.make_toy_list_dataset(tmp_path, random_caffenet) + [
+        "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")] + FAST
+    run = tmp_path / "work" / "train" / "dhn_12bits_seed0"
+    proc = hold_lock(run)
+    try:
+        with pytest.raises(UserError, match=rf"^{run}: in use by PID {proc.pid} on \S+ since \d{{4}}-.*one writer"):
+            custom.main(argv)
+        assert os.listdir(run) == [".lock"]                          # the holder's, nothing beside it
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_train_names_the_run_folder_another_writer_holds(small):
+    d, argv = small
+    proc = hold_lock(d / "run")                                      # e.g. a dataset command's job
+    try:
+        with pytest.raises(UserError, match=rf"^--out {d / 'run'}: in use by PID {proc.pid} "):
+            train.main(argv + ["--max-iter", "1", "--resume"])
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_plan_refuses_an_out_or_work_that_is_a_file_as_the_run_does(tmp_path, random_caffenet, capsys):
+    # --plan exited 0 with --out (or --work) naming a regular file, which the run itself refuses
+    from reproduce import demo
+    mine = tmp_path / "mine.txt"
+    mine.write_text("a user's file\n")
+    base = fake_datasets.make_toy_list_dataset(tmp_path, random_caffenet) + FAST
+    for option in ("--out", "--work"):
+        places = {"--out": str(tmp_path / "res"), "--work": str(tmp_path / "work"), option: str(mine)}
+        for command, argv in ((custom, base), (demo, ["--bits", "8", "--seeds", "0", "--max-iter", "2"])):
+            said = []
+            for extra in ([], ["--plan"]):
+                with pytest.raises(UserError, match=rf"^{option}: ") as e:
+                    command.main(argv + [a for kv in places.items() for a in kv] + extra)
+                said.append(str(e.value))
+            assert said[0] == said[1] and str(mine) in said[0] and "\n" not in said[0]
+    assert mine.read_text() == "a user's file\n"
+    assert not (tmp_path / "res").exists() and not (tmp_path / "work").exists()
+
+
+def test_figures_of_an_earlier_plan_do_not_stay_beside_the_tables_of_this_one(tmp_path, random_caffenet):
+    # --bits 12 16, then --bits 12 into the same --out: the tables were rebuilt from the 12-bit
+    # runs, but fig_b/fig_c at 16 bits of the first plan stayed beside them, as if made from it
+    argv = fake_datasets.make_toy_list_dataset(tmp_path, random_caffenet) + [
+        "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")] + FAST
+    custom.main(argv[:argv.index("--bits") + 2] + ["16"] + argv[argv.index("--bits") + 2:])
+    res = tmp_path / "res"
+    assert (res / "fig_b_pr_curve_16bits.png").is_file() and not (res / "fig_b_pr_curve_12bits.png").exists()
+    (res / "notes.txt").write_text("a user's file\n")
+    custom.main(argv)
+    figures = sorted(p.name for p in res.glob("fig_*"))
+    assert figures == sorted(f"{n}.{e}" for n in ("fig_a_precision_radius2", "fig_b_pr_curve_12bits",
+                                                    "fig_c_precision_at_n_12bits") for e in ("png", "pdf"))
+    assert (res / "notes.txt").read_text() == "a user's file\n"
+    assert json.load(open(res / "run.json"))["outputs"][0] == "table1.md"

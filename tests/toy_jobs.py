@@ -2,6 +2,7 @@
 that record their identity, so that states, staleness and forcing are tested in milliseconds."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -14,6 +15,8 @@ CALLS = []     # (job function, out) in the order they ran, for the tests to ins
 def write_value(identity, out, value, fail=False):
     """A source-like job: writes {"identity", "value"}."""
     CALLS.append(("write_value", out))
+    if os.environ.get("TOY_KILL") == os.path.basename(out):
+        os.kill(os.getpid(), signal.SIGKILL)            # the process running the job dies with it
     if fail or os.environ.get("TOY_FAIL") == os.path.basename(out):
         raise UserError(f"{out}: toy failure")
     write_text_atomic(out, json.dumps({"identity": identity, "value": value}) + "\n")

@@ -141,7 +141,7 @@ class DatasetGrid(GridBuilder):
         stamp = os.path.join(cfg.out, "final.pth")
         return Job(f"train/{run.folder}", "train", settings, "reproduce.pipeline.jobs:train_run", args, stamp=stamp,
                    outputs=(cfg.out, stamp, os.path.join(cfg.out, "config.json")), inputs=inputs, deps=tuple(deps),
-                   verb="trained")
+                   verb="trained", locks=(cfg.out,))      # `train --resume --out` it: one writer of the run
 
     def encode_jobs(self, run, train):
         jobs, codes = [], {}

@@ -32,7 +32,7 @@ class JobsFailed(UserError):
 def job_spec(plan, job, threads=None, device=None):
     """What a process needs to run `job`: written as `<work>/jobs/<name>.spec.json`."""
     spec = {"name": job.name, "func": job.func, "args": job.args, "identity": job.identity,
-            "outputs": list(job.outputs), "status": plan.status_path(job), "log": plan.log_path(job),
+            "outputs": list(job.outputs), "locks": list(job.locks), "status": plan.status_path(job), "log": plan.log_path(job),
             "threads": threads, "device": device}
     path = os.path.join(plan.state_dir, job.name + ".spec.json")
     write_text_atomic(path, json.dumps(spec) + "\n")
@@ -49,7 +49,8 @@ def execute(spec_path):
     with job_lock(spec["status"], spec["name"]), _logged(spec["log"], spec["name"]):
         job = Job.__new__(Job)         # the spec's job as planned (its identity is not recomputed)
         job.__dict__.update(name=spec["name"], func=spec["func"], args=spec["args"],
-                            identity=spec["identity"], outputs=tuple(spec["outputs"]))
+                            identity=spec["identity"], outputs=tuple(spec["outputs"]),
+                            locks=tuple(spec.get("locks", ())))
         try:
             call(job)
         except BaseException as e:

@@ -109,12 +109,14 @@ class Worker:
         os.makedirs(log_dir, exist_ok=True)
         self.log_path = os.path.join(log_dir, f"worker-{index}.log")
         self.index, self.device, self.job = index, device, None
+        self.died = None            # the exit status of a worker that ended while running a job
         with open(self.log_path, "a", encoding="utf-8") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "reproduce.run_job", "--worker", "--device", device, "--threads", str(threads)],
                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
         self.ended = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self):
         for line in self.proc.stdout:
@@ -127,13 +129,22 @@ class Worker:
         self.proc.stdin.flush()
 
     def result(self):
-        """The ended job's exit status, None while it runs; a worker that died ends its job too."""
+        """The ended job's exit status, None while it runs; a worker that died ends its job too
+        (`died`: the worker's exit status, negative: the signal that killed it)."""
         import queue
         try:
             return self.ended.get_nowait()
         except queue.Empty:
             code = self.proc.poll()
-            return None if code is None else (code or -1)
+            if code is None:
+                return None
+        # it ended: its last line (the job's end, if it came) may still be in the reader's hands
+        self.reader.join(timeout=5)
+        try:
+            return self.ended.get_nowait()
+        except queue.Empty:
+            self.died = code
+            return code or -1
 
 
 class LocalExecutor:
@@ -206,8 +217,17 @@ class LocalExecutor:
     @staticmethod
     def _report(plan, job, code, progress, worker):
         status = plan.read_status(job) or {}
-        why = status.get("error") if status.get("state") == "failed" else \
-            f"its worker process ended (exit {code}; see {worker.log_path})"
+        log = plan.log_path(job)
+        if worker.died is not None:
+            # The job could record nothing (a status of an earlier attempt is not this one's end):
+            # say how its process ended, and where its own output went.
+            how = (f"was killed (signal {-worker.died}, {_signal_name(-worker.died)})" if worker.died < 0
+                   else f"ended (exit {worker.died}; its own messages: {worker.log_path})")
+            why = f"its worker process {how} while it ran the job; log: {log}"
+        elif status.get("state") == "failed":
+            why = status.get("error")
+        else:
+            why = f"ended with exit status {code}; log: {log}"
         progress.write(f"failed: {job.name}: {why}")
         for line in log_tail(plan.log_path(job)):
             progress.write(f"    {line}")
@@ -224,6 +244,13 @@ class LocalExecutor:
                 worker.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 worker.proc.kill()
+
+
+def _signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
 
 
 def default_threads(jobs):

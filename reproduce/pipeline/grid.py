@@ -215,7 +215,8 @@ def make_trial(template, unit, lr, qw):
                dict(template["args"], base_lr=lr, quant_weight=qw, out=out),
                stamp=os.path.join(out, "metrics.json"), outputs=(out, os.path.join(out, "metrics.json")),
                inputs=template["inputs"],
-               deps=tuple(template.get("deps", ())), verb="trained")
+               deps=tuple(template.get("deps", ())), verb="trained",
+               locks=(out,))           # a run folder too (`train --resume --out` it): one writer
 
 
 def sweep_settings(unit):

@@ -24,12 +24,12 @@ from ..evaluation.codes import read_codes
 from ..evaluation.encoding import EncodeSettings, encode_list
 from ..evaluation.records import check_records, read_record, write_record
 from ..model.checkpoint import load_checkpoint, model_from_checkpoint
-from ..reporting.comparison import evaluate_baselines, evaluate_method, write_comparison
+from ..reporting.comparison import comparison_outputs, evaluate_baselines, evaluate_method, write_comparison
 from ..reporting.figures import default_curve_bits
 from ..reporting.paper import read_paper_numbers
 from ..training.config import RunConfig
 from ..training.engine import NonFiniteLoss, recorded_run, snapshots, train
-from ..utils.fileio import staged_outputs, write_text_atomic
+from ..utils.fileio import read_json, staged_outputs, write_text_atomic
 from ..utils.provenance import git_revision, versions
 from .grid import sweep_choice, write_diverged
 from .plan import recorded_identity
@@ -75,6 +75,20 @@ def _clear_run(run_dir):
             os.remove(path)
 
 
+def _holds_run(run_dir, identity):
+    """Whether what run_dir holds is (part of) the training of `identity`, or nothing: its
+    config.json and final.pth record it. A damaged one (the plan called it stale, and the user
+    asked for it to be recomputed) is not resumed: a resume would stop on it, run after run."""
+    try:
+        _, old = recorded_run(run_dir)
+    except UserError:
+        return False
+    if os.path.exists(os.path.join(run_dir, "config.json")) and (old is None or old["hex"] != identity["hex"]):
+        return False
+    final = recorded_identity(os.path.join(run_dir, "final.pth"))
+    return final is None or (isinstance(final, dict) and final["hex"] == identity["hex"])
+
+
 def train_run(identity, config, train_list, cache=None, sweep=None, progress=True):
     """Job: one training (reproduce.training.engine.train), resumed from its last snapshot when its folder
     holds one of the same identity; its snapshots are removed once final.pth is written.
@@ -91,8 +105,7 @@ def train_run(identity, config, train_list, cache=None, sweep=None, progress=Tru
     read_checked_list(train_list, cfg.data.root)
     if cache is not None:
         require_identity(cache["path"], cache["hex"], "image cache")
-    _, old = recorded_run(cfg.out)
-    if os.path.exists(os.path.join(cfg.out, "config.json")) and (old is None or old["hex"] != identity["hex"]):
+    if not _holds_run(cfg.out, identity):
         _clear_run(cfg.out)
     final = train(cfg, resume=True, identity=identity, progress=progress)
     for path in snapshots(cfg.out).values():      # a finished run is never resumed
@@ -198,18 +211,52 @@ def summarize(identity, dataset, title, records, sweeps, out, run, paper_csv=Non
         loaded.append(read_record(spec["path"]))
     loaded = check_records(loaded, dataset)
     paper = read_paper_numbers(paper_csv, dataset) if paper_csv else (None if paper_default else {})
-    with staged_outputs(out) as stage:
-        written = write_comparison(loaded, dataset, stage, default_curve_bits(loaded), dataset_title=title,
-                                   paper=paper)
+    curve_bits = default_curve_bits(loaded)
+    names = summary_names(curve_bits, bool(sweeps))
+    with staged_outputs(out, remove=earlier_summary_outputs(out, names)) as stage:
+        written = write_comparison(loaded, dataset, stage, curve_bits, dataset_title=title, paper=paper)
         if sweeps:
             with open(os.path.join(stage, "sweep.md"), "w", encoding="utf-8") as f:
                 f.write(sweep_markdown(sweeps))
     _note_foreign_records(out, records)
     doc = dict(run, identity=identity, versions=versions(), git_revision=git_revision(),
-               finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+               finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), outputs=names)
     write_text_atomic(os.path.join(out, "run.json"), json.dumps(doc, indent=2, default=str) + "\n")
     print("wrote " + ", ".join(os.path.relpath(os.path.join(out, os.path.relpath(p, stage)), out)
                                for p in written) + f" in {out}")
+
+
+def summary_names(curve_bits, sweep):
+    """The files a summary writes into its folder besides run.json: the tables, the figures at
+    `curve_bits`, and sweep.md when there was a sweep."""
+    names = [os.path.basename(p) for p in comparison_outputs("", curve_bits)]
+    return names + (["sweep.md"] if sweep else [])
+
+
+SUMMARY_PATTERNS = ("table[12].md", "table[12].csv", "table[12].tex", "fig_a_precision_radius*.png",
+                    "fig_a_precision_radius*.pdf", "fig_b_pr_curve_*bits.png", "fig_b_pr_curve_*bits.pdf",
+                    "fig_c_precision_at_n_*bits.png", "fig_c_precision_at_n_*bits.pdf", "sweep.md")
+
+
+def earlier_summary_outputs(out, names):
+    """The files an earlier summary wrote into `out` that this one (writing `names`) does not
+    replace: its figures at other bits, its sweep.md. Left there, they would stand beside this
+    plan's tables as if made from it. The earlier run.json lists them; one written before it did
+    is taken to have written what a summary writes (SUMMARY_PATTERNS)."""
+    try:
+        doc = read_json(os.path.join(out, "run.json"), "run record")
+    except UserError:
+        doc = None
+    listed = doc.get("outputs") if isinstance(doc, dict) else None
+    if isinstance(listed, list) and all(isinstance(n, str) and n == os.path.basename(n) for n in listed):
+        earlier = listed
+    elif isinstance(doc, dict):
+        earlier = [os.path.basename(p) for pattern in SUMMARY_PATTERNS
+                   for p in glob.glob(os.path.join(glob.escape(out), pattern))]
+    else:
+        earlier = []
+    return sorted(n for n in set(earlier) - set(names) if n not in ("", ".", "..")
+                  and os.path.isfile(os.path.join(out, n)))
 
 
 def _note_foreign_records(out, records):

@@ -21,6 +21,7 @@ States (`Plan.states`):
 A `summary` job (the tables) is rebuilt whenever its identity changes and is never refused as
 stale; an `intermediate` job (an image cache) is rebuilt only when a job that reads it runs.
 """
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -54,6 +55,9 @@ class Job:
     intermediate: bool = False
     identity: dict = None
     lineage: bool = True
+    # folders a command of its own also writes (a run folder: `train --resume --out` it): the job
+    # holds their writer lock while it runs, as that command does, so that one of the two stops
+    locks: tuple = ()
 
     def __post_init__(self):
         self.identity = ids.make_identity(self.name, self.kind, self.settings, self.inputs, self.lineage)
@@ -229,12 +233,17 @@ def display_path(path):
 
 
 def call(job):
-    """Run a job's function in this process, after removing what a killed writer of its outputs
-    left behind (the caller holds the lock of the folders it writes)."""
-    remove_leftovers(job.outputs)
-    module, name = job.func.split(":")
-    function = getattr(importlib.import_module(module), name)
-    return function(identity=job.identity, **job.args)
+    """Run a job's function in this process, holding the writer locks of `job.locks`, after
+    removing what a killed writer of its outputs left behind (the caller holds the lock of the
+    folders it writes; the leftovers of a folder another command may be writing are removed only
+    once its lock is held: they could be that command's files being written)."""
+    with contextlib.ExitStack() as held:
+        for folder in job.locks:
+            held.enter_context(writer_lock(folder, folder))
+        remove_leftovers(job.outputs)
+        module, name = job.func.split(":")
+        function = getattr(importlib.import_module(module), name)
+        return function(identity=job.identity, **job.args)
 
 
 def run_inline(plan, state, log=print):

@@ -39,6 +39,7 @@ from ..reporting.paper import PAPER_BITS
 from ..training.config import VARIANTS
 from ..training.losses import LossSettings
 from ..training.solver import SolverSettings
+from ..utils.fileio import check_output_folder
 from ..utils.locks import writer_lock
 from .dataset_plan import DatasetGrid, DatasetSetup, ListSource
 from .executors import ExecutorSettings, plan_main
@@ -292,6 +293,9 @@ class Reproduction:
     def run(self):
         executor = self.config.executor
         executor.check()
+        # what the run refuses (a file, a read-only place) --plan refuses too, creating nothing
+        check_output_folder(self.out, "--out")
+        check_output_folder(self.work, "--work")
         if executor.show_plan:
             # --plan writes nothing into --work: it runs without its lock, maybe beside a command
             # that runs from those lists (rewritten, they would stop its jobs as "changed")
