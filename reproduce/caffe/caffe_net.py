@@ -9,8 +9,8 @@ import torch
 
 from ..errors import UserError
 from ..model.checkpoint import check_state_dict
-from ..model.nets import (ARCHS, CONV_LAYERS, FC_LAYERS, FEATURE_LAYERS, HASH_LAYER, INPUT_SIZE, MAX_BITS,
-                          expected_shapes)
+from ..model.nets import (ALEXNET_ARCHS, CONV_LAYERS, FC_LAYERS, FEATURE_LAYERS, HASH_LAYER, INPUT_SIZE,
+                          MAX_BITS, expected_shapes)
 from ..utils.messages import printable
 
 HASH_LAYER_NAMES = (HASH_LAYER, "fch")               # ours, and the authors' name in dhn-caffe
@@ -89,8 +89,8 @@ def deploy_prototxt(arch, bits=None, batch=10):
     BVLC/caffe master has them (Input layer, batch 10; only bvlc_alexnet lists param blocks); with
     `bits`, fc8 + prob are replaced by the DHN hash layer (InnerProduct, K outputs; lr_mult 10/20
     as the authors' where param blocks are listed) and a TanH layer with top "tanh"."""
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    if arch not in ALEXNET_ARCHS:
+        raise ValueError(f"arch must be one of {ALEXNET_ARCHS}, got {arch!r}")
     mults = FEATURE_MULTS if arch == "alexnet" else None
     text = (f'name: "{"CaffeNet" if arch == "caffenet" else "AlexNet"}"\n'
             + _input_layer("data", (batch, 3, INPUT_SIZE, INPUT_SIZE)) + _feature_layers(arch, mults))
@@ -115,8 +115,8 @@ def train_val_prototxt(arch="caffenet", bits=48, batch_size=64, label_dim=21, dr
     (top "pairwise_loss") with l_threshold = q_threshold = `threshold`, l_lambda 1, q_gamma =
     `quant_weight`. PairwiseLoss exists only in the authors' Caffe (tests/caffe/ builds it).
     """
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    if arch not in ALEXNET_ARCHS:
+        raise ValueError(f"arch must be one of {ALEXNET_ARCHS}, got {arch!r}")
     text = ('name: "DHN"\n' + _input_layer("data", (batch_size, 3, INPUT_SIZE, INPUT_SIZE))
             + _input_layer("label", (batch_size, label_dim))
             + _feature_layers(arch, FEATURE_MULTS, dropout)
@@ -156,8 +156,8 @@ def caffe_to_state_dict(blobs, arch, source):
     with a note. UserError naming `source` on any missing layer or wrong shape. Tensors share
     memory with the given arrays where they can (no copy of a 233 MiB model).
     """
-    if arch not in ARCHS:
-        raise UserError(f"{source}: unknown arch {arch!r} (one of {', '.join(ARCHS)})")
+    if arch not in ALEXNET_ARCHS:
+        raise UserError(f"{source}: unknown arch {arch!r} (one of {', '.join(ALEXNET_ARCHS)})")
     with_blobs = [name for name, b in blobs.items() if len(b)]
     hash_names = [n for n in HASH_LAYER_NAMES if n in with_blobs]
     if len(hash_names) > 1:

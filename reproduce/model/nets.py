@@ -11,8 +11,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..errors import UserError
+from .archs import ARCHS  # noqa: F401  (re-exported: the registry of every --arch)
 
-ARCHS = ("caffenet", "alexnet")
+ALEXNET_ARCHS = ("caffenet", "alexnet")   # the two 227-input nets below (same shapes, pool/LRN order)
 
 # Caffe layer name -> (kind, PyTorch constructor kwargs); from deploy.prototxt of both zoo models.
 CONV_LAYERS = {
@@ -97,8 +98,8 @@ class DHNNet(nn.Module):
 
     def __init__(self, arch="caffenet", bits=48, dropout=0.5, method=None, generator=None):
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        if arch not in ALEXNET_ARCHS:
+            raise ValueError(f"arch must be one of {ALEXNET_ARCHS}, got {arch!r}")
         self.arch, self.bits, self.method = arch, bits, method
         for name, c in CONV_LAYERS.items():
             setattr(self, name, nn.Conv2d(**c))
