@@ -6,7 +6,10 @@ A checkpoint is what `torch.save` writes for
      "state_dict": {parameter name: tensor}, "meta": {str: str|int|float|list|dict}}
 
 (parameter names: Caffe's layer names for the Caffe family, torchvision's state-dict keys, its
-BatchNorm buffers included, for the torchvision family; reproduce.model.nets.expected_shapes).
+BatchNorm buffers included, for the torchvision family; reproduce.model.nets.expected_shapes),
+and "preprocessing": the image convention the network was trained with ("caffe" or
+"torchvision", reproduce.data.preprocessing), written since backbones became an option;
+checkpoints without it are of the Caffe convention, the only one before.
 
 so `torch.load(path, weights_only=True)` reads it without unpickling any object. Converted ImageNet
 models (`convert_weights`, `weights fetch`) have bits 0 unless the caffemodel carried a hash layer;
@@ -34,6 +37,7 @@ def save_checkpoint(path, state_dict, arch, bits, meta=None, overwrite=False, ex
     `extra` holds further weights_only-safe entries (a solver state, a resume position).
     """
     ckpt = {"format": FORMAT, "arch": arch, "bits": int(bits or 0),
+            "preprocessing": ARCH_SPECS[arch].preprocessing,
             "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
             "meta": dict(meta or {})}
     ckpt.update(extra or {})
@@ -71,6 +75,11 @@ def load_checkpoint(path, mmap=False):
                         "convert Caffe models with `python -m reproduce.convert_weights`")
     if ckpt.get("arch") not in ARCHS:
         raise UserError(f"{path}: unknown arch {ckpt.get('arch')!r}")
+    convention = ARCH_SPECS[ckpt["arch"]].preprocessing
+    if ckpt.setdefault("preprocessing", convention) != convention:
+        raise UserError(f"{path}: the checkpoint says arch {ckpt['arch']!r} with the "
+                        f"{ckpt['preprocessing']!r} image convention, but that arch uses {convention!r}; "
+                        "the file is damaged or not written by this package")
     bits = ckpt.get("bits")
     if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= MAX_BITS:
         raise UserError(f"{path}: the checkpoint's 'bits' entry is {bits!r}, not a number of bits "
