@@ -98,7 +98,7 @@ def check_caffe_only(arch, **options):
     """UserError (one line) when an option that only the Caffe convention has is given with a
     torchvision arch: options {"--mean": value, ...}, None / False meaning not given."""
     spec = arch_spec(arch)
-    given = [name for name, value in options.items() if value not in (None, False)]
+    given = [name for name, value in options.items() if value is not None and value is not False]
     if spec.preprocessing != CAFFE and given:
         raise UserError(f"{given[0]}: an option of the Caffe image convention; --arch {arch} uses "
                         "torchvision's (PIL RGB, Resize 256, crop 224, ImageNet mean and std)")

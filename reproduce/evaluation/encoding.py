@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..data.batches import checked_batches
 from ..data.images import check_images_exist
-from ..data.preprocessing import CAFFE, Preprocessing, preprocessing_for
+from ..data.preprocessing import CAFFE, Preprocessing, check_caffe_only, preprocessing_for
 from ..data.pycaffe_pipeline import ILSVRC_2012_MEAN_BGR, predict_inputs
 from ..data import torchvision_transforms as tv
 from ..errors import UserError
@@ -122,11 +122,8 @@ def encode_list(model, image_list, root, out_path, settings=EncodeSettings(), *,
         raise UserError(f"pipeline must be one of {', '.join(PIPELINES)}, got {s.pipeline!r}")
     spec = arch_spec(model.arch)
     if spec.preprocessing != CAFFE:
-        for given, option in ((s.pipeline != "imagedata", f"--pipeline {s.pipeline}"),
-                              (s.oversample, "--oversample"), (s.mean is not None, "--mean")):
-            if given:
-                raise UserError(f"{option}: an option of the Caffe image convention; --arch {model.arch} "
-                                "uses torchvision's (PIL RGB, Resize 256, centre crop 224, ImageNet mean and std)")
+        check_caffe_only(model.arch, **{"--pipeline pycaffe": s.pipeline == "pycaffe", "--oversample": s.oversample,
+                                        "--mean": s.mean})
         transform = preprocessing_for(model.arch)
     elif s.pipeline == "pycaffe":
         # Kept in float64: Transformer.preprocess subtracts the float64 mean from float32 pixels.
