@@ -52,7 +52,7 @@ def resize(img):
 
 def load_resized_rgb(path):
     """Decode and Resize(256): H x W x 3 uint8 RGB with min(H, W) = 256 (what the cache stores)."""
-    return np.asarray(resize(read_image_rgb(path)), dtype=np.uint8)
+    return np.array(resize(read_image_rgb(path)), dtype=np.uint8)    # a writable copy
 
 
 def _pil(img):

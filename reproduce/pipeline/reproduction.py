@@ -35,6 +35,7 @@ from ..evaluation.encoding import PIPELINES
 from ..evaluation.protocols import dataset_protocol
 from ..methods import DEEP_METHODS
 from ..model.archs import ARCHS, arch_spec
+from ..model.checkpoint import load_checkpoint
 from ..model.pretrained import checkpoint_path, ensure_pretrained
 from ..reporting.paper import PAPER_BITS
 from ..training.config import VARIANTS
@@ -252,13 +253,19 @@ class Reproduction:
         return {f"sweep-{k}": ImageList(v.paths, v.labels, written[k], None) for k, v in split.items()}
 
     def weights(self, dry):
-        """The ImageNet checkpoint (fetched if absent, unless `dry`)."""
+        """The ImageNet checkpoint (fetched if absent, unless `dry`), checked to be of --arch
+        before any job (read memory-mapped: its entries, not its tensors)."""
         c = self.config
         if c.weights:
-            return c.weights
-        if dry and not os.path.exists(checkpoint_path(c.arch, c.weights_dir)):
+            path = c.weights
+        elif dry and not os.path.exists(checkpoint_path(c.arch, c.weights_dir)):
             raise NotPrepared(f"the {c.arch} weights are not fetched yet ({checkpoint_path(c.arch, c.weights_dir)})")
-        return ensure_pretrained(c.arch, c.weights_dir)
+        else:
+            path = ensure_pretrained(c.arch, c.weights_dir)
+        arch = load_checkpoint(path, mmap=True)["arch"]
+        if arch != c.arch:
+            raise UserError(f"{path}: checkpoint is arch {arch!r}, but --arch {c.arch} was given")
+        return path
 
     # ------------------------------------------------------------------------------ the plan
     def grid_spec(self):
