@@ -59,8 +59,8 @@ def test_vgg16_files_and_forward_match_caffe(tmp_path):
     rel_err = abs_err / float(np.abs(fc7_caffe).max())
     code_err = float(np.abs(codes.numpy().astype(np.float64) - codes_caffe).max())
     # Measured (2 images, random He-scaled weights): fc7 max abs 1.1e-05 on max |fc7| 8.2 (relative
-    # 1.3e-06), codes 2.4e-06; float32 summation
-    # order differs between Caffe's im2col + BLAS and PyTorch's convolutions.
+    # 1.3e-06), codes 2.4e-06; float32 summation order differs between Caffe's im2col + BLAS and
+    # PyTorch's convolutions.
     print(f"\nvgg16 forward: fc7 max |ours - caffe| {abs_err:.2e} (relative to max |fc7| "
           f"{float(np.abs(fc7_caffe).max()):.2f}: {rel_err:.1e}), codes {code_err:.1e}")
     assert (fc7_caffe > 0).mean() > 0.2 and 0.2 < np.abs(codes_caffe).mean() < 0.95

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..evaluation.encoding import PIPELINES
 from ..evaluation.protocols import dataset_protocol
 from ..methods import DEEP_METHODS
-from ..model.nets import ARCHS, FC_LAYERS
+from ..model.archs import ARCH_SPECS, ARCHS
 from ..model.pretrained import checkpoint_path, ensure_pretrained
 from ..reporting.paper import PAPER_BITS
 from ..training.config import VARIANTS
@@ -234,7 +234,7 @@ class Reproduction:
 
     def _baseline_samples(self):
         """The fewest training images every requested shallow baseline can be fitted with."""
-        dim = FC_LAYERS["fc7"][1]
+        dim = ARCH_SPECS[self.config.arch].feature_dim     # the features the baselines are fitted on
         return max([make_baseline(name, bits).min_train_samples(dim)
                     for name in self.config.baselines for bits in self.config.bits], default=0)
 
