@@ -1,5 +1,5 @@
 """The backbones (issue 20) through the data side and the pipeline: caches bound to their image
-checkpoints bound to their arch and convention, Caffe-only options refused for the torchvision
+convention, checkpoints bound to their arch and convention, Caffe-only options refused for the torchvision
 backbones, and `reproduce.custom --smoke --arch tv-resnet50` end to end."""
 import json
 import os
