@@ -1,5 +1,9 @@
 """Train DHN: `python -m reproduce.train --train-list LIST --root DIR --weights CKPT --bits K --out RUN_DIR`.
 
+`--arch` (default: the checkpoint's) is the backbone, whose image convention the training batches
+follow (README, Backbones): Caffe's ImageData TRAIN transform for caffenet/alexnet/vgg16,
+DeepHash-pytorch's torchvision transform for the tv-* archs.
+
 Solver and loss settings resolve in this order: an explicit option, then `--solver-prototxt` (the
 authors' solver.prototxt), then `--preset` (default `dhn-caffe`, the authors' dhn-caffe solver).
 Multi-GPU / multi-node: `torchrun --nproc_per_node G -m reproduce.train ...` — `--batch-size` stays

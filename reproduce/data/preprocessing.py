@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..model.archs import arch_spec
 from . import torchvision_transforms as tv
 from .images import load_resized
-from .transforms import NEW_SIZE, mean_array
+from .transforms import CROP_SIZE, mean_array
 from .transforms import center_crop as caffe_center_crop
 from .transforms import oversample as caffe_oversample
 from .transforms import test_transform_batch as caffe_test_batch
@@ -36,7 +36,7 @@ class Preprocessing:
     input side; mean: caffe only, a mean_array ((3, 1, 1) values or a (3, 256, 256) mean image,
     B, G, R), None for torchvision (its normalization is fixed)."""
     name: str = CAFFE
-    crop_size: int = 227
+    crop_size: int = CROP_SIZE       # the authors' crop_size 227 (transform_param)
     mean: object = None
 
     def __post_init__(self):
@@ -79,10 +79,6 @@ class Preprocessing:
         if ten_crops:
             raise UserError("pycaffe's 10-crop oversampling belongs to the Caffe convention")
         return tv.test_transform(img, self.crop_size).numpy()
-
-    def cache_shape(self):
-        """What each cached image is: (256, 256, 3) for caffe, None (variable) for torchvision."""
-        return (NEW_SIZE, NEW_SIZE, 3) if self.caffe else None
 
 
 def preprocessing_for(arch, mean=None):
