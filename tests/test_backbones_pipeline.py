@@ -110,6 +110,11 @@ def test_encode_command_with_a_torchvision_backbone(toy, tmp_path, random_resnet
     with pytest.raises(UserError, match="checkpoint is arch 'tv-resnet50', but 'vgg16' was asked for"):
         encode.main(base + ["--out", str(tmp_path / "x.h5"), "--arch", "vgg16"])
     encode.main(base + ["--out", str(tmp_path / "f.h5"), "--features", "--arch", "tv-resnet50"])
+    from reproduce import train
+    train_args = ["--train-list", query, "--root", root, "--weights", random_resnet50, "--out", str(tmp_path / "run")]
+    for extra in (["--mean", "1,2,3"], ["--arch", "tv-resnet50", "--mean-file", "m.npy"]):
+        with pytest.raises(UserError, match="^--mean(-file)?: an option of the Caffe image convention"):
+            train.main(train_args + extra)
     with h5py.File(tmp_path / "f.h5", "r") as f:
         assert f["features"].shape == (6, 2048) and "codes" not in f
         assert f.attrs["preprocessing"] == "torchvision" and f.attrs["arch"] == "tv-resnet50"
