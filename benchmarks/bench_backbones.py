@@ -2,7 +2,7 @@
 the memory a training batch of 64 needs.
 
     python benchmarks/bench_backbones.py [--device cpu|cuda:0] [--batch-size 16] [--iters 2]
-        [--encode-batch 50] [--archs caffenet ...]
+        [--encode-batch 50] [--memory-batch 64] [--what all|speed|memory] [--archs caffenet ...]
 
 For each arch: a DHNNet with a 48-bit hash layer, randomly initialised (the weights do not change
 the time), at the arch's input size (227 or 224).
@@ -11,13 +11,14 @@ the time), at the arch's input size (227 or 224).
            after one warm-up; batch `--batch-size` (default 64 on a GPU; 16 on a CPU, where a
            batch of 64 through VGG-16 takes minutes).
   encode   model.features + hash in eval mode under no_grad, batch `--encode-batch`.
-  memory   GPU: torch.cuda.max_memory_allocated during one training step at batch 64, minus
-           what the model and solver hold before it. CPU: the peak RSS of a child process during
-           one training step (VmHWM of /proc/self/status, reset just before the step by writing 5
-           to /proc/self/clear_refs), minus its RSS before it, measured at the batches
-           `--memory-batches` (default 4 and 8) and extrapolated linearly to 64
-           (memory = fixed + per-image x batch): a batch of 64 through VGG-16 needs several GiB,
-           which a shared 2-core machine should not be asked for.
+  memory   of one training step at batch `--memory-batch` (default 64), beyond what the model,
+           its momentum and the batch hold before it. GPU: torch.cuda.max_memory_allocated.
+           CPU: the peak RSS of a child process (VmHWM of /proc/self/status, reset just before
+           the step by writing 5 to /proc/self/clear_refs) minus its RSS before the step. Measured
+           at 64, not extrapolated from small batches: below about 16 images the peak is the
+           solver's step (gradients and the foreach temporaries), not the activations, so a line
+           through two small batches underestimates (VGG-16: 25 MiB per image between 4 and 8,
+           46 between 2 and 16).
 Images are random tensors: the loader is bench_loader.py's and bench_encode.py's subject.
 """
 import argparse
@@ -122,17 +123,14 @@ def _rss_child(arch, n, threads, out):
     out.put((_status_kib("VmHWM") - before) * 1024)
 
 
-def cpu_memory(arch, batches):
-    """Peak RSS increase of one training step at each of `batches`, in a fresh process each;
-    returns {batch: bytes}."""
+def cpu_memory(arch, n=64):
+    """Peak RSS increase (bytes) of one training step at batch n, in a fresh process."""
     ctx = multiprocessing.get_context("spawn")
-    found = {}
-    for n in batches:
-        q = ctx.Queue()
-        p = ctx.Process(target=_rss_child, args=(arch, n, torch.get_num_threads(), q))
-        p.start()
-        found[n] = q.get()
-        p.join()
+    q = ctx.Queue()
+    p = ctx.Process(target=_rss_child, args=(arch, n, torch.get_num_threads(), q))
+    p.start()
+    found = q.get()
+    p.join()
     return found
 
 
@@ -143,27 +141,27 @@ def main():
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default: 64 on a GPU, 16 on a CPU)")
     p.add_argument("--iters", type=int, default=2, help="timed iterations after one warm-up (default 2)")
     p.add_argument("--encode-batch", type=int, default=50)
-    p.add_argument("--memory-batches", type=int, nargs=2, default=[4, 8],
-                   help="CPU: the two batches whose peak RSS is extrapolated to 64 (default 4 8)")
+    p.add_argument("--memory-batch", type=int, default=64, help="batch of the memory measurement (default 64)")
+    p.add_argument("--what", choices=("all", "speed", "memory"), default="all")
     args = p.parse_args()
     device = pick_device(args.device)
     n = args.batch_size or (64 if device.type == "cuda" else 16)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{name}; training batch {n}, encoding batch {args.encode_batch}, {args.iters} timed iterations")
-    print("| arch | input | train images/s | encode images/s | memory, training batch of 64 |")
+    print(f"| arch | input | train images/s | encode images/s | memory, training batch of {args.memory_batch} |")
     print("|---|---|---|---|---|")
     for arch in args.archs:
         crop = arch_spec(arch).crop_size
-        tr = train_rate(arch, device, n, args.iters)
-        en = encode_rate(arch, device, args.encode_batch, args.iters)
-        if device.type == "cuda":
-            mem = f"{gpu_memory(arch, device) / 2 ** 30:.2f} GiB (max_memory_allocated)"
-        else:
-            (a, ma), (b, mb) = sorted(cpu_memory(arch, args.memory_batches).items())
-            per_image = (mb - ma) / (b - a)
-            mem = (f"{(ma + per_image * (64 - a)) / 2 ** 30:.2f} GiB (peak RSS, extrapolated from "
-                   f"{ma / 2 ** 20:.0f} MiB at {a}, {mb / 2 ** 20:.0f} MiB at {b})")
-        print(f"| {arch} | {crop} | {tr:.1f} | {en:.1f} | {mem} |", flush=True)
+        tr = en = mem = "-"
+        if args.what in ("all", "speed"):
+            tr = f"{train_rate(arch, device, n, args.iters):.1f}"
+            en = f"{encode_rate(arch, device, args.encode_batch, args.iters):.1f}"
+        if args.what in ("all", "memory"):
+            if device.type == "cuda":
+                mem = f"{gpu_memory(arch, device, args.memory_batch) / 2 ** 30:.2f} GiB (max_memory_allocated)"
+            else:
+                mem = f"{cpu_memory(arch, args.memory_batch) / 2 ** 30:.2f} GiB (peak RSS)"
+        print(f"| {arch} | {crop} | {tr} | {en} | {mem} |", flush=True)
 
 
 if __name__ == "__main__":
