@@ -63,8 +63,9 @@ def build_image_cache(identity, image_list, root, cache, workers, preprocessing=
     if os.path.exists(cache) and not _carries(cache, identity):
         os.remove(cache)
     partial = cache + ".partial"
-    if os.path.exists(partial) and _attribute(partial, "images") != image_list["hex"]:
-        os.remove(partial)               # an interrupted build from other images: start again
+    if os.path.exists(partial) and (_attribute(partial, "images") != image_list["hex"]
+                                    or (_attribute(partial, "preprocessing") or "caffe") != preprocessing):
+        os.remove(partial)               # an interrupted build from other images or for another convention
     build_cache(images, root, cache, workers=workers, images=image_list["hex"],
                 attrs={"identity": ids.to_attr(identity)}, preprocessing=preprocessing)
 
