@@ -1,5 +1,9 @@
 """Train DHN: `python -m reproduce.train --train-list LIST --root DIR --weights CKPT --bits K --out RUN_DIR`.
 
+`--arch` (default: the checkpoint's) is the backbone, whose image convention the training batches
+follow (README, Backbones): Caffe's ImageData TRAIN transform for caffenet/alexnet/vgg16,
+DeepHash-pytorch's torchvision transform for the tv-* archs.
+
 Solver and loss settings resolve in this order: an explicit option, then `--solver-prototxt` (the
 authors' solver.prototxt), then `--preset` (default `dhn-caffe`, the authors' dhn-caffe solver).
 Multi-GPU / multi-node: `torchrun --nproc_per_node G -m reproduce.train ...` — `--batch-size` stays
@@ -15,12 +19,13 @@ from .cli import (BITS, DEFAULT_PRESET, NON_NEGATIVE, POSITIVE, ArgumentParser, 
                   format_mean, number, parse_mean_value, preset_settings, run_cli)
 from .data.images import check_images_exist
 from .data.lists import read_list
+from .data.preprocessing import check_caffe_only
 from .data.transforms import MEAN_VALUE, load_mean_file
 from .errors import UserError
 from .methods import DEEP_METHODS
 from .model.checkpoint import load_checkpoint
 from .model.nets import ARCHS
-from .training.config import DataSettings, MethodSettings, ModelSettings, RunConfig
+from .training.config import DataSettings, MethodSettings, ModelSettings, RunConfig, default_mean
 from .training.engine import run_identity, train
 from .training.losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
 from .training.solver import LR_POLICIES, PRESETS, SolverSettings
@@ -37,17 +42,23 @@ def get_args_parser():
     g.add_argument("--root", required=True, help="dataset root the list's paths are relative to")
     g.add_argument("--num-labels", type=POSITIVE, default=None, help="C, to check the list against (default: the list's)")
     g.add_argument("--cache", default=None,
-                   help="HDF5 cache of the list's images resized to 256x256 (built if absent; default "
+                   help="HDF5 cache of the list's images resized as the arch's image convention resizes "
+                        "(Caffe: 256x256; torchvision: shorter side 256) (built if absent; default "
                         "<out>/train_cache.h5); 'none' decodes every batch from the image files")
     g.add_argument("--mean", default=None,
-                   help=f"per-channel B,G,R mean (default {format_mean(MEAN_VALUE)}: the authors' mean_value)")
-    g.add_argument("--mean-file", default=None, help="imagenet_mean.binaryproto or ilsvrc_2012_mean.npy instead")
+                   help=f"per-channel B,G,R mean, Caffe convention only (default: the arch's mean_value, "
+                        f"{format_mean(MEAN_VALUE)} for caffenet/alexnet: the authors')")
+    g.add_argument("--mean-file", default=None, help="imagenet_mean.binaryproto or ilsvrc_2012_mean.npy instead "
+                   "(Caffe convention only)")
     g.add_argument("--no-mirror", dest="mirror", action="store_false",
-                   help="disable the random mirror (the authors' TRAIN transform mirrors)")
+                   help="disable the random mirror (the authors' TRAIN transform mirrors; torchvision's "
+                        "RandomHorizontalFlip for the tv-* archs)")
     g = p.add_argument_group("model")
     g.add_argument("--weights", required=True,
                    help="converted ImageNet checkpoint (hash layer from its filler) or a DHN checkpoint")
-    g.add_argument("--arch", choices=ARCHS, default=None, help="default: the checkpoint's")
+    g.add_argument("--arch", choices=ARCHS, default=None,
+                   help="backbone (reproduce.model.archs; README, Backbones); default: the checkpoint's, "
+                        "which must be this arch")
     g.add_argument("--bits", type=BITS, default=48, help="K, hash code length (default 48)")
     g.add_argument("--dropout", type=number(0, 1, high_open=True), default=0.5, help="fc6/fc7 dropout ratio (default 0.5, as the zoo nets)")
     add_solver_options(p)
@@ -91,6 +102,8 @@ def config_from_args(args, ckpt=None):
     overrides = {f.name: options[f.name] for f in dataclasses.fields(SolverSettings)}
     given = {k for k, v in overrides.items() if v is not None}
     num_labels = args.num_labels or read_list(args.train_list).labels.shape[1]
+    arch = args.arch or (ckpt or load_checkpoint(args.weights))["arch"]
+    check_caffe_only(arch, **{"--mean": args.mean, "--mean-file": args.mean_file})
     if args.mean_file:
         load_mean_file(args.mean_file)           # a bad mean file stops the run before it starts
     cache = os.path.join(args.out, "train_cache.h5") if args.cache is None else (
@@ -99,10 +112,9 @@ def config_from_args(args, ckpt=None):
         solver, loss = preset_settings(args.preset, dict(overrides, quant_weight=args.quant_weight), solver_file)
         return RunConfig(
             data=DataSettings(args.train_list, args.root, num_labels, cache,
-                              parse_mean_value(args.mean) if args.mean else MEAN_VALUE,
+                              parse_mean_value(args.mean) if args.mean else default_mean(arch),
                               args.mean_file, args.mirror, args.workers),
-            model=ModelSettings(args.weights, args.arch or (ckpt or load_checkpoint(args.weights))["arch"],
-                                args.bits, args.dropout),
+            model=ModelSettings(args.weights, arch, args.bits, args.dropout),
             solver=solver,
             loss=dataclasses.replace(loss, pair_loss=args.pair_loss, threshold=args.threshold),
             out=args.out, seed=args.seed, device=args.device, keep_snapshots=args.keep_snapshots,

@@ -2,9 +2,10 @@
 
     python -m reproduce.weights fetch caffenet [--dir weights] [--no-verify]
 
-downloads the BVLC model zoo caffemodel, checks its sha1 and converts it into weights/<arch>.pth
-(reproduce.convert_weights). A caffemodel already in the folder with the right sha1 is not
-downloaded again. Without network it prints the manual steps.
+downloads the BVLC model zoo caffemodel (VGG_ILSVRC_16_layers for vgg16, torchvision's state dict
+for tv-*), checks its published checksum (sha1; torchvision's sha256 prefix; VGG-16 publishes none)
+and converts it into weights/<arch>.pth (reproduce.convert_weights). A file already in the folder
+with the right checksum is not downloaded again. Without network it prints the manual steps.
 """
 from .cli import ArgumentParser, run_cli
 from .model.nets import ARCHS
@@ -16,10 +17,11 @@ def get_args_parser():
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch", help="download, verify and convert a published model")
     f.add_argument("arch", choices=ARCHS, help="caffenet = bvlc_reference_caffenet (what the authors "
-                   "fine-tuned), alexnet = bvlc_alexnet")
+                   "fine-tuned), alexnet = bvlc_alexnet, vgg16 = VGG_ILSVRC_16_layers, tv-* = torchvision's "
+                   "IMAGENET1K_V1 weights")
     f.add_argument("--dir", default=DEFAULT_WEIGHTS_DIR, help="folder for the caffemodel and <arch>.pth "
                    f"(default: {DEFAULT_WEIGHTS_DIR})")
-    f.add_argument("--no-verify", action="store_true", help="accept a caffemodel whose sha1 differs from "
+    f.add_argument("--no-verify", action="store_true", help="accept a file whose checksum differs from "
                    "the published one (default: refuse)")
     f.add_argument("--url", default=None, help="download from this address instead (a mirror, or file://); "
                    "default: the BVLC address in PRETRAINED")

@@ -5,8 +5,9 @@ function of (seed, t), so the batch sequence depends on neither the number of lo
 the number of processes, and a resumed run sees the batches an uninterrupted one would. The order
 follows image_data_layer.cpp: the list is shuffled at start and again at the end of every pass, and
 a batch that reaches the end of a pass continues with the next shuffle. `TrainBatches` crops,
-mirrors and subtracts the mean (reproduce.data.transforms) from the image cache
-(reproduce.data.cache) or the image files; `checked_batches` turns a loader's error messages and
+mirrors and subtracts the mean (reproduce.data.transforms) — or, for the torchvision backbones,
+flips, crops and normalizes with torchvision's transforms (reproduce.data.torchvision_transforms) —
+from the image cache (reproduce.data.cache) or the image files; `checked_batches` turns a loader's error messages and
 held-back signals into the errors they are.
 """
 import functools
@@ -18,21 +19,29 @@ import torch
 
 from ..errors import UserError
 from ..utils.signals import check_signal, unblock_signals
-from .images import load_resized
-from .transforms import CROP_SIZE, NEW_SIZE, train_transform_batch
+from .preprocessing import CAFFE, TORCHVISION, Preprocessing
+from .transforms import CROP_SIZE, NEW_SIZE, mean_array
 
 
 class BatchOrder:
-    """Global batch t -> (indices B, crop offsets B x 2 (h_off, w_off), mirror flags B), from the seed.
+    """Global batch t -> (indices B, crop draws B x 2, mirror flags B), from the seed.
 
     Each pass over the list is a permutation drawn from (seed, pass); the crops and mirrors of
-    batch t from (seed, t): data_transformer.cpp draws h_off, w_off uniformly in
-    0..256-227 and mirror with probability 1/2 for every image.
+    batch t from (seed, t), one generator for both conventions (reproduce.data.preprocessing):
+    caffe: data_transformer.cpp draws h_off, w_off uniformly in 0..256-crop_size (0..29 for the
+    authors' 227) and mirror with probability 1/2 for every image; torchvision: the resized
+    images differ in size, so the draws are fractions u in [0, 1) per axis, which
+    reproduce.data.torchvision_transforms.crop_offsets turns into RandomCrop's uniform offsets of
+    each image, and the mirror flags are RandomHorizontalFlip's (p = 1/2).
     """
 
-    def __init__(self, num_images, batch_size, seed, crop=True, mirror=True):
+    def __init__(self, num_images, batch_size, seed, crop=True, mirror=True, crop_size=CROP_SIZE,
+                 preprocessing=CAFFE):
         self.n, self.batch_size, self.seed = num_images, batch_size, seed
         self.crop, self.mirror = crop, mirror
+        self.crop_size, self.preprocessing = crop_size, preprocessing
+        if preprocessing == TORCHVISION and not crop:
+            raise ValueError("the torchvision convention crops at random when training (RandomCrop)")
 
     @functools.lru_cache(maxsize=4)
     def permutation(self, epoch):
@@ -56,29 +65,40 @@ class BatchOrder:
     def batch(self, t):
         index = self.indices(t)
         rng = np.random.default_rng([self.seed, 1, t])
-        offsets = rng.integers(0, NEW_SIZE - CROP_SIZE + 1, size=(self.batch_size, 2))
+        if self.preprocessing == TORCHVISION:
+            offsets = rng.random(size=(self.batch_size, 2))
+        else:
+            offsets = rng.integers(0, NEW_SIZE - self.crop_size + 1, size=(self.batch_size, 2))
         mirror = rng.integers(0, 2, size=self.batch_size).astype(bool)
         if not self.crop:
-            offsets[:] = (NEW_SIZE - CROP_SIZE) // 2
+            offsets[:] = (NEW_SIZE - self.crop_size) // 2
         if not self.mirror:
             mirror[:] = False
         return index, offsets, mirror
 
 
 class TrainBatches(torch.utils.data.Dataset):
-    """Item i = this process's share of global batch `start + i`, transformed as Caffe's TRAIN phase.
+    """Item i = this process's share of global batch `start + i`, transformed as the backbone's
+    TRAIN phase.
 
-    Returns (float32 b x 3 x 227 x 227 BGR minus mean, uint8 labels b x C, error message or "")
-    with b = B / world_size:
-    process `rank` takes rows rank*b ... (rank+1)*b - 1 of every global batch. Images come from a
-    cache (`cache_path`) or, without one, are decoded and resized from `root` on the fly.
+    `transform`: a reproduce.data.preprocessing.Preprocessing, or a mean (values or mean image)
+    for the authors' Caffe transform at crop 227. Returns (float32 b x 3 x crop x crop — caffe:
+    BGR minus mean, torchvision: normalized RGB —, uint8 labels b x C, error message or "") with
+    b = B / world_size: process `rank` takes rows rank*b ... (rank+1)*b - 1 of every global
+    batch. Images come from a cache (`cache_path`) or, without one, are decoded and resized from
+    `root` on the fly.
     """
 
-    def __init__(self, image_list, order, mean, start, stop, cache_path=None, root=None, rank=0, world_size=1,
+    def __init__(self, image_list, order, transform, start, stop, cache_path=None, root=None, rank=0, world_size=1,
                  targets=None):
         if order.batch_size % world_size:
             raise UserError(f"batch size {order.batch_size} is not divisible by {world_size} processes")
-        self.image_list, self.order, self.mean = image_list, order, mean
+        if not isinstance(transform, Preprocessing):
+            transform = Preprocessing(CAFFE, CROP_SIZE, mean_array(transform))
+        if transform.name != order.preprocessing or transform.crop_size != order.crop_size:
+            raise ValueError(f"batch order drawn for {order.preprocessing} crops of {order.crop_size}, "
+                             f"transform {transform.name} of {transform.crop_size}")
+        self.image_list, self.order, self.transform = image_list, order, transform
         self.start, self.stop, self.cache_path, self.root = start, stop, cache_path, root
         # rows yielded with each batch: the labels, or a method's targets (n x T, e.g. CNNH's codes)
         self.targets = image_list.labels if targets is None else targets
@@ -90,11 +110,16 @@ class TrainBatches(torch.utils.data.Dataset):
         return max(0, self.stop - self.start)
 
     def _images(self, index):
+        """The resized images of `index`: caffe an N x 256 x 256 x 3 array, torchvision a list."""
         if self.cache_path is None:
-            return np.stack([load_resized(self.image_list, self.root, int(i)) for i in index])
+            resized = [self.transform.load_resized(self.image_list, self.root, int(i)) for i in index]
+            return np.stack(resized) if self.transform.caffe else resized
         if self._pid != os.getpid():   # one HDF5 handle per loader process, opened after the fork
             self._file, self._pid = h5py.File(self.cache_path, "r"), os.getpid()
         images = self._file["images"]
+        if not self.transform.caffe:   # variable sizes: flattened, shapes beside (data.cache)
+            shapes = self._file["shapes"]
+            return [images[int(i)].reshape(tuple(shapes[int(i)])) for i in index]
         out = np.empty((len(index),) + images.shape[1:], dtype=np.uint8)
         for j, i in enumerate(index):
             # One chunk read per image: h5py's fancy indexing (images[list]) is ~50x slower.
@@ -109,7 +134,7 @@ class TrainBatches(torch.utils.data.Dataset):
         index, offsets, mirror = index[self.share], offsets[self.share], mirror[self.share]
         labels = torch.from_numpy(self.targets[index])
         try:
-            x = train_transform_batch(self._images(index), offsets, mirror, self.mean)
+            x = self.transform.train_batch(self._images(index), offsets, mirror)
         except UserError as e:
             return torch.zeros(0), labels, str(e)
         return x, labels, ""

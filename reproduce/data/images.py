@@ -32,10 +32,12 @@ def check_images_exist(image_list, root):
                         f"under {root}; first: {first})")
 
 
-def load_resized(image_list, root, i):
-    """Entry i of the list decoded as BGR uint8 and resized to 256 x 256 (Caffe's ReadImageToCVMat)."""
+def load_resized(image_list, root, i, load=None):
+    """Entry i of the list decoded as BGR uint8 and resized to 256 x 256 (Caffe's ReadImageToCVMat),
+    or `load(path)` of it (another convention's decoding and resizing); an image that cannot be
+    read is a UserError naming the list, the line and the path."""
     path = os.path.join(root, image_list.paths[i])
     try:
-        return resize_linear(read_image_bgr(path), NEW_SIZE, NEW_SIZE)
+        return load(path) if load is not None else resize_linear(read_image_bgr(path), NEW_SIZE, NEW_SIZE)
     except UserError as e:
         raise UserError(f"{image_list.where(i)}: {e}") from None

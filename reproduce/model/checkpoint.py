@@ -2,8 +2,14 @@
 
 A checkpoint is what `torch.save` writes for
 
-    {"format": FORMAT, "arch": "caffenet"|"alexnet", "bits": K (0 = no hash layer),
-     "state_dict": {Caffe-layer-named parameter: tensor}, "meta": {str: str|int|float|list|dict}}
+    {"format": FORMAT, "arch": an --arch of reproduce.model.archs, "bits": K (0 = no hash layer),
+     "state_dict": {parameter name: tensor}, "meta": {str: str|int|float|list|dict}}
+
+(parameter names: Caffe's layer names for the Caffe family, torchvision's state-dict keys, its
+BatchNorm buffers included, for the torchvision family; reproduce.model.nets.expected_shapes),
+and "preprocessing": the image convention the network was trained with ("caffe" or
+"torchvision", reproduce.data.preprocessing), written since backbones became an option;
+checkpoints without it are of the Caffe convention, the only one before.
 
 so `torch.load(path, weights_only=True)` reads it without unpickling any object. Converted ImageNet
 models (`convert_weights`, `weights fetch`) have bits 0 unless the caffemodel carried a hash layer;
@@ -19,6 +25,7 @@ import torch
 from ..errors import UserError
 from ..methods import make_method
 from ..utils.fileio import atomic_output, require_file
+from .archs import ARCH_SPECS
 from .nets import ARCHS, HASH_LAYER, MAX_BITS, DHNNet, expected_shapes
 
 FORMAT = "reproduce-dhn-checkpoint/1"
@@ -30,6 +37,7 @@ def save_checkpoint(path, state_dict, arch, bits, meta=None, overwrite=False, ex
     `extra` holds further weights_only-safe entries (a solver state, a resume position).
     """
     ckpt = {"format": FORMAT, "arch": arch, "bits": int(bits or 0),
+            "preprocessing": ARCH_SPECS[arch].preprocessing,
             "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
             "meta": dict(meta or {})}
     ckpt.update(extra or {})
@@ -67,6 +75,11 @@ def load_checkpoint(path, mmap=False):
                         "convert Caffe models with `python -m reproduce.convert_weights`")
     if ckpt.get("arch") not in ARCHS:
         raise UserError(f"{path}: unknown arch {ckpt.get('arch')!r}")
+    convention = ARCH_SPECS[ckpt["arch"]].preprocessing
+    if ckpt.setdefault("preprocessing", convention) != convention:
+        raise UserError(f"{path}: the checkpoint says arch {ckpt['arch']!r} with the "
+                        f"{ckpt['preprocessing']!r} image convention, but that arch uses {convention!r}; "
+                        "the file is damaged or not written by this package")
     bits = ckpt.get("bits")
     if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= MAX_BITS:
         raise UserError(f"{path}: the checkpoint's 'bits' entry is {bits!r}, not a number of bits "
@@ -84,13 +97,14 @@ def load_checkpoint(path, mmap=False):
     return ckpt
 
 
-def check_state_dict(state_dict, arch_bits, source, allow_missing_hash=False):
-    """Assert every expected key is present with its shape and nothing else is; UserError otherwise.
+def check_state_dict(state_dict, arch_bits, source, allow_missing_hash=False, arch="caffenet"):
+    """Assert every expected key of `arch` is present with its shape and nothing else is;
+    UserError otherwise.
 
     `arch_bits` is the K of the hash layer to expect (0 = none); with allow_missing_hash a state
     dict without a hash layer is accepted (a pretrained model whose fch starts from its filler).
     """
-    want = expected_shapes(arch_bits)
+    want = expected_shapes(arch_bits, arch)
     have = set(state_dict)
     missing = sorted(set(want) - have)
     if allow_missing_hash:
@@ -144,12 +158,13 @@ def model_from_checkpoint(ckpt, source, bits=None, arch=None, dropout=0.5, gener
     if bits is None:
         bits = have_bits
     if have_bits and bits != have_bits:
-        raise UserError(f"{source}: {HASH_LAYER}.weight has shape {(have_bits, 4096)} "
+        raise UserError(f"{source}: {HASH_LAYER}.weight has shape "
+                        f"{(have_bits, ARCH_SPECS[ckpt['arch']].feature_dim)} "
                         f"({have_bits} bits), but {bits} bits were asked for")
     method = checkpoint_method(ckpt, source) or method
     if method is not None:
         return _method_model(ckpt, source, bits, dropout, generator, method, trained=bool(have_bits))
-    check_state_dict(ckpt["state_dict"], bits, source, allow_missing_hash=not have_bits)
+    check_state_dict(ckpt["state_dict"], bits, source, allow_missing_hash=not have_bits, arch=ckpt["arch"])
     model = DHNNet(ckpt["arch"], bits=bits, dropout=dropout)
     model.reset_hash_layer(generator)
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
@@ -164,7 +179,7 @@ def _method_model(ckpt, source, bits, dropout, generator, method, trained):
     model = DHNNet(ckpt["arch"], bits=bits, dropout=dropout, method=method, generator=generator)
     state = ckpt["state_dict"]
     features = {k: v for k, v in state.items() if not k.startswith("head.")}
-    check_state_dict(features, 0, source)
+    check_state_dict(features, 0, source, arch=ckpt["arch"])
     if trained:
         want = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith("head.")}
         have = {k: tuple(v.shape) for k, v in state.items() if k.startswith("head.")}

@@ -1,6 +1,11 @@
 """The per-dataset reproduction's plan: the grid (reproduce.pipeline.grid) made of image-list jobs
-(reproduce.pipeline.jobs) — image caches, trainings of CaffeNet/AlexNet, encodings, evaluations, fc7
-features and shallow baselines, sweeps, and the tables.
+(reproduce.pipeline.jobs) — image caches, trainings of the backbone (--arch), encodings,
+evaluations, penultimate features and shallow baselines, sweeps, and the tables.
+
+The backbone enters every identity: a training's through its model.arch (and the arch's mean);
+caches, encodings, features and sweeps through identity.backbone_settings (its arch and image
+convention; nothing for the networks of before, whose outputs keep their identities), and the
+summary names it in its titles. No output made for another backbone is taken as done.
 
 Where the outputs go (`work` = runs/<dataset>, `out` = results/<dataset> by default):
 
@@ -20,7 +25,8 @@ import os
 from . import identity as ids
 from ..errors import UserError
 from ..reporting.paper import canonical_method
-from ..training.config import VARIANTS, DataSettings, MethodSettings, ModelSettings, RunConfig
+from ..model.archs import arch_spec
+from ..training.config import VARIANTS, DataSettings, MethodSettings, ModelSettings, RunConfig, default_mean
 from ..training.losses import LossSettings
 from ..training.solver import SolverSettings
 from .grid import GridBuilder, make_sweep_job, run_name
@@ -78,6 +84,11 @@ class DatasetGrid(GridBuilder):
     def _path(self, *parts, out=False):
         return os.path.join(self.setup.out if out else self.setup.work, *parts)
 
+    @property
+    def preprocessing(self):
+        """The backbone's image convention (reproduce.data.preprocessing)."""
+        return arch_spec(self.setup.arch).preprocessing
+
     def _encode_options(self):
         s = self.setup
         return {"pipeline": s.pipeline, "oversample": s.oversample, "workers": s.workers, "device": s.device}
@@ -87,10 +98,15 @@ class DatasetGrid(GridBuilder):
         if list_name not in self.caches:
             source = self.setup.lists[list_name]
             path = self._path("cache", f"{list_name}.h5")
+            # what a cache holds depends on the image convention only (vgg16 reads caffenet's
+            # 256 x 256 images); the Caffe convention's identity is that of the caches of before
+            settings = {"list": list_name}
+            if self.preprocessing != "caffe":
+                settings["preprocessing"] = self.preprocessing
             self.caches[list_name] = Job(
-                f"cache/{list_name}", "cache", {"list": list_name}, "reproduce.pipeline.jobs:build_image_cache",
+                f"cache/{list_name}", "cache", settings, "reproduce.pipeline.jobs:build_image_cache",
                 {"image_list": source.spec(), "root": self.setup.root, "cache": path,
-                 "workers": self.setup.workers},
+                 "workers": self.setup.workers, "preprocessing": self.preprocessing},
                 stamp=path, inputs={source.identity["job"]: source.identity}, verb="built",
                 intermediate=True)
             self.pending_caches.append(self.caches[list_name])
@@ -112,7 +128,8 @@ class DatasetGrid(GridBuilder):
         loss = loss or (VARIANTS[run].loss(s.loss) if run in VARIANTS else s.loss)
         try:
             return RunConfig(DataSettings(source.path, s.root, source.num_labels,
-                                          self._path("cache", f"{list_name}.h5"), workers=s.workers),
+                                          self._path("cache", f"{list_name}.h5"), mean=default_mean(s.arch),
+                                          workers=s.workers),
                              ModelSettings(s.weights, s.arch, bits), out=out, solver=solver or s.solver,
                              loss=loss, seed=seed, device=s.device, keep_snapshots=1, method=method)
         except ValueError as e:
@@ -160,7 +177,8 @@ class DatasetGrid(GridBuilder):
         return jobs, codes
 
     def _encode_settings(self):
-        return {"pipeline": self.setup.pipeline, "oversample": self.setup.oversample}
+        return {"pipeline": self.setup.pipeline, "oversample": self.setup.oversample,
+                **ids.backbone_settings(self.setup.arch, self.preprocessing)}
 
     def evaluate_job(self, label, run, codes, binary):
         label = label or canonical_method(run.name)
@@ -233,10 +251,14 @@ class DatasetGrid(GridBuilder):
         inputs = {j.name: j.identity for j in evaluations + sweeps}
         if s.paper_csv:
             inputs["paper_numbers"] = ids.file_identity("paper_numbers", s.paper_csv)
-        return Job("summary", "summary",
-                   {"dataset": s.dataset, "title": s.title, "paper_default": s.paper_default},
+        # the titles name the backbone unless it is the authors' (the paper's tables are caffenet's)
+        backbone = None if s.arch == "caffenet" else s.arch
+        settings = {"dataset": s.dataset, "title": s.title, "paper_default": s.paper_default}
+        if backbone:
+            settings["backbone"] = backbone
+        return Job("summary", "summary", settings,
                    "reproduce.pipeline.jobs:summarize",
-                   {"dataset": s.dataset, "title": s.title, "out": out, "run": s.run_info,
+                   {"dataset": s.dataset, "title": s.title, "out": out, "run": s.run_info, "backbone": backbone,
                     "records": [{"path": j.stamp, "hex": j.identity["hex"]} for j in evaluations],
                     "sweeps": [{"path": j.stamp, "hex": j.identity["hex"]} for j in sweeps],
                     "paper_csv": s.paper_csv, "paper_default": s.paper_default},

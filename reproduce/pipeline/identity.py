@@ -114,6 +114,23 @@ def images_identity(name, image_list, root):
                                   "root": os.path.abspath(root), "images": stats.hexdigest()})
 
 
+# The archs of the versions before backbones became an option (issue 20): the Caffe convention at
+# the authors' crop 227, the only one then. Their jobs' identities did not name the backbone (the
+# weights' sha1 and the training's model.arch did), and keep not naming it, so that outputs made
+# then stay valid; every other arch is named with its image convention (backbone_settings).
+LEGACY_ARCHS = ("caffenet", "alexnet")
+
+
+def backbone_settings(arch, preprocessing):
+    """The settings that name the backbone in the identity of a job that reads images or
+    weights (caches, encodings, features): {"backbone.arch", "backbone.preprocessing"}, so that
+    no output made for another backbone or image convention is taken as done; {} for
+    LEGACY_ARCHS."""
+    if arch in LEGACY_ARCHS:
+        return {}
+    return {"backbone.arch": arch, "backbone.preprocessing": preprocessing}
+
+
 # ----------------------------------------------------------------------------- reading and comparing
 
 def to_attr(doc):

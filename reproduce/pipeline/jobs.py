@@ -55,17 +55,19 @@ def require_identity(path, expected_hex, what):
                         "made with other settings); run the command again")
 
 
-def build_image_cache(identity, image_list, root, cache, workers):
-    """Job: the 256 x 256 image cache of a list (reproduce.data.cache.build_cache); one made from other
-    images or another list is replaced (the plan runs this job only when that is wanted)."""
+def build_image_cache(identity, image_list, root, cache, workers, preprocessing="caffe"):
+    """Job: the image cache of a list for the image convention `preprocessing`
+    (reproduce.data.cache.build_cache); one made from other images, another list or for another
+    convention is replaced (the plan runs this job only when that is wanted)."""
     images = read_checked_list(image_list, root)
     if os.path.exists(cache) and not _carries(cache, identity):
         os.remove(cache)
     partial = cache + ".partial"
-    if os.path.exists(partial) and _attribute(partial, "images") != image_list["hex"]:
-        os.remove(partial)               # an interrupted build from other images: start again
+    if os.path.exists(partial) and (_attribute(partial, "images") != image_list["hex"]
+                                    or (_attribute(partial, "preprocessing") or "caffe") != preprocessing):
+        os.remove(partial)               # an interrupted build from other images or for another convention
     build_cache(images, root, cache, workers=workers, images=image_list["hex"],
-                attrs={"identity": ids.to_attr(identity)})
+                attrs={"identity": ids.to_attr(identity)}, preprocessing=preprocessing)
 
 
 def _clear_run(run_dir):
@@ -201,10 +203,12 @@ def _carries(path, identity):
     return isinstance(found, dict) and found["hex"] == identity["hex"]
 
 
-def summarize(identity, dataset, title, records, sweeps, out, run, paper_csv=None, paper_default=True):
+def summarize(identity, dataset, title, records, sweeps, out, run, paper_csv=None, paper_default=True,
+              backbone=None):
     """Job: Tables 1-2 and Figures (a)-(c) of the plan's evaluations (and no other metrics.json in
     the folder), sweep.md, and run.json (the stamp, written last). records / sweeps: [{"path",
-    "hex"}] of the evaluation and sweep jobs."""
+    "hex"}] of the evaluation and sweep jobs; backbone: named in the titles (None: the authors'
+    caffenet, as in the paper)."""
     loaded = []
     for spec in records:
         require_identity(spec["path"], spec["hex"], "evaluation")
@@ -214,7 +218,8 @@ def summarize(identity, dataset, title, records, sweeps, out, run, paper_csv=Non
     curve_bits = default_curve_bits(loaded)
     names = summary_names(curve_bits, bool(sweeps))
     with staged_outputs(out, remove=earlier_summary_outputs(out, names)) as stage:
-        written = write_comparison(loaded, dataset, stage, curve_bits, dataset_title=title, paper=paper)
+        written = write_comparison(loaded, dataset, stage, curve_bits, dataset_title=title, paper=paper,
+                                   backbone=backbone)
         if sweeps:
             with open(os.path.join(stage, "sweep.md"), "w", encoding="utf-8") as f:
                 f.write(sweep_markdown(sweeps))

@@ -28,12 +28,14 @@ from ..baselines import BASELINES, make_baseline
 from ..cli import (BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, add_plan_options, add_solver_options,
                    executor_settings, number, preset_settings)
 from ..data.lists import ImageList
+from ..data.preprocessing import check_caffe_only
 from ..datasets.common import build_report, format_report, require_images, write_split
 from ..errors import UserError
 from ..evaluation.encoding import PIPELINES
 from ..evaluation.protocols import dataset_protocol
 from ..methods import DEEP_METHODS
-from ..model.nets import ARCHS, FC_LAYERS
+from ..model.archs import ARCHS, arch_spec
+from ..model.checkpoint import load_checkpoint
 from ..model.pretrained import checkpoint_path, ensure_pretrained
 from ..reporting.paper import PAPER_BITS
 from ..training.config import VARIANTS
@@ -135,7 +137,7 @@ def get_args_parser(preset):
                         "lists (reproduce.methods; default: all)")
     p.add_argument("--seeds", type=NON_NEGATIVE, nargs="+", default=[0], help="one training run per seed (default 0)")
     p.add_argument("--arch", choices=ARCHS, default="caffenet",
-                   help="default caffenet: the network the authors fine-tuned")
+                   help="backbone (README, Backbones); default caffenet: the network the authors fine-tuned")
     p.add_argument("--weights", default=None,
                    help="converted ImageNet checkpoint (default: weights/<arch>.pth, fetched if absent)")
     p.add_argument("--weights-dir", default="weights")
@@ -174,6 +176,7 @@ def config_from_args(preset, args):
         solver, loss = preset_settings(args.preset, given)
     except ValueError as e:
         raise UserError(f"solver settings: {e}") from None
+    check_caffe_only(args.arch, **{"--pipeline pycaffe": args.pipeline == "pycaffe", "--oversample": args.oversample})
     sweep = SweepSettings(args.sweep_bits, args.sweep_max_iter, tuple(args.sweep_lrs), tuple(args.sweep_quant_weights),
                           args.validation_fraction) if args.sweep else None
     return ReproductionConfig(
@@ -235,7 +238,7 @@ class Reproduction:
 
     def _baseline_samples(self):
         """The fewest training images every requested shallow baseline can be fitted with."""
-        dim = FC_LAYERS["fc7"][1]
+        dim = arch_spec(self.config.arch).feature_dim      # what the baselines are fitted on
         return max([make_baseline(name, bits).min_train_samples(dim)
                     for name in self.config.baselines for bits in self.config.bits], default=0)
 
@@ -251,13 +254,19 @@ class Reproduction:
         return {f"sweep-{k}": ImageList(v.paths, v.labels, written[k], None) for k, v in split.items()}
 
     def weights(self, dry):
-        """The ImageNet checkpoint (fetched if absent, unless `dry`)."""
+        """The ImageNet checkpoint (fetched if absent, unless `dry`), checked to be of --arch
+        before any job (read memory-mapped: its entries, not its tensors)."""
         c = self.config
         if c.weights:
-            return c.weights
-        if dry and not os.path.exists(checkpoint_path(c.arch, c.weights_dir)):
+            path = c.weights
+        elif dry and not os.path.exists(checkpoint_path(c.arch, c.weights_dir)):
             raise NotPrepared(f"the {c.arch} weights are not fetched yet ({checkpoint_path(c.arch, c.weights_dir)})")
-        return ensure_pretrained(c.arch, c.weights_dir)
+        else:
+            path = ensure_pretrained(c.arch, c.weights_dir)
+        arch = load_checkpoint(path, mmap=True)["arch"]
+        if arch != c.arch:
+            raise UserError(f"{path}: checkpoint is arch {arch!r}, but --arch {c.arch} was given")
+        return path
 
     # ------------------------------------------------------------------------------ the plan
     def grid_spec(self):
@@ -272,8 +281,11 @@ class Reproduction:
         c = self.config
         sources = {name: ListSource(il.source, self.num_labels, ids.images_identity(f"lists/{name}", il, c.root))
                    for name, il in lists.items()}
+        spec = arch_spec(c.arch)
         run_info = {"command": [sys.executable, "-m", f"reproduce.{self.preset.name}"] + sys.argv[1:],
-                    "config": c.command_line, "seeds": c.seeds, "bits": c.bits,
+                    "config": c.command_line,
+                    "backbone": {"arch": c.arch, "preprocessing": spec.preprocessing, "crop_size": spec.crop_size,
+                                 "mean_value": spec.mean_value, "feature_dim": spec.feature_dim}, "seeds": c.seeds, "bits": c.bits,
                     "variants": c.variants, "methods": c.methods, "baselines": c.baselines, "weights": weights,
                     "work": self.work, "lists": {k: {"path": v.source, "images": len(v)} for k, v in lists.items()},
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -21,7 +21,8 @@ from ..utils.arrayfiles import H5_ERRORS, read_h5_attrs
 from ..utils.fileio import folder_name, require_file, sha1_file, staged_outputs
 from ..utils.limits import FLOAT32_MAX
 from .figures import default_curve_bits, figure_names, write_figures
-from .tables import write_tables
+from .paper import DATASET_TITLES
+from .tables import backbone_suffix, write_tables
 
 METHODS_DIR = "methods"
 
@@ -210,13 +211,15 @@ def build_comparison(dataset, metrics_records, out_dir, curve_bits=None, overwri
     return [os.path.join(os.fspath(out_dir), os.path.relpath(p, stage)) for p in paths]
 
 
-def write_comparison(records, dataset, out_dir, curve_bits, dataset_title=None, paper=None):
+def write_comparison(records, dataset, out_dir, curve_bits, dataset_title=None, paper=None, backbone=None):
     """Write the tables and figures of checked records into out_dir (a staging folder: callers
-    commit it as one set); paper: the published numbers beside ours (default: the paper's).
-    Returns the paths."""
-    paths = write_tables(records, dataset, out_dir, overwrite=True, paper=paper)
+    commit it as one set); paper: the published numbers beside ours (default: the paper's);
+    backbone: the --arch of our runs, named in every title when not the authors' network
+    (None: caffenet, as in the paper). Returns the paths."""
+    paths = write_tables(records, dataset, out_dir, overwrite=True, paper=paper, backbone=backbone)
+    title = (dataset_title or DATASET_TITLES.get(dataset, dataset)) + backbone_suffix(backbone)
     return paths + write_figures(records, dataset, out_dir, bits=curve_bits, overwrite=True,
-                                 dataset_title=dataset_title)
+                                 dataset_title=title)
 
 
 def comparison_outputs(out_dir, curve_bits):

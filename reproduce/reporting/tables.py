@@ -49,20 +49,28 @@ class Cell:
 @dataclass
 class Table:
     """number (1 or 2), dataset, bits (column order), rows = [(method, {bits: Cell})],
-    conventions = [(conventions dict, [methods using it])]."""
+    conventions = [(conventions dict, [methods using it])], backbone: the --arch of our runs when
+    not the authors' network (named in the title), else None."""
     number: int
     dataset: str
     bits: list
     rows: list
     conventions: list
+    backbone: str | None = None
 
     @property
     def title(self):
         name = DATASET_TITLES.get(self.dataset, self.dataset)
-        return f"Table {self.number}: {TABLE_TITLES[self.number]} on {name}"
+        return f"Table {self.number}: {TABLE_TITLES[self.number]} on {name}" + backbone_suffix(self.backbone)
 
 
-def build_table(records, dataset, number, paper=None):
+def backbone_suffix(backbone):
+    """What a title adds to name the backbone of our runs: nothing for None (the authors'
+    network, as in the paper), else ", <arch> backbone"."""
+    return f", {backbone} backbone" if backbone else ""
+
+
+def build_table(records, dataset, number, paper=None, backbone=None):
     """Lay out Table `number` (1 or 2) for `dataset` from checked records.
 
     Rows: the paper's methods of that table in the paper's order (those with a paper number for
@@ -100,7 +108,7 @@ def build_table(records, dataset, number, paper=None):
             users.append(m)
     conventions = [(json.loads(c), users) for c, users in groups.items()]
     rows = [(m, {b: cells[(m, b)] for b in bits}) for m in methods]
-    return Table(number, dataset, bits, rows, conventions)
+    return Table(number, dataset, bits, rows, conventions, backbone)
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -232,16 +240,16 @@ def format_latex(table):
 FORMATS = {"md": format_markdown, "csv": format_csv, "tex": format_latex}
 
 
-def write_tables(records, dataset, out_dir, overwrite=False, paper=None):
+def write_tables(records, dataset, out_dir, overwrite=False, paper=None, backbone=None):
     """Write table1.{md,csv,tex} and table2.{md,csv,tex} for `dataset` into out_dir (each file
     atomically; with overwrite=False an existing file is an error raised before anything is written).
-    paper: the published numbers beside ours (default: the paper's, reproduce.reporting.paper). Returns the
-    written paths."""
+    paper: the published numbers beside ours (default: the paper's, reproduce.reporting.paper);
+    backbone: named in the titles (Table.backbone). Returns the written paths."""
     records = check_records(records, dataset)
     paper = load_paper_tables() if paper is None else paper
     texts = {}
     for number in (1, 2):
-        table = build_table(records, dataset, number, paper)
+        table = build_table(records, dataset, number, paper, backbone)
         for ext, fmt in FORMATS.items():
             texts[os.path.join(os.fspath(out_dir), f"table{number}.{ext}")] = fmt(table)
     if not overwrite:

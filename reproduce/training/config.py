@@ -14,6 +14,7 @@ import os
 from ..data.transforms import MEAN_VALUE
 from ..errors import UserError
 from ..methods import make_method
+from ..model.archs import arch_spec
 from ..model.nets import ARCHS
 from ..utils.fileio import read_json
 from .losses import LossSettings
@@ -28,14 +29,23 @@ class DataSettings:
     train_list: str
     root: str
     num_labels: int | None = None    # C, checked against the list (None: the list's own)
-    cache: str | None = None         # HDF5 cache of the 256 x 256 images (None: decode each batch)
-    mean: tuple = MEAN_VALUE         # transform_param mean_value (B, G, R)
+    cache: str | None = None         # HDF5 cache of the resized images (None: decode each batch)
+    # transform_param mean_value (B, G, R) of the Caffe convention: the authors' (caffenet and
+    # alexnet), the arch's for vgg16 (default_mean); None for the torchvision backbones
+    mean: tuple | None = MEAN_VALUE
     mean_file: str | None = None     # a mean image (binaryproto / npy) instead of `mean`
-    mirror: bool = True              # transform_param mirror: true
+    mirror: bool = True              # transform_param mirror: true (torchvision: RandomHorizontalFlip)
     workers: int = 2                 # loader processes (no effect on the batches)
 
     def __post_init__(self):
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        if self.mean is not None:
+            object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+
+
+def default_mean(arch):
+    """DataSettings.mean of `--arch arch` when none is given: its ArchSpec's mean_value (None for
+    the torchvision convention, which normalizes with ImageNet's mean and std instead)."""
+    return arch_spec(arch).mean_value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +108,12 @@ class RunConfig:
                 raise ValueError(f"{key} must be 0 (only at the end) or positive, got {value}")
         if not (isinstance(self.model.dropout, (int, float)) and 0 <= self.model.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.model.dropout}")
+        caffe = arch_spec(self.model.arch).preprocessing == "caffe"
+        if not caffe and (self.data.mean is not None or self.data.mean_file is not None):
+            raise ValueError(f"mean: --arch {self.model.arch} normalizes as torchvision does; a mean "
+                             "(mean_value, mean file) belongs to the Caffe convention")
+        if caffe and self.data.mean is None:
+            raise ValueError(f"mean: --arch {self.model.arch} subtracts a mean (Caffe convention), got none")
 
     def to_dict(self):
         """The JSON document of config.json."""

@@ -24,7 +24,8 @@ from ..data.batches import BatchOrder, TrainBatches, checked_batches, make_loade
 from ..data.cache import build_cache, open_cache
 from ..data.images import check_images_exist
 from ..data.lists import read_list
-from ..data.transforms import load_mean_file, mean_array
+from ..data.preprocessing import preprocessing_for
+from ..data.transforms import load_mean_file
 from ..errors import UserError
 from ..model.checkpoint import checkpoint_method_name, load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..model.nets import pick_device, share_dropout_stream
@@ -199,12 +200,14 @@ def _build_model(cfg, ckpt, method):
                                  generator=torch.Generator().manual_seed(cfg.seed))
 
 
-def _train_loader(cfg, image_list, mean, start, ddp, targets, device):
+def _train_loader(cfg, image_list, transform, start, ddp, targets, device):
     """Iterator over this rank's batches from iteration `start` on, in the seeded order of
-    Caffe's ImageData layer (data.BatchOrder); `targets` replace the labels (a method's)."""
+    Caffe's ImageData layer (data.BatchOrder), transformed as the backbone's image convention
+    (`transform`, a data.preprocessing.Preprocessing); `targets` replace the labels (a method's)."""
     data = cfg.data
-    order = BatchOrder(len(image_list), cfg.solver.batch_size, cfg.seed, mirror=data.mirror)
-    batches = TrainBatches(image_list, order, mean, start, cfg.solver.max_iter, cache_path=data.cache,
+    order = BatchOrder(len(image_list), cfg.solver.batch_size, cfg.seed, mirror=data.mirror,
+                       crop_size=transform.crop_size, preprocessing=transform.name)
+    batches = TrainBatches(image_list, order, transform, start, cfg.solver.max_iter, cache_path=data.cache,
                            root=data.root, rank=ddp.rank, world_size=ddp.world_size, targets=targets)
     with deferred_signals():                  # the workers start here (signals.deferred_signals)
         return checked_batches(iter(make_loader(batches, workers=data.workers, pin_memory=device.type == "cuda")))
@@ -227,14 +230,15 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True, identity=None
         return os.path.join(run_dir, "final.pth") if is_main else None
     start, snapshot_path = resumed
     image_list = read_list(data.train_list, num_labels=data.num_labels)
-    mean = load_mean_file(data.mean_file) if data.mean_file else mean_array(data.mean)
+    # the backbone's image convention: crop size, and for Caffe's the mean (values or mean image)
+    transform = preprocessing_for(cfg.model.arch, load_mean_file(data.mean_file) if data.mean_file else data.mean)
     method = _make_method(cfg)
     model = model if model is not None else _build_model(cfg, ckpt, method)
     snap = load_checkpoint(snapshot_path) if snapshot_path else None
     # a method's rows carry their own targets (CNNH: its stage-1 codes) instead of the labels;
     # computed (and checked) before the image cache is written into the run folder
     targets = method.prepare_targets(image_list.labels, cfg.model.bits, cfg.seed) if method else None
-    _prepare_images(data, image_list, ddp, progress, _images_hex(cfg, image_list, identity))
+    _prepare_images(data, image_list, ddp, progress, _images_hex(cfg, image_list, identity), transform.name)
     model.to(device)
     head = getattr(model, "head", None)
     solver = cfg.solver.make_optimizer(caffe_param_groups(
@@ -255,7 +259,7 @@ def train(cfg, model=None, ckpt=None, resume=False, progress=True, identity=None
     if ddp.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     net.train()
-    loader = _train_loader(cfg, image_list, mean, start, ddp, targets, device)
+    loader = _train_loader(cfg, image_list, transform, start, ddp, targets, device)
 
     def log(rec):
         records.append(rec)
@@ -289,17 +293,18 @@ def _images_hex(cfg, image_list, identity):
     return ids.images_identity("lists/train", image_list, cfg.data.root)["hex"]
 
 
-def _prepare_images(data, image_list, ddp, progress, images=None):
+def _prepare_images(data, image_list, ddp, progress, images=None, preprocessing="caffe"):
     """Check that every image is there (or that the cache was built from this very list and
-    these images) before anything is written; then build the cache if there is none yet."""
+    these images, for the image convention `preprocessing`) before anything is written; then
+    build the cache if there is none yet."""
     if data.cache is not None and os.path.exists(data.cache):
-        open_cache(data.cache, image_list, images).close()
+        open_cache(data.cache, image_list, images, preprocessing).close()
     else:
         check_images_exist(image_list, data.root)
     if data.cache is not None:
         if ddp.rank == 0 and not os.path.exists(data.cache):
             build_cache(image_list, data.root, data.cache, workers=data.workers, progress=progress,
-                        images=images)
+                        images=images, preprocessing=preprocessing)
         if ddp.enabled:      # every process waits for the cache (same branch on every rank)
             dist.barrier()
 

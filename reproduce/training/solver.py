@@ -107,7 +107,11 @@ def learning_rate(iteration, base_lr, lr_policy, gamma=None, stepsize=None, powe
 
 def caffe_multipliers(name):
     """(lr_mult, decay_mult) the authors' train_val.prototxt gives parameter `name`:
-    conv/fc weights 1/1, biases 2/0, hash_layer (fch) weight 10/1, bias 20/0."""
+    conv/fc weights 1/1, biases 2/0, hash_layer (fch) weight 10/1, bias 20/0. The same rule serves
+    every backbone of reproduce.model.archs (Caffe's convention for pretrained layers): VGG-16's
+    conv1_1 ... fc7 and torchvision's `features.0.weight`, `layer1.0.conv1.weight` ... alike;
+    ResNet-50's BatchNorm parameters are frozen (requires_grad False, no group: see
+    reproduce.model.torchvision_nets)."""
     layer, _, blob = name.rpartition(".")
     is_hash = layer.split(".")[-1] == HASH_LAYER    # also under a DDP "module." prefix
     if blob == "weight":
