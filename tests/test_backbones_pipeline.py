@@ -152,3 +152,46 @@ def test_custom_smoke_with_tv_resnet50(toy, tmp_path, random_resnet50, random_ca
     other = [random_caffenet if a == random_resnet50 else a for a in argv] + ["--arch", "caffenet"]
     with pytest.raises(UserError, match=r"cache/train\.h5: built with preprocessing 'torchvision', now null"):
         custom.main(other)
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in network of arch `arch` that records what the training loop feeds it."""
+
+    def __init__(self, arch, bits=8):
+        super().__init__()
+        self.arch, self.bits, self.seen = arch, bits, []
+        self.hash_layer = torch.nn.Linear(3, bits)
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return torch.tanh(self.hash_layer(x.mean(dim=(2, 3))))
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "tv-alexnet"])
+def test_training_batches_follow_the_arch(toy, tmp_path, arch):
+    """`train --arch` feeds the engine the arch's convention: VGG-16 crops 224 minus the VGG mean,
+    tv-* torchvision's normalized crops; the batches are those of BatchOrder's seeded draws, from
+    the cache the run builds for that convention."""
+    from reproduce import train
+    from reproduce.training import engine
+    _, argv, root, _ = toy
+    train_list = argv[argv.index("--train-list") + 1]
+    args = train.get_args_parser().parse_args(
+        ["--train-list", train_list, "--root", root, "--weights", "unused.pth", "--arch", arch, "--out",
+         str(tmp_path / "run"), "--bits", "8", "--batch-size", "4", "--max-iter", "2", "--workers", "0", "--quiet"])
+    cfg = train.config_from_args(args, ckpt={"arch": arch})
+    spec_mean = None if arch.startswith("tv-") else (103.939, 116.779, 123.68)
+    assert cfg.data.mean == spec_mean
+    net = _Recorder(arch)
+    engine.train(cfg, model=net, progress=False)
+    transform = preprocessing_for(arch)
+    image_list = read_list(train_list)
+    order = batches.BatchOrder(len(image_list), 4, cfg.seed, crop_size=224, preprocessing=transform.name)
+    want = batches.TrainBatches(image_list, order, transform, 0, 2, root=root)
+    assert len(net.seen) == 2
+    for t, x in enumerate(net.seen):
+        assert x.shape == (4, 3, 224, 224)
+        torch.testing.assert_close(x, want[t][0], rtol=0, atol=0)
+    with h5py.File(tmp_path / "run" / "train_cache.h5", "r") as f:
+        assert f.attrs["preprocessing"] == transform.name
+    assert load_checkpoint(tmp_path / "run" / "final.pth")["preprocessing"] == transform.name
