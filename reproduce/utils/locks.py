@@ -66,8 +66,14 @@ def writer_lock(folder, what=None, log=None, lock_name=LOCK_NAME):
                            "no longer running (it was stopped or killed)")
         notes = {"pid": os.getpid(), "host": socket.gethostname(),
                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv[:4])}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(notes) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(notes) + "\n").encode(), 0)
+        except OSError:
+            # The notes only say who holds the lock (the fcntl lock is held already): on a full
+            # disk the holder is "another process" to others, and the block meets the full disk
+            # where it writes its outputs, with the message of that write.
+            pass
         try:
             yield path
         finally:
