@@ -141,6 +141,7 @@ def main(argv=None):
     records = check_records(collect_records(args.runs), args.dataset) if args.runs else []
     for r in records:
         _check_protocol(r, protocol, args.dataset)
+    backbone = _one_backbone(records)
     _check_import_names(args.imports, records)
     if args.features:
         check_same_source(args.features, "features", args.allow_mixed)
@@ -167,10 +168,24 @@ def main(argv=None):
     # into place together: a failure at any point leaves --out as it was. One writer at a time.
     with writer_lock(args.out, "--out"):
         remove_leftovers([args.out])          # what a killed compare left is never read
-        _write_outputs(args, folders, docs, records, curve_bits, paper)
+        _write_outputs(args, folders, docs, records, curve_bits, paper, backbone)
 
 
-def _write_outputs(args, folders, docs, records, curve_bits, paper):
+def _one_backbone(records):
+    """The backbone the runs' tables and figures name (None: the paper's network). Runs of two
+    backbones in one table would read as one method's numbers: refused, naming one of each."""
+    first = {}
+    for r in records:
+        first.setdefault(r["backbone"], r["path"])
+    if len(first) > 1:
+        (a, pa), (b, pb) = list(first.items())[:2]
+        name = lambda arch: arch or "caffenet/alexnet (or codes of another program)"
+        raise UserError(f"{pb}: a run on the {name(b)} backbone, but {pa} is on the {name(a)} backbone; "
+                        "compare the runs of one backbone at a time")
+    return next(iter(first), None)
+
+
+def _write_outputs(args, folders, docs, records, curve_bits, paper, backbone):
     with staged_outputs(args.out) as stage:
         for folder, doc in zip(folders, docs):
             rel = os.path.relpath(folder, args.out)
@@ -178,7 +193,7 @@ def _write_outputs(args, folders, docs, records, curve_bits, paper):
             records += [dict(r, path=os.path.join(folder, os.path.basename(r["path"])))
                         for r in collect_records([written[0]])]
         paths = write_comparison(check_records(records, args.dataset), args.dataset, stage, curve_bits,
-                                 paper=paper)
+                                 paper=paper, backbone=backbone)
     for p in paths:
         print(os.path.join(args.out, os.path.relpath(p, stage)))
 

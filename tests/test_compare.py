@@ -189,3 +189,40 @@ def test_bad_input_from_the_shell_is_one_line_exit_2(tmp_path, rng, case):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_compare_names_the_runs_backbone_and_refuses_runs_of_two(tmp_path):
+    # Runs encoded on another backbone record it (metrics.json "backbone"); compare's tables and
+    # figures name it, as the per-dataset commands' summaries do, and a table of runs on two
+    # backbones (here a vgg16 run beside one on the paper's network) is refused, writing nothing.
+    for bits in (12, 32):
+        write_metrics(tmp_path / "runs" / f"dhn_{bits}",
+                      dict(metrics_doc("DHN", "cifar10", bits, 0, 0.7), backbone="vgg16"))
+    compare.main(["--dataset", "cifar10", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert "vgg16 backbone" in (tmp_path / "out" / "table1.md").read_text()
+    write_metrics(tmp_path / "runs" / "dhnq_12", metrics_doc("DHN-Q", "cifar10", 12, 0, 0.6))
+    with pytest.raises(UserError, match=r"dhnq_12/metrics.json: a run on the caffenet/alexnet .* backbone, but "
+                                        r".*dhn_12/metrics.json is on the vgg16 backbone"):
+        compare.main(["--dataset", "cifar10", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out2")])
+    assert not (tmp_path / "out2").exists()
+    write_metrics(tmp_path / "bad", dict(metrics_doc("DHN", "cifar10", 12, 0, 0.7), backbone="resnet"))
+    with pytest.raises(UserError, match=r"bad/metrics.json: 'backbone' must be one of caffenet, .*got 'resnet'"):
+        records.read_record(tmp_path / "bad" / "metrics.json")
+
+
+def test_a_records_backbone_is_the_codes_arch_when_not_the_papers():
+    from reproduce.evaluation.codes import codes_backbone
+
+    class Codes:                      # what codes_backbone reads of a CodeFile
+        def __init__(self, attrs):
+            self.attrs = attrs
+
+    assert codes_backbone([Codes({"arch": "tv-resnet50"})] * 2) == "tv-resnet50"
+    assert codes_backbone([Codes({"arch": "caffenet"})] * 2) is None       # the paper's: unnamed
+    assert codes_backbone([Codes({})] * 2) is None                          # another program's codes
+    assert codes_backbone([Codes({"arch": "vgg16"}), Codes({"arch": "caffenet"})]) is None   # --allow-mixed
+    doc = records.evaluate_record("DHN", None, np.ones((2, 4)), np.ones((3, 4)), np.eye(2, 2), np.eye(3, 2)[:, :2],
+                                  records.protocol(), backbone="vgg16")
+    assert doc["backbone"] == "vgg16"
+    assert "backbone" not in records.evaluate_record("DHN", None, np.ones((2, 4)), np.ones((3, 4)), np.eye(2, 2),
+                                                     np.eye(3, 2)[:, :2], records.protocol())

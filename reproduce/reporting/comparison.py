@@ -34,13 +34,14 @@ def method_dir(out_dir, name, bits):
 
 
 def evaluate_method(name, dataset, query_codes, db_codes, query_labels, db_labels, seed=None,
-                    inputs=None, binary=True, protocol=None):
+                    inputs=None, binary=True, protocol=None, backbone=None):
     """The metrics record (reproduce.evaluation.records) of ±1 codes (Q, K) / (N, K) with multi-hot labels
     (Q, C) / (N, C), evaluated with `protocol` (default: the dataset's preset). binary=False
-    ranks real-valued codes by their inner product (DHN-B: no sign)."""
+    ranks real-valued codes by their inner product (DHN-B: no sign); backbone: recorded when
+    not the paper's network (evaluation.records.evaluate_record)."""
     return evaluate_record(name, dataset, query_codes, db_codes, query_labels, db_labels,
                            protocol or dataset_protocol(dataset), seed=seed, inputs=inputs,
-                           binary=binary)
+                           binary=binary, backbone=backbone)
 
 
 # ----------------------------------------------------------------------------- inputs
