@@ -164,6 +164,9 @@ def main(argv=None):
     if args.baselines:
         docs += evaluate_baselines(args.dataset, args.baselines, bits_list, args.features, args.seed,
                                    parse_baseline_options(args.baseline_option), protocol=protocol)
+        # baselines on features of another backbone than the runs' are refused as runs of two are
+        backbone = _one_backbone(records + [dict(backbone=d.get("backbone"), path=args.features[0]) for d in docs
+                                            if "baseline" in d["inputs"]])
     # Every output (methods/*, tables, figures) is written into one staging folder and moved
     # into place together: a failure at any point leaves --out as it was. One writer at a time.
     with writer_lock(args.out, "--out"):

@@ -226,3 +226,31 @@ def test_a_records_backbone_is_the_codes_arch_when_not_the_papers():
     assert doc["backbone"] == "vgg16"
     assert "backbone" not in records.evaluate_record("DHN", None, np.ones((2, 4)), np.ones((3, 4)), np.eye(2, 2),
                                                      np.eye(3, 2)[:, :2], records.protocol())
+
+
+def test_baselines_record_their_features_backbone_and_are_not_compared_with_runs_of_another(tmp_path, features):
+    # A baseline fitted on features encoded on another backbone records it, as a DHN run's record
+    # does: a per-dataset command's metrics/ folder of a tv-* run (DHN and LSH on its features) is
+    # one backbone to compare, and a baseline on features of another backbone than the runs' is
+    # refused, writing nothing (it once recorded none: the tv-* run's own folder was refused and
+    # LSH on tv-resnet50 features stood unnamed beside runs of the paper's network).
+    paths, _ = features
+    for p in paths:
+        with h5py.File(p, "r+") as f:
+            f.attrs["arch"] = "tv-resnet50"
+    docs = comparison.evaluate_baselines("cifar10", ["lsh"], [8], paths, log=lambda *a: None)
+    assert docs[0]["backbone"] == "tv-resnet50"
+    write_metrics(tmp_path / "runs" / "dhn_8", dict(metrics_doc("DHN", "cifar10", 8, 0, 0.7), backbone="tv-resnet50"))
+    write_metrics(tmp_path / "runs" / "lsh_8", dict(docs[0], method="LSH", seed=0))
+    compare.main(["--dataset", "cifar10", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert "tv-resnet50 backbone" in (tmp_path / "out" / "table1.md").read_text()
+    write_metrics(tmp_path / "paper" / "dhn_8", metrics_doc("DHN", "cifar10", 8, 0, 0.7))
+    with pytest.raises(UserError, match=r"train\.h5: a run on the tv-resnet50 backbone, but .*dhn_8/metrics\.json "
+                                        r"is on the caffenet/alexnet"):
+        compare.main(["--dataset", "cifar10", "--runs", str(tmp_path / "paper"), "--baselines", "lsh",
+                      "--features", *paths, "--bits", "8", "--out", str(tmp_path / "out2")])
+    assert not (tmp_path / "out2").exists()
+    for p in paths:
+        with h5py.File(p, "r+") as f:
+            f.attrs["arch"] = "caffenet"                   # the paper's network: unnamed, as before
+    assert "backbone" not in comparison.evaluate_baselines("cifar10", ["lsh"], [8], paths, log=lambda *a: None)[0]

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..baselines import make_baseline
 from ..errors import UserError
-from ..evaluation.codes import encoding_difference, read_codes, read_external_labels
+from ..evaluation.codes import codes_backbone, encoding_difference, read_codes, read_external_labels
 from ..evaluation.protocols import dataset_protocol
 from ..evaluation.records import check_records, evaluate_record
 from ..utils.arrayfiles import H5_ERRORS, read_h5_attrs
@@ -235,7 +235,8 @@ def evaluate_baselines(dataset, names, bits_list, feature_paths, seed=0, options
     """Fit each baseline at each bit length on the training features of `feature_paths`
     (TRAIN, QUERY, DB .h5 of `reproduce.encode --features`), encode query and database and
     evaluate them with the dataset's protocol. Returns the metrics.json documents in order
-    (names outer, bits inner)."""
+    (names outer, bits inner); they record the features' backbone as DHN's records record their
+    codes' (evaluation.codes.codes_backbone: none for the paper's networks)."""
     opened, docs = [], []
     try:
         for p in feature_paths:
@@ -245,6 +246,7 @@ def evaluate_baselines(dataset, names, bits_list, feature_paths, seed=0, options
                             f"{[f[0].shape[1] for f in opened]} or label count {[f[1].shape[1] for f in opened]}")
         parts = [(f[0], f[1], p) for f, p in zip(opened, feature_paths)]
         digests = {os.fspath(p): sha1_file(p) for p in feature_paths}
+        backbone = codes_backbone([f[2] for f in opened])
         for name in names:
             for bits in bits_list:
                 log(f"{name} {bits} bits: fitting on {parts[0][0].shape[0]} x {parts[0][0].shape[1]} "
@@ -252,7 +254,7 @@ def evaluate_baselines(dataset, names, bits_list, feature_paths, seed=0, options
                 qc, dc, settings = run_baseline(name, bits, *parts, seed=seed,
                                                 options=(options or {}).get(name))
                 docs.append(evaluate_method(name, dataset, qc, dc, parts[1][1], parts[2][1], seed=seed,
-                                            protocol=protocol,
+                                            protocol=protocol, backbone=backbone,
                                             inputs={"features": digests, "baseline": settings}))
                 log(f"{name} {bits} bits: MAP {docs[-1]['metrics']['map']:.4f}")
     finally:
