@@ -24,6 +24,7 @@ from .errors import UserError
 from .evaluation.codes import ORIENTATIONS
 from .evaluation.protocols import FROM_PRESET, check_dataset_name, dataset_protocol
 from .evaluation.records import check_records, collect_records, write_record
+from .model.archs import named_backbone
 from .reporting.comparison import (check_same_source, comparison_outputs, evaluate_baselines,
                                    evaluate_method, load_import, method_dir, parse_baseline_options,
                                    read_labels, write_comparison)
@@ -155,18 +156,22 @@ def main(argv=None):
         labels = [read_labels(p) for p in args.labels]
     elif args.features and args.imports:
         labels = [read_labels(p) for p in args.features[1:]]
-    docs = []
+    docs, named = [], []          # named: results that say their backbone, to check against the runs'
     for spec in args.imports:
-        name, bits, ((qc, ql), (dc, dl)), inputs = load_import(spec, args.sign, labels, args.orientation,
-                                                               args.allow_mixed)
-        docs.append(evaluate_method(name, args.dataset, qc, dc, ql, dl, inputs=inputs, protocol=protocol))
+        name, bits, ((qc, ql), (dc, dl)), inputs, arch = load_import(spec, args.sign, labels, args.orientation,
+                                                                     args.allow_mixed)
+        docs.append(evaluate_method(name, args.dataset, qc, dc, ql, dl, inputs=inputs, protocol=protocol,
+                                    backbone=named_backbone(arch) if arch else None))
+        if arch:                  # this package's codes; those of another program name no backbone
+            named.append(dict(backbone=named_backbone(arch), path=spec.split(":", 3)[2]))
         print(f"{name} {bits} bits: MAP {docs[-1]['metrics']['map']:.4f}")
     if args.baselines:
         docs += evaluate_baselines(args.dataset, args.baselines, bits_list, args.features, args.seed,
                                    parse_baseline_options(args.baseline_option), protocol=protocol)
-        # baselines on features of another backbone than the runs' are refused as runs of two are
-        backbone = _one_backbone(records + [dict(backbone=d.get("backbone"), path=args.features[0]) for d in docs
-                                            if "baseline" in d["inputs"]])
+        named += [dict(backbone=d.get("backbone"), path=args.features[0]) for d in docs if "baseline" in d["inputs"]]
+    # baselines on features, or this package's codes imported, of another backbone than the runs'
+    # are refused as runs of two are
+    backbone = _one_backbone(records + named)
     # Every output (methods/*, tables, figures) is written into one staging folder and moved
     # into place together: a failure at any point leaves --out as it was. One writer at a time.
     with writer_lock(args.out, "--out"):

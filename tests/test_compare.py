@@ -254,3 +254,26 @@ def test_baselines_record_their_features_backbone_and_are_not_compared_with_runs
         with h5py.File(p, "r+") as f:
             f.attrs["arch"] = "caffenet"                   # the paper's network: unnamed, as before
     assert "backbone" not in comparison.evaluate_baselines("cifar10", ["lsh"], [8], paths, log=lambda *a: None)[0]
+
+
+def test_imported_codes_of_this_package_name_their_backbone(tmp_path, rng):
+    # reproduce.encode files imported with --import say their arch: beside runs of another
+    # backbone they are refused, writing nothing; codes of another program (no arch) are not.
+    write_metrics(tmp_path / "runs" / "dhn_8", dict(metrics_doc("DHN", "cifar10", 8, 0, 0.7), backbone="tv-alexnet"))
+    paths = []
+    for name, n in (("q", 30), ("d", 60)):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            f["codes"] = np.where(rng.random((n, 8)) < 0.5, -1, 1).astype(np.int8)
+            f["labels"] = np.eye(4, dtype=np.uint8)[rng.integers(0, 4, n)]
+            f.attrs["arch"] = "tv-resnet50"
+        paths.append(str(tmp_path / f"{name}.h5"))
+    argv = ["--dataset", "cifar10", "--runs", str(tmp_path / "runs"), "--import", f"X:8:{paths[0]}:{paths[1]}"]
+    with pytest.raises(UserError, match=r"q\.h5: a run on the tv-resnet50 backbone, but .*dhn_8/metrics\.json "
+                                        r"is on the tv-alexnet backbone"):
+        compare.main(argv + ["--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    for p in paths:
+        with h5py.File(p, "r+") as f:
+            del f.attrs["arch"]
+    compare.main(argv + ["--out", str(tmp_path / "out")])
+    assert "tv-alexnet backbone" in (tmp_path / "out" / "table1.md").read_text()

@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..evaluation.codes import codes_backbone, encoding_difference, read_codes, read_external_labels
 from ..evaluation.protocols import dataset_protocol
 from ..evaluation.records import check_records, evaluate_record
+from ..model.archs import ARCHS
 from ..utils.arrayfiles import H5_ERRORS, read_h5_attrs
 from ..utils.fileio import folder_name, require_file, sha1_file, staged_outputs
 from ..utils.limits import FLOAT32_MAX
@@ -122,7 +123,8 @@ def load_import(spec, sign=False, labels=None, orientation=None, allow_mixed=Fal
     """`NAME:BITS:QUERY_CODES:DB_CODES` -> (name, bits, [query, database] as (codes (N, K) int8,
     labels (N, C) uint8), inputs). Labels: the code file's own, else labels[0] / labels[1].
     Query and database codes of different models (reproduce.encode files) are refused unless
-    allow_mixed."""
+    allow_mixed. Returns also the arch the files say they were encoded with (reproduce.encode
+    files: their `arch` attribute, when both say one), else None (codes of another program)."""
     parts = spec.split(":", 3)
     if len(parts) != 4 or not parts[0].strip() or not parts[1].isdigit() or int(parts[1]) < 1:
         raise UserError(f"--import {spec}: expected NAME:BITS:QUERY_CODES:DB_CODES with BITS a "
@@ -155,7 +157,9 @@ def load_import(spec, sign=False, labels=None, orientation=None, allow_mixed=Fal
         raise UserError(f"--import {spec}: {mixed}; pass --allow-mixed to evaluate them together anyway")
     if mixed:
         inputs["mixed"] = mixed
-    return name, bits, sets, inputs
+    archs = {f.attrs.get("arch") for f in files}
+    arch = archs.pop() if len(archs) == 1 else None
+    return name, bits, sets, inputs, (arch if isinstance(arch, str) and arch in ARCHS else None)
 
 
 def run_baseline(name, bits, train, query, database, seed=0, options=None):
