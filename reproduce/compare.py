@@ -163,12 +163,13 @@ def main(argv=None):
         docs.append(evaluate_method(name, args.dataset, qc, dc, ql, dl, inputs=inputs, protocol=protocol,
                                     backbone=named_backbone(arch) if arch else None))
         if arch:                  # this package's codes; those of another program name no backbone
-            named.append(dict(backbone=named_backbone(arch), path=spec.split(":", 3)[2]))
+            named.append({"backbone": named_backbone(arch), "path": spec.split(":", 3)[2]})
         print(f"{name} {bits} bits: MAP {docs[-1]['metrics']['map']:.4f}")
     if args.baselines:
         docs += evaluate_baselines(args.dataset, args.baselines, bits_list, args.features, args.seed,
                                    parse_baseline_options(args.baseline_option), protocol=protocol)
-        named += [dict(backbone=d.get("backbone"), path=args.features[0]) for d in docs if "baseline" in d["inputs"]]
+        named += [{"backbone": d.get("backbone"), "path": args.features[0]} for d in docs
+                  if "baseline" in d["inputs"]]
     # baselines on features, or this package's codes imported, of another backbone than the runs'
     # are refused as runs of two are
     backbone = _one_backbone(records + named)
