@@ -24,6 +24,7 @@ from .errors import UserError
 from .evaluation.codes import ORIENTATIONS
 from .evaluation.protocols import FROM_PRESET, check_dataset_name, dataset_protocol
 from .evaluation.records import check_records, collect_records, write_record
+from .model.archs import named_backbone
 from .reporting.comparison import (check_same_source, comparison_outputs, evaluate_baselines,
                                    evaluate_method, load_import, method_dir, parse_baseline_options,
                                    read_labels, write_comparison)
@@ -141,6 +142,7 @@ def main(argv=None):
     records = check_records(collect_records(args.runs), args.dataset) if args.runs else []
     for r in records:
         _check_protocol(r, protocol, args.dataset)
+    backbone = _one_backbone(records)
     _check_import_names(args.imports, records)
     if args.features:
         check_same_source(args.features, "features", args.allow_mixed)
@@ -154,23 +156,45 @@ def main(argv=None):
         labels = [read_labels(p) for p in args.labels]
     elif args.features and args.imports:
         labels = [read_labels(p) for p in args.features[1:]]
-    docs = []
+    docs, named = [], []          # named: results that say their backbone, to check against the runs'
     for spec in args.imports:
-        name, bits, ((qc, ql), (dc, dl)), inputs = load_import(spec, args.sign, labels, args.orientation,
-                                                               args.allow_mixed)
-        docs.append(evaluate_method(name, args.dataset, qc, dc, ql, dl, inputs=inputs, protocol=protocol))
+        name, bits, ((qc, ql), (dc, dl)), inputs, arch = load_import(spec, args.sign, labels, args.orientation,
+                                                                     args.allow_mixed)
+        docs.append(evaluate_method(name, args.dataset, qc, dc, ql, dl, inputs=inputs, protocol=protocol,
+                                    backbone=named_backbone(arch) if arch else None))
+        if arch:                  # this package's codes; those of another program name no backbone
+            named.append({"backbone": named_backbone(arch), "path": spec.split(":", 3)[2]})
         print(f"{name} {bits} bits: MAP {docs[-1]['metrics']['map']:.4f}")
     if args.baselines:
         docs += evaluate_baselines(args.dataset, args.baselines, bits_list, args.features, args.seed,
                                    parse_baseline_options(args.baseline_option), protocol=protocol)
+        named += [{"backbone": d.get("backbone"), "path": args.features[0]} for d in docs
+                  if "baseline" in d["inputs"]]
+    # baselines on features, or this package's codes imported, of another backbone than the runs'
+    # are refused as runs of two are
+    backbone = _one_backbone(records + named)
     # Every output (methods/*, tables, figures) is written into one staging folder and moved
     # into place together: a failure at any point leaves --out as it was. One writer at a time.
     with writer_lock(args.out, "--out"):
         remove_leftovers([args.out])          # what a killed compare left is never read
-        _write_outputs(args, folders, docs, records, curve_bits, paper)
+        _write_outputs(args, folders, docs, records, curve_bits, paper, backbone)
 
 
-def _write_outputs(args, folders, docs, records, curve_bits, paper):
+def _one_backbone(records):
+    """The backbone the runs' tables and figures name (None: the paper's network). Runs of two
+    backbones in one table would read as one method's numbers: refused, naming one of each."""
+    first = {}
+    for r in records:
+        first.setdefault(r["backbone"], r["path"])
+    if len(first) > 1:
+        (a, pa), (b, pb) = list(first.items())[:2]
+        name = lambda arch: arch or "caffenet/alexnet (or codes of another program)"
+        raise UserError(f"{pb}: a run on the {name(b)} backbone, but {pa} is on the {name(a)} backbone; "
+                        "compare the runs of one backbone at a time")
+    return next(iter(first), None)
+
+
+def _write_outputs(args, folders, docs, records, curve_bits, paper, backbone):
     with staged_outputs(args.out) as stage:
         for folder, doc in zip(folders, docs):
             rel = os.path.relpath(folder, args.out)
@@ -178,7 +202,7 @@ def _write_outputs(args, folders, docs, records, curve_bits, paper):
             records += [dict(r, path=os.path.join(folder, os.path.basename(r["path"])))
                         for r in collect_records([written[0]])]
         paths = write_comparison(check_records(records, args.dataset), args.dataset, stage, curve_bits,
-                                 paper=paper)
+                                 paper=paper, backbone=backbone)
     for p in paths:
         print(os.path.join(args.out, os.path.relpath(p, stage)))
 

@@ -16,8 +16,8 @@ import argparse
 
 from .cli import BITS, NON_NEGATIVE, POSITIVE, ArgumentParser, run_cli
 from .errors import UserError
-from .evaluation.codes import (LABEL_KEYS, ORIENTATIONS, code_paths, encoding_difference, labels_by_path,
-                               read_codes, read_external_labels)
+from .evaluation.codes import (LABEL_KEYS, ORIENTATIONS, code_paths, codes_backbone, encoding_difference,
+                               labels_by_path, read_codes, read_external_labels)
 from .evaluation.metrics import DEFAULT_NS, TIES, ZERO_HIT
 from .evaluation.records import evaluate_record, protocol, write_record
 from .pipeline import identity as ids
@@ -138,7 +138,7 @@ def main(argv=None):
                           inputs={"query": dict(q.info, sha1=sha1_file(q.path)),
                                   "database": dict(d.info, sha1=sha1_file(d.path)),
                                   **({"mixed": mixed} if mixed else {})},
-                          where=f"{q.path}, {d.path}")
+                          where=f"{q.path}, {d.path}", backbone=codes_backbone(files))
     doc["identity"] = ids.make_identity("evaluate", "evaluate", dict(doc["conventions"], method=doc["method"]),
                                         {who: codes_identity(f, who) for who, f in (("query", q), ("database", d))})
     metrics = doc["metrics"]

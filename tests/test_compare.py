@@ -189,3 +189,91 @@ def test_bad_input_from_the_shell_is_one_line_exit_2(tmp_path, rng, case):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_compare_names_the_runs_backbone_and_refuses_runs_of_two(tmp_path):
+    # Runs encoded on another backbone record it (metrics.json "backbone"); compare's tables and
+    # figures name it, as the per-dataset commands' summaries do, and a table of runs on two
+    # backbones (here a vgg16 run beside one on the paper's network) is refused, writing nothing.
+    for bits in (12, 32):
+        write_metrics(tmp_path / "runs" / f"dhn_{bits}",
+                      dict(metrics_doc("DHN", "cifar10", bits, 0, 0.7), backbone="vgg16"))
+    compare.main(["--dataset", "cifar10", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert "vgg16 backbone" in (tmp_path / "out" / "table1.md").read_text()
+    write_metrics(tmp_path / "runs" / "dhnq_12", metrics_doc("DHN-Q", "cifar10", 12, 0, 0.6))
+    with pytest.raises(UserError, match=r"dhnq_12/metrics.json: a run on the caffenet/alexnet .* backbone, but "
+                                        r".*dhn_12/metrics.json is on the vgg16 backbone"):
+        compare.main(["--dataset", "cifar10", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out2")])
+    assert not (tmp_path / "out2").exists()
+    write_metrics(tmp_path / "bad", dict(metrics_doc("DHN", "cifar10", 12, 0, 0.7), backbone="resnet"))
+    with pytest.raises(UserError, match=r"bad/metrics.json: 'backbone' must be one of caffenet, .*got 'resnet'"):
+        records.read_record(tmp_path / "bad" / "metrics.json")
+
+
+def test_a_records_backbone_is_the_codes_arch_when_not_the_papers():
+    from reproduce.evaluation.codes import codes_backbone
+
+    class Codes:                      # what codes_backbone reads of a CodeFile
+        def __init__(self, attrs):
+            self.attrs = attrs
+
+    assert codes_backbone([Codes({"arch": "tv-resnet50"})] * 2) == "tv-resnet50"
+    assert codes_backbone([Codes({"arch": "caffenet"})] * 2) is None       # the paper's: unnamed
+    assert codes_backbone([Codes({})] * 2) is None                          # another program's codes
+    assert codes_backbone([Codes({"arch": "vgg16"}), Codes({"arch": "caffenet"})]) is None   # --allow-mixed
+    doc = records.evaluate_record("DHN", None, np.ones((2, 4)), np.ones((3, 4)), np.eye(2, 2), np.eye(3, 2)[:, :2],
+                                  records.protocol(), backbone="vgg16")
+    assert doc["backbone"] == "vgg16"
+    assert "backbone" not in records.evaluate_record("DHN", None, np.ones((2, 4)), np.ones((3, 4)), np.eye(2, 2),
+                                                     np.eye(3, 2)[:, :2], records.protocol())
+
+
+def test_baselines_record_their_features_backbone_and_are_not_compared_with_runs_of_another(tmp_path, features):
+    # A baseline fitted on features encoded on another backbone records it, as a DHN run's record
+    # does: a per-dataset command's metrics/ folder of a tv-* run (DHN and LSH on its features) is
+    # one backbone to compare, and a baseline on features of another backbone than the runs' is
+    # refused, writing nothing (it once recorded none: the tv-* run's own folder was refused and
+    # LSH on tv-resnet50 features stood unnamed beside runs of the paper's network).
+    paths, _ = features
+    for p in paths:
+        with h5py.File(p, "r+") as f:
+            f.attrs["arch"] = "tv-resnet50"
+    docs = comparison.evaluate_baselines("cifar10", ["lsh"], [8], paths, log=lambda *a: None)
+    assert docs[0]["backbone"] == "tv-resnet50"
+    write_metrics(tmp_path / "runs" / "dhn_8", dict(metrics_doc("DHN", "cifar10", 8, 0, 0.7), backbone="tv-resnet50"))
+    write_metrics(tmp_path / "runs" / "lsh_8", dict(docs[0], method="LSH", seed=0))
+    compare.main(["--dataset", "cifar10", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert "tv-resnet50 backbone" in (tmp_path / "out" / "table1.md").read_text()
+    write_metrics(tmp_path / "paper" / "dhn_8", metrics_doc("DHN", "cifar10", 8, 0, 0.7))
+    with pytest.raises(UserError, match=r"train\.h5: a run on the tv-resnet50 backbone, but .*dhn_8/metrics\.json "
+                                        r"is on the caffenet/alexnet"):
+        compare.main(["--dataset", "cifar10", "--runs", str(tmp_path / "paper"), "--baselines", "lsh",
+                      "--features", *paths, "--bits", "8", "--out", str(tmp_path / "out2")])
+    assert not (tmp_path / "out2").exists()
+    for p in paths:
+        with h5py.File(p, "r+") as f:
+            f.attrs["arch"] = "caffenet"                   # the paper's network: unnamed, as before
+    assert "backbone" not in comparison.evaluate_baselines("cifar10", ["lsh"], [8], paths, log=lambda *a: None)[0]
+
+
+def test_imported_codes_of_this_package_name_their_backbone(tmp_path, rng):
+    # reproduce.encode files imported with --import say their arch: beside runs of another
+    # backbone they are refused, writing nothing; codes of another program (no arch) are not.
+    write_metrics(tmp_path / "runs" / "dhn_8", dict(metrics_doc("DHN", "cifar10", 8, 0, 0.7), backbone="tv-alexnet"))
+    paths = []
+    for name, n in (("q", 30), ("d", 60)):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            f["codes"] = np.where(rng.random((n, 8)) < 0.5, -1, 1).astype(np.int8)
+            f["labels"] = np.eye(4, dtype=np.uint8)[rng.integers(0, 4, n)]
+            f.attrs["arch"] = "tv-resnet50"
+        paths.append(str(tmp_path / f"{name}.h5"))
+    argv = ["--dataset", "cifar10", "--runs", str(tmp_path / "runs"), "--import", f"X:8:{paths[0]}:{paths[1]}"]
+    with pytest.raises(UserError, match=r"q\.h5: a run on the tv-resnet50 backbone, but .*dhn_8/metrics\.json "
+                                        r"is on the tv-alexnet backbone"):
+        compare.main(argv + ["--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    for p in paths:
+        with h5py.File(p, "r+") as f:
+            del f.attrs["arch"]
+    compare.main(argv + ["--out", str(tmp_path / "out")])
+    assert "tv-alexnet backbone" in (tmp_path / "out" / "table1.md").read_text()

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..data.lists import MAX_CLASSES, MAX_LABEL_BYTES, read_list
 from ..errors import UserError
+from ..model.archs import ARCHS, named_backbone
 from ..utils.arrayfiles import READ_ERRORS, load_npy, load_npz, mat_variables, read_h5_attrs, read_h5_dataset
 from ..utils.fileio import require_file
 from ..utils.messages import one_line
@@ -100,6 +101,18 @@ def encoding_difference(files, what="codes"):
                 return (f"{p1} and {p2}: {what} of different models or image pipelines ({key} "
                         f"{_short(v1)} vs {_short(v2)})")
     return None
+
+
+def codes_backbone(files):
+    """The backbone (model.archs.named_backbone) that CodeFiles `files` were encoded with, to be
+    named in their metrics record: None for the paper's networks, for files of other programs
+    (no `arch` attribute) and for files of different archs (evaluated only with --allow-mixed,
+    which the record states)."""
+    archs = {f.attrs.get("arch") for f in files}
+    if len(archs) != 1:
+        return None
+    arch = archs.pop()
+    return named_backbone(arch) if isinstance(arch, str) and arch in ARCHS else None
 
 
 def _short(value):

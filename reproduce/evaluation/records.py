@@ -16,6 +16,7 @@ import os
 
 from .. import __version__
 from ..errors import UserError
+from ..model.archs import ARCHS
 from ..reporting.paper import RADIUS, canonical_method
 from ..utils.fileio import read_json, staged_outputs
 from ..utils.limits import is_finite_number
@@ -33,11 +34,13 @@ def protocol(topk=None, ties="index", zero_hit="skip", radius=RADIUS, ns=DEFAULT
 
 
 def evaluate_record(method, dataset, query_codes, db_codes, query_labels, db_labels, protocol,
-                    seed=None, inputs=None, binary=True, where=None):
+                    seed=None, inputs=None, binary=True, where=None, backbone=None):
     """The metrics record of codes (Q, K) / (N, K) with multi-hot labels (Q, C) / (N, C) under
     `protocol` (see `protocol()`). binary=False ranks real-valued codes by their inner product
     (DHN-B: no sign). A metrics problem (sizes, labels) is a UserError naming `where` (default:
-    the method)."""
+    the method). backbone: the --arch of the codes when not the paper's network
+    (model.archs.named_backbone), recorded as "backbone"; absent for the paper's networks and
+    for codes of other origin, so that their records stay as they were."""
     try:
         metrics = evaluate_codes(query_codes, db_codes, query_labels, db_labels, binary=binary,
                                  **protocol)
@@ -45,9 +48,12 @@ def evaluate_record(method, dataset, query_codes, db_codes, query_labels, db_lab
         raise UserError(f"{where or method}: {e}") from None
     conventions = dict(protocol, ranking="hamming" if binary else "inner_product",
                        sign_rule=SIGN_RULE if binary else "none (codes as stored)")
-    return {"method": canonical_method(method) if method else method, "dataset": dataset,
-            "bits": int(metrics["bits"]), "seed": seed, "conventions": conventions,
-            "metrics": metrics, "inputs": dict(inputs or {}), "version": __version__}
+    doc = {"method": canonical_method(method) if method else method, "dataset": dataset,
+           "bits": int(metrics["bits"]), "seed": seed, "conventions": conventions,
+           "metrics": metrics, "inputs": dict(inputs or {}), "version": __version__}
+    if backbone is not None:
+        doc["backbone"] = backbone
+    return doc
 
 
 def _csv(header, *columns):
@@ -124,10 +130,13 @@ def read_record(path):
         conventions = {}
     if not isinstance(conventions, dict):
         raise UserError(f"{path}: 'conventions' must be an object")
+    backbone = doc.get("backbone")
+    if backbone is not None and backbone not in ARCHS:
+        raise UserError(f"{path}: 'backbone' must be one of {', '.join(ARCHS)} or absent, got {backbone!r:.80}")
     _check_curves(metrics, path)
     return {"method": canonical_method(doc["method"].strip()), "dataset": doc.get("dataset"),
             "bits": bits, "seed": seed, "map": float(value), "conventions": conventions,
-            "metrics": metrics, "path": path}
+            "metrics": metrics, "path": path, "backbone": backbone}
 
 
 def _check_curves(metrics, path):

@@ -56,8 +56,16 @@ ARCH_SPECS = {
                             TORCHVISION_CROP_SIZE, None),
 }
 ARCHS = tuple(ARCH_SPECS)
+# The paper's networks (CaffeNet as the authors ran it, AlexNet as the paper names it): outputs made
+# with them name no backbone (identities, metrics.json, titles), as before the other archs existed.
+PAPER_ARCHS = ("caffenet", "alexnet")
 CAFFE_ARCHS = tuple(n for n, s in ARCH_SPECS.items() if s.family == "caffe")
 TORCHVISION_ARCHS = tuple(n for n, s in ARCH_SPECS.items() if s.family == "torchvision")
+
+
+def named_backbone(arch):
+    """The backbone an output names: None for PAPER_ARCHS (the paper's setting), else the arch."""
+    return None if arch in PAPER_ARCHS else arch
 
 
 def arch_spec(name):

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..data.lists import format_list
 from ..errors import UserError
+from ..model.archs import PAPER_ARCHS
 from ..utils.fileio import sha1_file
 
 IDENTITY_FORMAT = "reproduce-dhn-identity/1"
@@ -118,7 +119,7 @@ def images_identity(name, image_list, root):
 # the authors' crop 227, the only one then. Their jobs' identities did not name the backbone (the
 # weights' sha1 and the training's model.arch did), and keep not naming it, so that outputs made
 # then stay valid; every other arch is named with its image convention (backbone_settings).
-LEGACY_ARCHS = ("caffenet", "alexnet")
+LEGACY_ARCHS = PAPER_ARCHS
 
 
 def backbone_settings(arch, preprocessing):

@@ -20,7 +20,7 @@ from ..data.cache import build_cache
 from ..data.images import check_images_exist
 from ..data.lists import read_list
 from ..errors import UserError
-from ..evaluation.codes import read_codes
+from ..evaluation.codes import codes_backbone, read_codes
 from ..evaluation.encoding import EncodeSettings, encode_list
 from ..evaluation.records import check_records, read_record, write_record
 from ..model.checkpoint import load_checkpoint, model_from_checkpoint
@@ -145,7 +145,7 @@ def evaluate_run(identity, dataset, method, seed, binary, protocol, query, datab
     files = [_checked_codes(spec, "codes") for spec in (query, database)]
     codes = [f.binary_codes() if binary else f.codes for f in files]
     doc = evaluate_method(method, dataset, codes[0], codes[1], files[0].label_matrix(), files[1].label_matrix(),
-                          seed=seed, binary=binary, protocol=protocol,
+                          seed=seed, binary=binary, protocol=protocol, backbone=codes_backbone(files),
                           inputs={k: {"path": s["path"], "identity": s["hex"]}
                                   for k, s in (("query", query), ("database", database))})
     write_record(out, dict(doc, identity=identity), force=True)

@@ -14,9 +14,10 @@ import numpy as np
 
 from ..baselines import make_baseline
 from ..errors import UserError
-from ..evaluation.codes import encoding_difference, read_codes, read_external_labels
+from ..evaluation.codes import codes_backbone, encoding_difference, read_codes, read_external_labels
 from ..evaluation.protocols import dataset_protocol
 from ..evaluation.records import check_records, evaluate_record
+from ..model.archs import ARCHS
 from ..utils.arrayfiles import H5_ERRORS, read_h5_attrs
 from ..utils.fileio import folder_name, require_file, sha1_file, staged_outputs
 from ..utils.limits import FLOAT32_MAX
@@ -34,13 +35,14 @@ def method_dir(out_dir, name, bits):
 
 
 def evaluate_method(name, dataset, query_codes, db_codes, query_labels, db_labels, seed=None,
-                    inputs=None, binary=True, protocol=None):
+                    inputs=None, binary=True, protocol=None, backbone=None):
     """The metrics record (reproduce.evaluation.records) of ±1 codes (Q, K) / (N, K) with multi-hot labels
     (Q, C) / (N, C), evaluated with `protocol` (default: the dataset's preset). binary=False
-    ranks real-valued codes by their inner product (DHN-B: no sign)."""
+    ranks real-valued codes by their inner product (DHN-B: no sign); backbone: recorded when
+    not the paper's network (evaluation.records.evaluate_record)."""
     return evaluate_record(name, dataset, query_codes, db_codes, query_labels, db_labels,
                            protocol or dataset_protocol(dataset), seed=seed, inputs=inputs,
-                           binary=binary)
+                           binary=binary, backbone=backbone)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -121,7 +123,8 @@ def load_import(spec, sign=False, labels=None, orientation=None, allow_mixed=Fal
     """`NAME:BITS:QUERY_CODES:DB_CODES` -> (name, bits, [query, database] as (codes (N, K) int8,
     labels (N, C) uint8), inputs). Labels: the code file's own, else labels[0] / labels[1].
     Query and database codes of different models (reproduce.encode files) are refused unless
-    allow_mixed."""
+    allow_mixed. Returns also the arch the files say they were encoded with (reproduce.encode
+    files: their `arch` attribute, when both say one), else None (codes of another program)."""
     parts = spec.split(":", 3)
     if len(parts) != 4 or not parts[0].strip() or not parts[1].isdigit() or int(parts[1]) < 1:
         raise UserError(f"--import {spec}: expected NAME:BITS:QUERY_CODES:DB_CODES with BITS a "
@@ -154,7 +157,9 @@ def load_import(spec, sign=False, labels=None, orientation=None, allow_mixed=Fal
         raise UserError(f"--import {spec}: {mixed}; pass --allow-mixed to evaluate them together anyway")
     if mixed:
         inputs["mixed"] = mixed
-    return name, bits, sets, inputs
+    archs = {f.attrs.get("arch") for f in files}
+    arch = archs.pop() if len(archs) == 1 else None
+    return name, bits, sets, inputs, (arch if isinstance(arch, str) and arch in ARCHS else None)
 
 
 def run_baseline(name, bits, train, query, database, seed=0, options=None):
@@ -234,7 +239,8 @@ def evaluate_baselines(dataset, names, bits_list, feature_paths, seed=0, options
     """Fit each baseline at each bit length on the training features of `feature_paths`
     (TRAIN, QUERY, DB .h5 of `reproduce.encode --features`), encode query and database and
     evaluate them with the dataset's protocol. Returns the metrics.json documents in order
-    (names outer, bits inner)."""
+    (names outer, bits inner); they record the features' backbone as DHN's records record their
+    codes' (evaluation.codes.codes_backbone: none for the paper's networks)."""
     opened, docs = [], []
     try:
         for p in feature_paths:
@@ -244,6 +250,7 @@ def evaluate_baselines(dataset, names, bits_list, feature_paths, seed=0, options
                             f"{[f[0].shape[1] for f in opened]} or label count {[f[1].shape[1] for f in opened]}")
         parts = [(f[0], f[1], p) for f, p in zip(opened, feature_paths)]
         digests = {os.fspath(p): sha1_file(p) for p in feature_paths}
+        backbone = codes_backbone([f[2] for f in opened])
         for name in names:
             for bits in bits_list:
                 log(f"{name} {bits} bits: fitting on {parts[0][0].shape[0]} x {parts[0][0].shape[1]} "
@@ -251,7 +258,7 @@ def evaluate_baselines(dataset, names, bits_list, feature_paths, seed=0, options
                 qc, dc, settings = run_baseline(name, bits, *parts, seed=seed,
                                                 options=(options or {}).get(name))
                 docs.append(evaluate_method(name, dataset, qc, dc, parts[1][1], parts[2][1], seed=seed,
-                                            protocol=protocol,
+                                            protocol=protocol, backbone=backbone,
                                             inputs={"features": digests, "baseline": settings}))
                 log(f"{name} {bits} bits: MAP {docs[-1]['metrics']['map']:.4f}")
     finally:
