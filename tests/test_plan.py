@@ -181,11 +181,12 @@ import sys, time
 from reproduce.utils.locks import writer_lock
 with writer_lock(sys.argv[1], "--out"):
     print("held", flush=True)
-    time.sleep(60)
+    time.sleep(120)
 """
 
 
 def hold_lock(folder):
+    """A process holding `folder`'s writer lock, as `train --out folder` does while it trains."""
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc

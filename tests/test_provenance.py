@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import fake_datasets
+from test_plan import hold_lock
 from reproduce import compare, evaluate, train
 from reproduce.data.lists import write_list
 from reproduce.datasets import custom
@@ -373,22 +374,6 @@ def test_plan_writes_nothing_into_work(finished, capsys, tmp_path):
 
 
 # ------------------------------------------------------------------------------ two writers
-HOLD_LOCK = """
-import sys, time
-from reproduce.utils.locks import writer_lock
-with writer_lock(sys.argv[1], "--out"):
-    print("held", flush=True)
-    time.sleep(120)
-"""
-
-
-def hold_lock(folder):
-    """A process holding `folder`'s writer lock, as `train --out folder` does while it trains."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
-
-
 def test_a_dataset_commands_training_and_train_resume_exclude_each_other(tmp_path, random_caffenet):
     # The training job held only its job lock (<work>/jobs/train/<run>.lock), not the run folder's:
     # `train --resume --out <work>/train/<run>` with the same settings trained in the same folder
