@@ -693,7 +693,7 @@ def test_a_global_heap_object_that_would_loop_hdf5_forever_is_refused(work, size
         pos += 16 + (struct.unpack_from("<Q", data, pos + 8)[0] + 7) // 8 * 8
     struct.pack_into("<Q", data, pos + 8, size)
     open(path, "wb").write(bytes(data))
-    code = ("from reproduce.evaluation.codes import read_codes\nfrom reproduce.errors import run_cli\n"
+    code = ("from reproduce.evaluation.codes import read_codes\nfrom reproduce.cli import run_cli\n"
             f"run_cli(lambda argv: read_codes({path!r}), [])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "heap.h5: global heap object" in res.stderr, res.stderr

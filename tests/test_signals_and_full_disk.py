@@ -199,8 +199,8 @@ def test_sigterm_during_train_keeps_complete_snapshots(inputs, tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_during_evaluate_leaves_the_previous_metrics(tmp_path, signum):
-    """Also Ctrl-C inside the compiled ranking kernels (numba turns the KeyboardInterrupt into a
-    SystemError): one line and 130, as anywhere else."""
+    """Also Ctrl-C while the compiled ranking kernels run (taken between two of their calls): one
+    line and 130, as anywhere else."""
     rng = np.random.default_rng(2)
     big = tmp_path / "db.npz"                       # ~2 s of evaluation
     np.savez(big, codes=np.where(rng.standard_normal((400000, 32)) > 0, 1, -1).astype(np.int8),
@@ -216,6 +216,44 @@ def test_signal_during_evaluate_leaves_the_previous_metrics(tmp_path, signum):
     assert code == 128 + signum and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == ("terminated" if signum == signal.SIGTERM else "interrupted")
     assert files(out) == before
+
+
+# Ctrl-C many times at random moments of an evaluation whose kernels are called often (small
+# chunks): each interruption must surface as the KeyboardInterrupt it is. Raising inside a compiled
+# call (numba's _numba_unpickle, run while the kernel boxes the arrays it returns) made the call end
+# in SystemError, and now and then in SIGSEGV: the evaluate test above died with -11 in CI.
+INTERRUPT_MANY = """
+import collections, os, random, signal, threading, time
+import numpy as np
+from reproduce.evaluation import metrics
+from reproduce.utils import signals
+rng = np.random.default_rng(0)
+codes = np.where(rng.standard_normal((3000, 32)) > 0, 1, -1).astype(np.int8)
+labels = np.eye(10, dtype=np.uint8)[rng.integers(0, 10, 3000)]
+metrics.evaluate_codes(codes[:50], codes, labels[:50], labels)      # compiled (or loaded) before
+metrics.QUERY_CHUNK = 20
+signals.install_command_handlers()
+random.seed(0)
+seen = collections.Counter()
+for _ in range(150):
+    signals._MAIN["signal"] = None
+    threading.Timer(random.uniform(0.0, 0.03), os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        while True:
+            metrics.evaluate_codes(codes[:400], codes, labels[:400], labels, topk=100)
+    except KeyboardInterrupt:
+        seen["KeyboardInterrupt"] += 1
+    except BaseException as e:
+        seen[type(e).__name__] += 1
+print(dict(seen))
+"""
+
+
+def test_interrupts_inside_the_ranking_kernels_surface_as_interrupts():
+    res = subprocess.run([sys.executable, "-c", INTERRUPT_MANY], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert res.returncode == 0 and res.stdout.strip() == "{'KeyboardInterrupt': 150}", (res.returncode,
+                                                                                     res.stdout, res.stderr)
 
 
 @pytest.mark.parametrize("delay", [0.4, 1.0])

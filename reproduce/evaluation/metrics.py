@@ -34,6 +34,7 @@ The Hamming path packs codes and labels into uint64 words and runs compiled O(N)
 """
 import numpy as np
 
+from ..utils.signals import check_signal
 from .hamming import (expected_ap_from_groups, expected_hits_from_groups, hamming_rank_stats,
                       pack_bits)
 
@@ -41,6 +42,8 @@ DEFAULT_NS = tuple(range(100, 1001, 100))   # paper Figs. 3-4 (c): precision vs 
 TIES = ("index", "expected")
 ZERO_HIT = ("skip", "zero")
 QUERY_CHUNK = 1024          # queries per compiled call (outputs are (chunk, K+1) histograms)
+RANK_PAIRS = 1 << 28        # query-item pairs per compiled call at most: well under a second, so
+                            # that Ctrl-C (taken only between calls, see utils.signals) is prompt
 SCORE_BYTES = 64 << 20      # float64 score block per chunk in the inner-product ranking
 
 
@@ -168,10 +171,14 @@ def _ranking_stats(query_codes, db_codes, query_labels, db_labels, topk, ties, z
         dl = np.ascontiguousarray(dl.T)
         out["hist"] = np.empty((nq, bits + 1), np.int64)
         out["relhist"] = np.empty((nq, bits + 1), np.int64)
-        for a in range(0, nq, QUERY_CHUNK):
-            b = min(nq, a + QUERY_CHUNK)
+        chunk = max(1, min(QUERY_CHUNK, RANK_PAIRS // n))
+        for a in range(0, nq, chunk):
+            b = min(nq, a + chunk)
             ap, hist, relhist, hits = hamming_rank_stats(qw[a:b], dw, ql[a:b], dl, bits, cut, ns,
                                                          expected, skip)
+            # A signal that came while the kernel ran was only recorded (utils.signals._DEFER_IN:
+            # raising inside a compiled call can crash it); it takes effect here.
+            check_signal()
             out["ap"][a:b], out["hist"][a:b], out["relhist"][a:b] = ap, hist, relhist
             out["hits_at_n"][a:b] = hits
         out["total_rel"][:] = out["relhist"].sum(axis=1)

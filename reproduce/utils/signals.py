@@ -66,8 +66,24 @@ def check_signal():
 
 # Code where an exception raised by the handler would be swallowed ("Exception ignored in ..."):
 # fork hooks, destructors, thread and logging internals. There the signal is only recorded and
-# takes effect at the next check_signal() (every batch of encode and train, every commit).
-_DEFER_IN = ("logging", "threading", "multiprocessing", "weakref", "importlib", "concurrent", "queue")
+# takes effect at the next check_signal() (every batch of encode and train, every chunk of
+# queries the ranking kernels rank, every commit).
+# numba.core.serialize: a compiled function calls its `_numba_unpickle` (Python) while it boxes
+# each array it returns, to fetch the array's type (numba/core/pythonapi.py,
+# nrt_adapt_ndarray_to_python), and does not check the result for NULL. An exception raised there
+# made the kernel return with an exception set (SystemError) or, when the NULL type reached
+# NRT_adapt_ndarray_to_python_acqref, crashed the process (SIGSEGV instead of 130/143).
+_DEFER_IN = ("logging", "threading", "multiprocessing", "weakref", "importlib", "concurrent", "queue",
+             "numba.core.serialize")
+
+
+def _deferred_in(frame):
+    """Whether the handler runs in code where it must only record the signal (_DEFER_IN)."""
+    if frame is None:
+        return False
+    module = frame.f_globals.get("__name__") or ""
+    return (frame.f_code.co_name == "__del__"
+            or any(module == name or module.startswith(name + ".") for name in _DEFER_IN))
 
 
 @contextlib.contextmanager
@@ -95,16 +111,15 @@ def _on_signal(signum, frame):
     if os.getpid() != _MAIN["pid"]:
         os._exit(128 + signum)
     _MAIN["signal"] = signum
-    module = (frame.f_globals.get("__name__") or "") if frame is not None else ""
-    if module.split(".")[0] in _DEFER_IN or (frame is not None and frame.f_code.co_name == "__del__"):
+    if _deferred_in(frame):
         return
     check_signal()
 
 
 def install_command_handlers():
     """This process runs a command now (run_cli): both signals are recorded (`received`) before
-    they raise, so that a KeyboardInterrupt raised inside compiled code (numba's ranking kernels),
-    which surfaces as a SystemError, is still reported as the interruption it is."""
+    they raise, so that an error that follows one (a loader worker gone, a library that turned
+    the KeyboardInterrupt into another exception) is still reported as the interruption it is."""
     _MAIN["pid"] = os.getpid()
     tolerate_unencodable_output()
     signal.signal(signal.SIGTERM, _on_signal)
