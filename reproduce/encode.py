@@ -6,7 +6,7 @@
 
 The checkpoint's arch decides the image convention (README, Backbones). The torchvision backbones
 (tv-*) are encoded with DeepHash-pytorch's TEST transform (PIL RGB, Resize(256), CenterCrop(224),
-ImageNet mean and std; reproduce.data.torchvision_transforms) and take none of --pipeline pycaffe,
+ImageNet mean and std; reproduce.data.torchvision_transforms) and take none of --pipeline,
 --oversample, --mean, --mean-file. The Caffe backbones (caffenet, alexnet, vgg16: crop 224 and the
 VGG mean) have two image pipelines, both checked against real Caffe (README, Checked against real Caffe):
   imagedata (default)  Caffe's ImageData layer in the TEST phase: decoded as BGR, resized to
@@ -59,8 +59,10 @@ def get_args_parser():
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help="the backbone the checkpoint must be (default: the checkpoint's; README, Backbones)")
-    p.add_argument("--pipeline", choices=PIPELINES, default="imagedata",
-                   help="imagedata (default): Caffe's ImageData layer, TEST phase (cv::resize, mean "
+    # default None, not "imagedata": a torchvision arch has neither pipeline, and refuses one
+    # that is asked for by name (main resolves None to imagedata for the Caffe archs)
+    p.add_argument("--pipeline", choices=PIPELINES, default=None,
+                   help="Caffe archs only. imagedata (default): Caffe's ImageData layer, TEST phase (cv::resize, mean "
                         f"{format_mean(MEAN_VALUE)}); pycaffe: caffe.Classifier as the authors' predict scripts "
                         "(scikit-image resize, mean of ilsvrc_2012_mean.npy per channel)")
     p.add_argument("--oversample", action="store_true",
@@ -100,26 +102,27 @@ def encode_identity(args, ckpt, image_list):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    # Cheap checks first: output, options, mean, list, images; then the (large) checkpoint.
+    # Cheap checks first: output, options, mean, list, images; then the (large) checkpoint, whose
+    # arch says which options apply, and the mean file.
     check_output_file(args.out, args.force, hint="use --force")
     if args.workers < 0:
         raise UserError(f"--workers {args.workers}: must be 0 or more")
-    caffe_only = {"--pipeline pycaffe": args.pipeline == "pycaffe", "--oversample": args.oversample,
+    caffe_only = {f"--pipeline {args.pipeline}": args.pipeline is not None, "--oversample": args.oversample,
                   "--mean": args.mean, "--mean-file": args.mean_file}
     if args.arch:
         check_caffe_only(args.arch, **caffe_only)
+    mean = parse_mean_value(args.mean) if args.mean else None
+    image_list = read_list(args.list)
+    check_images_exist(image_list, args.root)
+    ckpt = load_checkpoint(args.checkpoint)
+    check_caffe_only(ckpt["arch"], **caffe_only)     # before the mean file: it is not read then
+    args.pipeline = args.pipeline or "imagedata"      # a Caffe arch's default (see the option)
     attrs = {"list": os.path.abspath(args.list), "root": os.path.abspath(args.root)}
     if args.mean_file:
         mean = load_mean_file(args.mean_file)
         if args.pipeline == "pycaffe":   # predict scripts: np.load(mean_file).mean(1).mean(1)
             mean = mean.astype(np.float64).mean(axis=(1, 2))
         attrs.update(mean_file=os.path.abspath(args.mean_file), mean_file_sha1=sha1_file(args.mean_file))
-    else:
-        mean = parse_mean_value(args.mean) if args.mean else None
-    image_list = read_list(args.list)
-    check_images_exist(image_list, args.root)
-    ckpt = load_checkpoint(args.checkpoint)
-    check_caffe_only(ckpt["arch"], **caffe_only)
     model = model_from_checkpoint(ckpt, args.checkpoint, arch=args.arch)
     attrs.update(checkpoint=os.path.abspath(args.checkpoint), checkpoint_sha1=sha1_file(args.checkpoint))
     attrs["identity"] = ids.to_attr(encode_identity(args, ckpt, image_list))

@@ -5,6 +5,7 @@ converts bit for bit, and mismatched or damaged files are refused with one line 
 """
 import hashlib
 import os
+import re
 
 import numpy as np
 import pytest
@@ -273,3 +274,16 @@ def test_fetch_torchvision_verifies_sha256_prefix_and_converts(tmp_path, monkeyp
     monkeypatch.setattr(pretrained, "download", lambda *a, **k: pytest.fail("downloaded again"))
     weights.main(["fetch", "tv-alexnet", "--dir", str(folder)])
     assert "verified" in capsys.readouterr().out
+
+
+def test_a_state_dict_of_another_arch_is_refused_in_one_short_line():
+    """ResNet-50's 320 keys are not all named: the first few and how many."""
+    from reproduce.model.checkpoint import check_state_dict
+    with torch.device("meta"):
+        alexnet = DHNNet("tv-alexnet", bits=0).state_dict()
+    with pytest.raises(UserError) as e:
+        check_state_dict(alexnet, 0, "w.pth", arch="tv-resnet50")
+    n = len(expected_shapes(0, "tv-resnet50"))
+    assert re.fullmatch(r"w.pth: missing parameter\(s\) (\S+, ){4}\S+ \.\.\. \(\d+ in all\) \(not a tv-resnet50 "
+                        r"model of this package, or a damaged one\)", str(e.value)), str(e.value)
+    assert len(str(e.value)) < 300 and n > 300

@@ -85,6 +85,16 @@ def test_checkpoint_of_one_arch_refused_with_another(tmp_path, random_resnet50):
     assert model.features(torch.zeros(2, 3, 224, 224)).shape == (2, 2048)
     with pytest.raises(UserError, match=f"^{random_resnet50}: checkpoint is arch 'tv-resnet50', but 'caffenet'"):
         model_from_checkpoint(ckpt, random_resnet50, arch="caffenet")
+    # a checkpoint without an arch, and a plain state dict (torchvision's files), say what they are
+    raw = torch.load(random_resnet50, weights_only=True)
+    del raw["arch"]
+    torch.save(raw, tmp_path / "noarch.pth")
+    with pytest.raises(UserError, match="noarch.pth: the checkpoint names no arch .one of caffenet, .*damaged"):
+        load_checkpoint(tmp_path / "noarch.pth")
+    torch.save(DHNNet("tv-alexnet", bits=0).state_dict(), tmp_path / "alexnet-owt.pth")
+    with pytest.raises(UserError, match="alexnet-owt.pth: not a reproduce checkpoint .*plain state dict: convert a "
+                                        "torchvision one with `python -m reproduce.convert_weights FILE --arch tv-"):
+        load_checkpoint(tmp_path / "alexnet-owt.pth")
     # an old checkpoint (no preprocessing entry) loads as Caffe's; a contradicting one is refused
     path = tmp_path / "old.pth"
     save_checkpoint(path, DHNNet("caffenet", bits=0).state_dict(), "caffenet", 0)
@@ -104,7 +114,9 @@ def test_encode_command_with_a_torchvision_backbone(toy, tmp_path, random_resnet
     query = argv[argv.index("--query-list") + 1]
     base = ["--checkpoint", random_resnet50, "--list", query, "--root", root, "--workers", "0", "--device", "cpu"]
     for extra, option in ((["--mean", "1,2,3"], "--mean"), (["--oversample"], "--oversample"),
-                          (["--pipeline", "pycaffe"], "--pipeline pycaffe")):
+                          (["--pipeline", "pycaffe"], "--pipeline pycaffe"),
+                          (["--pipeline", "imagedata"], "--pipeline imagedata"),   # by name: refused too
+                          (["--mean-file", str(tmp_path / "no.npy")], "--mean-file")):   # not "no such file"
         with pytest.raises(UserError, match=f"^{option}: an option of the Caffe image convention; --arch tv-resnet50"):
             encode.main(base + ["--out", str(tmp_path / "x.h5")] + extra)
     with pytest.raises(UserError, match="checkpoint is arch 'tv-resnet50', but 'vgg16' was asked for"):

@@ -25,6 +25,7 @@ import torch
 from ..errors import UserError
 from ..methods import make_method
 from ..utils.fileio import atomic_output, require_file
+from ..utils.messages import first_few
 from .archs import ARCH_SPECS
 from .nets import ARCHS, HASH_LAYER, MAX_BITS, DHNNet, expected_shapes
 
@@ -71,10 +72,20 @@ def load_checkpoint(path, mmap=False):
         raise UserError(f"{path}: not a readable checkpoint (truncated or not written by "
                         f"this package): {reason}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path}: not a reproduce checkpoint (no '{FORMAT}' format tag); "
-                        "convert Caffe models with `python -m reproduce.convert_weights`")
+        # A plain state dict is what torchvision publishes (and what other ports save): say how
+        # to bring it in, as for a .caffemodel
+        state_dict = isinstance(ckpt, dict) and ckpt and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt.items())
+        how = ("it is a plain state dict: convert a torchvision one with `python -m "
+               "reproduce.convert_weights FILE --arch tv-alexnet|tv-vgg16|tv-resnet50 --out OUT.pth`"
+               if state_dict else
+               "convert Caffe models (.caffemodel, .caffemodel.h5) and torchvision state dicts with "
+               "`python -m reproduce.convert_weights`")
+        raise UserError(f"{path}: not a reproduce checkpoint (no '{FORMAT}' format tag); {how}")
     if ckpt.get("arch") not in ARCHS:
-        raise UserError(f"{path}: unknown arch {ckpt.get('arch')!r}")
+        what = "names no arch" if ckpt.get("arch") is None else f"names an unknown arch {ckpt['arch']!r}"
+        raise UserError(f"{path}: the checkpoint {what} (one of {', '.join(ARCHS)}); "
+                        "the file is damaged or not written by this package")
     convention = ARCH_SPECS[ckpt["arch"]].preprocessing
     if ckpt.setdefault("preprocessing", convention) != convention:
         raise UserError(f"{path}: the checkpoint says arch {ckpt['arch']!r} with the "
@@ -110,10 +121,11 @@ def check_state_dict(state_dict, arch_bits, source, allow_missing_hash=False, ar
     if allow_missing_hash:
         missing = [k for k in missing if not k.startswith(HASH_LAYER + ".")]
     if missing:
-        raise UserError(f"{source}: missing parameter(s) {', '.join(missing)}")
+        raise UserError(f"{source}: missing parameter(s) {first_few(missing)} (not a {arch} model of "
+                        f"this package, or a damaged one)")
     unexpected = sorted(have - set(want))
     if unexpected:
-        raise UserError(f"{source}: unexpected parameter(s) {', '.join(unexpected)}")
+        raise UserError(f"{source}: unexpected parameter(s) {first_few(unexpected)}")
     for k, v in state_dict.items():
         if tuple(v.shape) != want[k]:
             raise UserError(f"{source}: {k} has shape {tuple(v.shape)}, expected {want[k]}")

@@ -22,6 +22,7 @@ from ..caffe.caffe_format import read_caffemodel
 from ..caffe.caffe_net import caffe_to_state_dict, detect_arch
 from ..errors import UserError
 from ..utils.fileio import atomic_output, check_output_file, require_file, sha1_file
+from ..utils.messages import first_few
 from .archs import CAFFE_ARCHS, TORCHVISION_ARCHS
 from .checkpoint import FORMAT, check_state_dict, load_checkpoint, save_checkpoint
 from .nets import ARCHS, HASH_LAYER
@@ -264,12 +265,12 @@ def torchvision_to_state_dict(state, arch, source):
     counters = [k for k in missing if k.endswith(".num_batches_tracked")]
     missing = [k for k in missing if k not in counters]
     if missing:
-        raise UserError(f"{source}: not a {arch} state dict: missing key(s) {', '.join(missing[:5])}"
-                        f"{' ...' if len(missing) > 5 else ''} ({len(missing)} of {len(want)})")
+        raise UserError(f"{source}: not a {arch} state dict: missing key(s) {first_few(missing)} "
+                        f"(of {len(want)})")
     extra = sorted(k for k in state if k not in want and not k.startswith(prefix))
     if extra:
-        raise UserError(f"{source}: unexpected key(s) for {arch}: {', '.join(extra[:5])}"
-                        f"{' ...' if len(extra) > 5 else ''} (only the ImageNet classifier {prefix}* is dropped)")
+        raise UserError(f"{source}: unexpected key(s) for {arch}: {first_few(extra)} "
+                        f"(only the ImageNet classifier {prefix}* is dropped)")
     for key, shape in want.items():
         if key in counters:
             out[key] = torch.tensor(0, dtype=torch.long)

@@ -17,3 +17,11 @@ def printable(message):
 def one_line(e):
     """An exception's message as one line (library messages may span several)."""
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def first_few(names, few=5):
+    """'a, b, c, d, e ... (7)': the first `few` names of a list that may be long (a network's
+    missing keys: 320 for ResNet-50), with the count when some are left out."""
+    names = list(names)
+    shown = ", ".join(str(n) for n in names[:few])
+    return shown if len(names) <= few else f"{shown} ... ({len(names)} in all)"
