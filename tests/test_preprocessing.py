@@ -158,3 +158,19 @@ def test_caffe_resize_path_kept_for_caffe_archs(images):
     from reproduce.data.transforms import read_image_bgr
     got = preprocessing_for("vgg16").load_resized(image_list, folder, 1)
     assert np.array_equal(got, resize_linear(read_image_bgr(folder / image_list.paths[1])))
+
+
+def test_dataset_commands_refuse_a_caffe_pipeline_named_with_a_torchvision_arch():
+    """--pipeline imagedata is the Caffe archs' default, not something a tv arch does: given by
+    name with one it is refused, as pycaffe is; left out, the config says imagedata (its identity
+    unchanged)."""
+    from reproduce.datasets import cifar10
+    from reproduce.pipeline.reproduction import config_from_args, get_args_parser
+    parser = get_args_parser(cifar10.PRESET)
+    for pipeline in ("imagedata", "pycaffe"):
+        args = parser.parse_args(["--root", "r", "--arch", "tv-resnet50", "--pipeline", pipeline])
+        with pytest.raises(UserError, match=f"^--pipeline {pipeline}: an option of the Caffe image convention"):
+            config_from_args(cifar10.PRESET, args)
+    assert config_from_args(cifar10.PRESET, parser.parse_args(["--root", "r", "--arch", "tv-resnet50"])).pipeline \
+        == "imagedata"
+    assert config_from_args(cifar10.PRESET, parser.parse_args(["--root", "r"])).pipeline == "imagedata"

@@ -145,9 +145,11 @@ def get_args_parser(preset):
     p.add_argument("--work", default=None,
                    help="caches, lists, features and training runs (default runs/<dataset>)")
     p.add_argument("--oversample", action="store_true", help="encode with pycaffe's 10 crops (default: centre crop)")
-    p.add_argument("--pipeline", choices=PIPELINES, default="imagedata",
-                   help="image pipeline of the codes: imagedata (Caffe's TEST phase, default) or pycaffe "
-                        "(the authors' evaluation scripts; see reproduce.encode)")
+    # default None, not "imagedata": a torchvision arch has neither pipeline and refuses one asked
+    # for by name; config_from_args resolves None to imagedata
+    p.add_argument("--pipeline", choices=PIPELINES, default=None,
+                   help="Caffe archs only: image pipeline of the codes, imagedata (Caffe's TEST phase, default) "
+                        "or pycaffe (the authors' evaluation scripts; see reproduce.encode)")
     p.add_argument("--smoke", action="store_true",
                    help=f"whole chain on {SMOKE['train']}/{SMOKE['query']}/{SMOKE['database']} images and "
                         f"{SMOKE['max_iter']} iterations, into results/smoke/<dataset>: checks an installation")
@@ -176,16 +178,18 @@ def config_from_args(preset, args):
         solver, loss = preset_settings(args.preset, given)
     except ValueError as e:
         raise UserError(f"solver settings: {e}") from None
-    check_caffe_only(args.arch, **{"--pipeline pycaffe": args.pipeline == "pycaffe", "--oversample": args.oversample})
+    check_caffe_only(args.arch, **{f"--pipeline {args.pipeline}": args.pipeline is not None,
+                                   "--oversample": args.oversample})
+    pipeline = args.pipeline or "imagedata"
     sweep = SweepSettings(args.sweep_bits, args.sweep_max_iter, tuple(args.sweep_lrs), tuple(args.sweep_quant_weights),
                           args.validation_fraction) if args.sweep else None
     return ReproductionConfig(
         args.root, tuple(args.bits), tuple(args.seeds), tuple(args.variants), tuple(args.methods),
         tuple(args.baselines), solver, loss, arch=args.arch, weights=args.weights, weights_dir=args.weights_dir,
-        out=args.out, work=args.work, pipeline=args.pipeline, oversample=args.oversample, workers=args.workers,
+        out=args.out, work=args.work, pipeline=pipeline, oversample=args.oversample, workers=args.workers,
         device=args.device, smoke=args.smoke, sweep=sweep, executor=executor_settings(args, device=args.device),
         options=preset.options(**{f.name: options[f.name] for f in dataclasses.fields(preset.options)}),
-        command_line=dict(options))
+        command_line=dict(options, pipeline=pipeline))
 
 
 def subset(image_list, n):
