@@ -31,7 +31,7 @@ from .reporting.comparison import (check_same_source, comparison_outputs, evalua
 from .reporting.figures import default_curve_bits
 from .reporting.paper import PAPER_BITS, PAPER_DATASETS, canonical_method, read_paper_numbers
 from .utils.fileio import staged_outputs
-from .utils.locks import remove_leftovers, writer_lock
+from .utils.locks import refuse_inside_a_writer, remove_leftovers, writer_lock
 
 
 def get_args_parser():
@@ -175,6 +175,7 @@ def main(argv=None):
     backbone = _one_backbone(records + named)
     # Every output (methods/*, tables, figures) is written into one staging folder and moved
     # into place together: a failure at any point leaves --out as it was. One writer at a time.
+    refuse_inside_a_writer(args.out, "--out")      # e.g. a dataset command's --out, while it runs
     with writer_lock(args.out, "--out"):
         remove_leftovers([args.out])          # what a killed compare left is never read
         _write_outputs(args, folders, docs, records, curve_bits, paper, backbone)

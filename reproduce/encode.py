@@ -46,7 +46,7 @@ from .model.archs import ARCHS, arch_spec
 from .model.checkpoint import load_checkpoint, model_from_checkpoint
 from .pipeline import identity as ids
 from .utils.fileio import check_output_file, sha1_file
-from .utils.locks import file_lock, remove_leftovers
+from .utils.locks import file_lock, refuse_inside_a_writer, remove_leftovers
 
 
 def get_args_parser():
@@ -126,6 +126,7 @@ def main(argv=None):
     model = model_from_checkpoint(ckpt, args.checkpoint, arch=args.arch)
     attrs.update(checkpoint=os.path.abspath(args.checkpoint), checkpoint_sha1=sha1_file(args.checkpoint))
     attrs["identity"] = ids.to_attr(encode_identity(args, ckpt, image_list))
+    refuse_inside_a_writer(args.out, "--out")      # e.g. a dataset command's --work, while it runs
     with file_lock(args.out, "--out"):            # one writer of this file at a time
         remove_leftovers([args.out])
         settings = EncodeSettings(args.pipeline, args.oversample, args.batch_size, mean, args.features, args.workers,

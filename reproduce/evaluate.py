@@ -22,7 +22,7 @@ from .evaluation.metrics import DEFAULT_NS, TIES, ZERO_HIT
 from .evaluation.records import evaluate_record, protocol, write_record
 from .pipeline import identity as ids
 from .utils.fileio import sha1_file
-from .utils.locks import remove_leftovers, writer_lock
+from .utils.locks import refuse_inside_a_writer, remove_leftovers, writer_lock
 
 
 MAX_NS = 1000    # cut-offs of precision@N (the paper plots 20; our bound)
@@ -142,6 +142,7 @@ def main(argv=None):
     doc["identity"] = ids.make_identity("evaluate", "evaluate", dict(doc["conventions"], method=doc["method"]),
                                         {who: codes_identity(f, who) for who, f in (("query", q), ("database", d))})
     metrics = doc["metrics"]
+    refuse_inside_a_writer(args.out, "--out")      # e.g. a dataset command's --out, while it runs
     with writer_lock(args.out, "--out"):
         remove_leftovers([args.out])
         written = write_record(args.out, doc, force=args.force)

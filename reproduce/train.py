@@ -29,7 +29,7 @@ from .training.config import DataSettings, MethodSettings, ModelSettings, RunCon
 from .training.engine import run_identity, train
 from .training.losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
 from .training.solver import LR_POLICIES, PRESETS, SolverSettings
-from .utils.locks import remove_leftovers, writer_lock
+from .utils.locks import refuse_inside_a_writer, remove_leftovers, writer_lock
 
 DEFAULT_SOLVER = PRESETS[DEFAULT_PRESET]   # quoted in the help texts
 
@@ -136,6 +136,7 @@ def main(argv=None):
     identity = run_identity(cfg, image_list=image_list)
     # One writer per run folder; under torchrun only rank 0 writes it (and holds the lock).
     # (named with the folder: a dataset command's training job may be the holder)
+    refuse_inside_a_writer(cfg.out, "--out")   # e.g. a dataset command's --work, while it runs
     lock = writer_lock(cfg.out, f"--out {cfg.out}") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     final_path = os.path.join(cfg.out, "final.pth")
     before = _file_version(final_path)

@@ -209,6 +209,35 @@ def test_one_writer_at_a_time_and_a_dead_holder_is_taken_over(tmp_path):
     assert not (out / ".lock").exists()                  # released: the lock file goes
 
 
+def test_standalone_commands_do_not_write_inside_a_running_plans_folders(tmp_path):
+    """A dataset command holds its --work and --out while it runs; its jobs lock their own files
+    under other names, so `evaluate --out <work>/...` or `encode --out <work>/codes/x.h5` took no
+    lock the plan holds and wrote beside it. Now they stop, naming the holder; once it is gone
+    (even with its lock file left by a kill) they write."""
+    from reproduce import evaluate
+    from reproduce.utils.locks import refuse_inside_a_writer
+    rng = np.random.default_rng(0)
+    codes = tmp_path / "codes.npz"
+    np.savez(codes, codes=np.where(rng.standard_normal((20, 8)) > 0, 1, -1).astype(np.int8),
+             labels=np.eye(4, dtype=np.uint8)[rng.integers(0, 4, 20)])
+    work = tmp_path / "work"
+    argv = ["--query", str(codes), "--database", str(codes), "--out", str(work / "eval" / "mine")]
+    proc = hold_lock(work)
+    try:
+        with pytest.raises(UserError, match=rf"^--out {work}/eval/mine: inside {work}, which PID {proc.pid} on "
+                                            r"\S+ since \d{4}-.* is writing; wait for it"):
+            evaluate.main(argv)
+        with pytest.raises(UserError, match=rf"^--out {work}/a/b/c.h5: inside {work}, which PID {proc.pid}"):
+            refuse_inside_a_writer(work / "a" / "b" / "c.h5", "--out")        # encode, train, compare
+        assert sorted(os.listdir(work)) == [".lock"]             # nothing written
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (work / ".lock").exists()                             # left by the killed holder
+    evaluate.main(argv)
+    assert (work / "eval" / "mine" / "metrics.json").exists()
+
+
 def test_a_lock_on_a_new_folder_leaves_nothing_when_nothing_was_written(tmp_path):
     with pytest.raises(UserError):
         with writer_lock(tmp_path / "new" / "out"):

@@ -32,7 +32,7 @@ import traceback
 from . import identity as ids
 from ..errors import UserError
 from ..utils.fileio import read_json, write_text_atomic
-from ..utils.locks import remove_leftovers, writer_lock
+from ..utils.locks import live_holder, remove_leftovers, writer_lock
 from ..utils.messages import printable
 
 STATES = ("done", "pending", "stale", "running", "failed")
@@ -200,19 +200,7 @@ def job_lock(status_path, name):
 
 def lock_held(status_path):
     """Whether a live process holds a job's lock (it is running, maybe under another command)."""
-    import fcntl
-    path = status_path[:-len(".json")] + ".lock"
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)        # releases it again at once (it was free)
-    return False
+    return live_holder(status_path[:-len(".json")] + ".lock") is not None
 
 
 def record_status(path, identity, state, error=None, log=None, **extra):

@@ -112,6 +112,41 @@ def _acquire(path, what):
         os.close(fd)
 
 
+def live_holder(lock_path):
+    """Who holds the lock file `lock_path` (its notes; "?" when it has none) if a live process
+    does, else None. Test-locks the file and releases it at once: never call it on a lock this
+    process holds (closing any descriptor of a file drops this process's lock on it)."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return _read_notes(fd) or "?"
+    finally:
+        os.close(fd)        # releases it again at once (it was free)
+    return None
+
+
+def refuse_inside_a_writer(path, what):
+    """UserError when `path` lies inside a folder that another live process holds the writer
+    lock of (a dataset command's or the demo's --work and --out, a training's run folder): a
+    standalone command must not write among a running plan's outputs, whose jobs lock their own
+    files under other names. Checks the folders above `path`, not `path` itself (the command's
+    own writer_lock does that)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while True:
+        holder = live_holder(os.path.join(folder, LOCK_NAME))
+        if holder is not None:
+            raise UserError(f"{what} {path}: inside {folder}, which {_holder_text(holder)} is writing; "
+                            "wait for it to finish or stop it (one writer at a time)")
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
+
+
 def _first_missing(folder):
     """The outermost folder of `folder`'s path that does not exist yet (None: it exists)."""
     folder, missing = os.path.abspath(folder), None
