@@ -147,7 +147,7 @@ def main(argv=None):
     backbone = _one_backbone(records)
     _check_import_names(args.imports, records)
     if args.features:
-        check_same_source(args.features, "features", args.allow_mixed)
+        check_same_source(args.features, "features", args.allow_mixed, roles=("train", "query", "database"))
     bits_list, folders, curve_bits = _plan(args, records)
     # Results of an earlier compare in the methods folders made again now are replaced.
     redo = {os.path.realpath(f) for f in folders}

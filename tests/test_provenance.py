@@ -309,6 +309,30 @@ def test_compare_refuses_to_average_as_seeds_runs_made_with_other_settings(finis
     assert "seed0=" in (tmp_path / "o" / "table1.md").read_text()
 
 
+def test_query_and_database_swapped_are_refused(finished, tmp_path):
+    """evaluate --query DB --database Q (or one file as both), compare --import NAME:BITS:DB:Q and
+    compare --features in another order were evaluated without a word, though the per-dataset
+    commands' files record their split."""
+    d, _ = finished
+    q, db = (str(d / "res" / "codes" / f"dhn_12bits_seed0_{s}.h5") for s in ("query", "database"))
+    train_f, query_f, db_f = (str(d / "work" / "features" / f"{s}.h5") for s in ("train", "query", "database"))
+    out = str(tmp_path / "m")
+    with pytest.raises(UserError, match=r"_database.h5: codes of the database split \(its attribute split\), "
+                                        r"given as the query; pass --allow-mixed"):
+        evaluate.main(["--query", db, "--database", q, "--out", out])
+    with pytest.raises(UserError, match=r"_query.h5: codes of the query split .*given as the database"):
+        evaluate.main(["--query", q, "--database", q, "--out", out])
+    with pytest.raises(UserError, match=r"--import X:12:.*_database.h5: codes of the database split"):
+        compare.main(["--dataset", "toy", "--topk", "all", "--import", f"X:12:{db}:{q}", "--out", out])
+    with pytest.raises(UserError, match=r"features/query.h5: features of the query split .*given as the train"):
+        compare.main(["--dataset", "toy", "--topk", "all", "--baselines", "lsh", "--bits", "12",
+                      "--features", query_f, train_f, db_f, "--out", out])
+    assert not os.path.exists(out)
+    evaluate.main(["--query", q, "--database", db, "--out", out])
+    evaluate.main(["--query", db, "--database", q, "--out", out + "2", "--allow-mixed"])     # on purpose
+    assert "given as the query" in json.loads(open(os.path.join(out + "2", "metrics.json")).read())["inputs"]["mixed"]
+
+
 def test_labels_from_a_list_are_matched_by_path(tmp_path):
     d = tmp_path
     fake_datasets.make_command_inputs(d, np.random.default_rng(0), 6)
