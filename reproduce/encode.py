@@ -101,7 +101,8 @@ def encode_identity(args, ckpt, image_list):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     # Cheap checks first: output, options, mean, list, images; then the (large) checkpoint.
-    check_output_file(args.out, args.force, hint="use --force")
+    check_output_file(args.out, args.force, hint="use --force",
+                      inputs={"--checkpoint": args.checkpoint, "--list": args.list, "--mean-file": args.mean_file})
     if args.workers < 0:
         raise UserError(f"--workers {args.workers}: must be 0 or more")
     caffe_only = {"--pipeline pycaffe": args.pipeline == "pycaffe", "--oversample": args.oversample,
