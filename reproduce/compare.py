@@ -23,7 +23,7 @@ from .cli import BITS, NON_NEGATIVE, ArgumentParser, run_cli, topk_option
 from .errors import UserError
 from .evaluation.codes import ORIENTATIONS
 from .evaluation.protocols import FROM_PRESET, check_dataset_name, dataset_protocol
-from .evaluation.records import check_records, collect_records, write_record
+from .evaluation.records import check_records, check_same_settings, collect_records, write_record
 from .model.archs import named_backbone
 from .reporting.comparison import (check_same_source, comparison_outputs, evaluate_baselines,
                                    evaluate_method, load_import, method_dir, parse_baseline_options,
@@ -142,10 +142,12 @@ def main(argv=None):
     records = check_records(collect_records(args.runs), args.dataset) if args.runs else []
     for r in records:
         _check_protocol(r, protocol, args.dataset)
+    # runs of several folders (several plans) are averaged as seeds: only runs that differ by it
+    check_same_settings(records)
     backbone = _one_backbone(records)
     _check_import_names(args.imports, records)
     if args.features:
-        check_same_source(args.features, "features", args.allow_mixed)
+        check_same_source(args.features, "features", args.allow_mixed, roles=("train", "query", "database"))
     bits_list, folders, curve_bits = _plan(args, records)
     # Results of an earlier compare in the methods folders made again now are replaced.
     redo = {os.path.realpath(f) for f in folders}

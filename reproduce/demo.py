@@ -365,12 +365,18 @@ def get_args_parser():
     return p
 
 
-def make_plan(args, started=None):
-    """The demo's job plan: every variant at every bits and seed, base_lr chosen per variant and
-    bits (deep baselines: once, at the longest code), the shallow baselines at the first seed."""
-    spec = GridSpec(DATASET, tuple(args.bits), tuple(args.seeds), tuple(VARIANTS), tuple(args.methods),
+def grid_spec(args):
+    """The demo's grid: every variant at every bits and seed, base_lr chosen per variant and
+    bits (deep baselines: once, at the longest code), the shallow baselines at the first seed.
+    UserError for a value given twice (--bits 12 12)."""
+    return GridSpec(DATASET, tuple(args.bits), tuple(args.seeds), tuple(VARIANTS), tuple(args.methods),
                     tuple(args.baselines), tuple(args.seeds[:1]),
                     SweepSpec(SWEEP_LRS, None, None, max(args.bits), SWEEP_LR_LIMITS, SWEEP_LR_LIMITS, per_bits=True))
+
+
+def make_plan(args, started=None):
+    """The demo's job plan (grid_spec)."""
+    spec = grid_spec(args)
     run_info = {"command": "python -m reproduce.demo", "config": vars(args), "started": started or time.time(),
                 "differences_from_paper": DIFFERENCES.splitlines()}
     jobs = DemoGrid(spec, args.out, args.work, args.max_iter, run_info).jobs()
@@ -386,6 +392,7 @@ def main(argv=None):
     # what the run refuses (a file, a read-only place) --plan refuses too, creating nothing
     check_output_folder(args.out, "--out")
     check_output_folder(args.work, "--work")
+    grid_spec(args)          # a value given twice is refused before anything is printed or written
     if args.plan:
         plan_main(make_plan(args, start), executor)
         return

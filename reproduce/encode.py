@@ -104,7 +104,8 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     # Cheap checks first: output, options, mean, list, images; then the (large) checkpoint, whose
     # arch says which options apply, and the mean file.
-    check_output_file(args.out, args.force, hint="use --force")
+    check_output_file(args.out, args.force, hint="use --force",
+                      inputs={"--checkpoint": args.checkpoint, "--list": args.list, "--mean-file": args.mean_file})
     if args.workers < 0:
         raise UserError(f"--workers {args.workers}: must be 0 or more")
     caffe_only = {f"--pipeline {args.pipeline}": args.pipeline is not None, "--oversample": args.oversample,

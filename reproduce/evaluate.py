@@ -114,7 +114,7 @@ def main(argv=None):
     if q.codes.shape[1] != d.codes.shape[1]:
         raise UserError(f"{q.path}: {q.codes.shape[1]}-bit codes, but {d.path} has "
                         f"{d.codes.shape[1]}-bit codes")
-    mixed = encoding_difference([(q.path, q.attrs), (d.path, d.attrs)])
+    mixed = encoding_difference([(q.path, q.attrs), (d.path, d.attrs)], roles=("query", "database"))
     if mixed and not args.allow_mixed:
         raise UserError(f"{mixed}; pass --allow-mixed to evaluate them together anyway")
     width = None

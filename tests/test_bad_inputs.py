@@ -318,6 +318,16 @@ def cases(w):
         ("train", ["--train-list", str(w / "same_label_list.txt")] + tr[2:] + ["--out", str(w / "r"), "--method",
                    "dnnh", "--batch-size", "4"], "form no triplet"),
         ("evaluate", ev + ["--ns", *map(str, range(1, 1002))], "--ns: 1001 cut-offs; at most 1000"),
+        # a sixth attempt: a value given twice made two jobs of one name (a ValueError traceback)
+        ("custom", ["--name", "mine", "--root", imgs] + [a for s in ("train", "query", "database")
+                    for a in (f"--{s}-list", lst)] + ["--topk", "all", "--bits", "8", "8"] + smoke,
+         "--bits: 8 is given twice"),
+        ("custom", ["--name", "mine", "--root", imgs] + [a for s in ("train", "query", "database")
+                    for a in (f"--{s}-list", lst)] + ["--topk", "all", "--sweep", "--sweep-lrs", "1e-3",
+                                                      "0.0010000001"] + smoke,
+         "--sweep-lrs: 0.001 and 0.0010000001 name one job (lr0.001)"),
+        ("demo", ["--out", str(w / "res"), "--work", str(w / "work"), "--bits", "8", "--seeds", "0", "0",
+                  "--baselines", "lsh", "--methods"], "--seeds: 0 is given twice"),
     ]
 
 

@@ -208,6 +208,23 @@ def test_bad_checkpoint_or_existing_output_exit_2(dataset, tmp_path, capsys):
     assert out.read_bytes() == b"user data"
 
 
+def test_an_output_that_is_an_input_is_never_replaced(dataset, tmp_path, capsys):
+    """encode --out CKPT --force (or --out LIST, --out MEAN) read the input, then replaced it by
+    the codes: the checkpoint or list was gone."""
+    for name in ("ckpt.pth", "list.txt"):
+        (tmp_path / name).write_bytes((dataset / name).read_bytes())
+    np.save(tmp_path / "mean.npy", np.full((3, 256, 256), 120.0))
+    files = {n: (tmp_path / n).read_bytes() for n in ("ckpt.pth", "list.txt", "mean.npy")}
+    common = ["--checkpoint", str(tmp_path / "ckpt.pth"), "--list", str(tmp_path / "list.txt"), "--root",
+              str(dataset / "imgs"), "--workers", "0", "--mean-file", str(tmp_path / "mean.npy"), "--force"]
+    for option, name in (("--checkpoint", "ckpt.pth"), ("--list", "list.txt"), ("--mean-file", "mean.npy")):
+        with pytest.raises(SystemExit) as e:
+            run_cli(main, common + ["--out", str(tmp_path / "." / name)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and f"is the {option} file, an input" in err, err
+        assert {n: (tmp_path / n).read_bytes() for n in files} == files
+
+
 def test_non_utf8_stdout_does_not_crash_the_success_or_error_line(dataset, tmp_path):
     """Under an ASCII stdout/stderr (PYTHONIOENCODING=ascii) a path with a `ü` is printed with an
     escape: the success line after the output is written, and an error line, never a traceback."""

@@ -280,6 +280,59 @@ def test_imports_named_like_a_run_and_runs_of_another_protocol_are_refused(tmp_p
         compare.main(["--dataset", "coco", "--topk", "all", "--runs", str(tmp_path / "coco"), "--out", str(tmp_path / "o")])
 
 
+def test_compare_refuses_to_average_as_seeds_runs_made_with_other_settings(finished, tmp_path):
+    """compare --runs of two plans' folders averaged DHN seed 0 (--max-iter 3) and a seed 1 of
+    another plan (--max-iter 5) into one "mean ± std over seeds" without a word."""
+    d, _ = finished
+    record = json.loads((d / "res" / "metrics" / "DHN_12bits_seed0" / "metrics.json").read_text())
+
+    def other_plan(folder, **changes):
+        doc = json.loads(json.dumps(record).replace("_seed0", "_seed1"))
+        doc["seed"] = 1
+        doc["identity"]["lineage"]["evaluate/DHN_12bits_seed1"]["seed"] = 1
+        doc["identity"]["lineage"]["train/dhn_12bits_seed1"].update(seed=1, **changes)
+        out = tmp_path / folder / "metrics" / "DHN_12bits_seed1"
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps(doc))
+        return str(tmp_path / folder)
+
+    same, longer = other_plan("same"), other_plan("longer", **{"solver.max_iter": 5})
+    with pytest.raises(UserError, match=r"DHN_12bits_seed1/metrics.json: DHN 12 bits seed 1 was not made like seed 0 "
+                                        r"in .*DHN_12bits_seed0/metrics.json \(train/dhn_12bits_seed\* with "
+                                        r"solver.max_iter 3, here 5\)"):
+        compare.main(["--dataset", "toy", "--topk", "all", "--runs", str(d / "res" / "metrics"), longer,
+                      "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+    # the seeds of one setting run in two folders are averaged as before
+    compare.main(["--dataset", "toy", "--topk", "all", "--runs", str(d / "res" / "metrics"), same,
+                  "--out", str(tmp_path / "o")])
+    assert "seed0=" in (tmp_path / "o" / "table1.md").read_text()
+
+
+def test_query_and_database_swapped_are_refused(finished, tmp_path):
+    """evaluate --query DB --database Q (or one file as both), compare --import NAME:BITS:DB:Q and
+    compare --features in another order were evaluated without a word, though the per-dataset
+    commands' files record their split."""
+    d, _ = finished
+    q, db = (str(d / "res" / "codes" / f"dhn_12bits_seed0_{s}.h5") for s in ("query", "database"))
+    train_f, query_f, db_f = (str(d / "work" / "features" / f"{s}.h5") for s in ("train", "query", "database"))
+    out = str(tmp_path / "m")
+    with pytest.raises(UserError, match=r"_database.h5: codes of the database split \(its attribute split\), "
+                                        r"given as the query; pass --allow-mixed"):
+        evaluate.main(["--query", db, "--database", q, "--out", out])
+    with pytest.raises(UserError, match=r"_query.h5: codes of the query split .*given as the database"):
+        evaluate.main(["--query", q, "--database", q, "--out", out])
+    with pytest.raises(UserError, match=r"--import X:12:.*_database.h5: codes of the database split"):
+        compare.main(["--dataset", "toy", "--topk", "all", "--import", f"X:12:{db}:{q}", "--out", out])
+    with pytest.raises(UserError, match=r"features/query.h5: features of the query split .*given as the train"):
+        compare.main(["--dataset", "toy", "--topk", "all", "--baselines", "lsh", "--bits", "12",
+                      "--features", query_f, train_f, db_f, "--out", out])
+    assert not os.path.exists(out)
+    evaluate.main(["--query", q, "--database", db, "--out", out])
+    evaluate.main(["--query", db, "--database", q, "--out", out + "2", "--allow-mixed"])     # on purpose
+    assert "given as the query" in json.loads(open(os.path.join(out + "2", "metrics.json")).read())["inputs"]["mixed"]
+
+
 def test_labels_from_a_list_are_matched_by_path(tmp_path):
     d = tmp_path
     fake_datasets.make_command_inputs(d, np.random.default_rng(0), 6)

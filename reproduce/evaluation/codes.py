@@ -89,10 +89,21 @@ class CodeFile:
 ENCODING_ATTRS = ("checkpoint_sha1", "arch", "pipeline", "transform", "resize", "mean", "mean_file_sha1")
 
 
-def encoding_difference(files, what="codes"):
+# The splits the per-dataset commands' codes and features record (attribute `split`).
+SPLITS = ("train", "query", "database")
+
+
+def encoding_difference(files, what="codes", roles=None):
     """None if the reproduce.encode files `files` ([(path, attrs)]) come from one checkpoint with
     one pipeline, mean and crop; else one phrase naming both files and the first difference.
-    Files of other programs record none of these and are not compared."""
+    Files of other programs record none of these and are not compared. roles: the split each
+    file is given as ("query", "database", "train"): a file that records another split (query
+    and database swapped, or one file given as both) is named too."""
+    for (p, a), role in zip(files, roles or ()):
+        split = a.get("split")
+        split = split.decode("utf-8", "replace") if isinstance(split, bytes) else split
+        if isinstance(split, str) and split in SPLITS and split != role:
+            return f"{p}: {what} of the {split} split (its attribute split), given as the {role}"
     ours = [(p, a) for p, a in files if a.get("format") == ENCODE_FORMAT or "checkpoint_sha1" in a]
     for (p1, a1), (p2, a2) in zip(ours, ours[1:]):
         for key in ENCODING_ATTRS:

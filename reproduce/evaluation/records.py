@@ -13,6 +13,7 @@ here and read here (by reproduce.evaluate, the per-dataset engine, compare, the 
 """
 import json
 import os
+import re
 
 from .. import __version__
 from ..errors import UserError
@@ -136,7 +137,8 @@ def read_record(path):
     _check_curves(metrics, path)
     return {"method": canonical_method(doc["method"].strip()), "dataset": doc.get("dataset"),
             "bits": bits, "seed": seed, "map": float(value), "conventions": conventions,
-            "metrics": metrics, "path": path, "backbone": backbone}
+            "metrics": metrics, "path": path, "backbone": backbone,
+            "identity": doc.get("identity") if isinstance(doc.get("identity"), dict) else None}
 
 
 def _check_curves(metrics, path):
@@ -212,3 +214,58 @@ def check_records(records, dataset):
         owner[key] = r["path"]
         out.append(r)
     return sorted(out, key=lambda r: (r["method"], r["bits"], -1 if r["seed"] is None else r["seed"]))
+
+
+# Sources identified by content that every seed of one method shares (the ImageNet weights, a mean
+# file); a checkpoint or a code file of another program is identified by its sha1 too, and differs
+# from seed to seed by nature.
+_SHARED_SOURCES = ("weights", "mean_file")
+
+
+def _apart_from_seed(identity):
+    """{job: settings} of a record's identity lineage with every seed left out (job names
+    `..._seed<N>` and settings named seed), and the sha1 of per-seed files (checkpoints, codes of
+    other programs): what the seeds of one method at one length must share."""
+    out, lineage = {}, identity.get("lineage")
+    for name, settings in (lineage if isinstance(lineage, dict) else {}).items():
+        if not isinstance(settings, dict):
+            continue
+        if set(settings) == {"sha1"} and name not in _SHARED_SOURCES:
+            continue
+        out[re.sub(r"_seed\d+", "_seed*", name)] = {k: v for k, v in settings.items()
+                                                      if k != "seed" and not k.endswith(".seed")}
+    return out
+
+
+def check_same_settings(records):
+    """Records of one method and length from several folders (compare --runs) are averaged as
+    seeds: refused, naming both files and the first setting, when their identities say they were
+    made with other settings, weights, lists or images (another --max-iter, other lists ...) than
+    by their seed. Records without an identity (other programs, older versions) are not checked."""
+    first = {}
+    for r in records:
+        if not isinstance(r.get("identity"), dict):
+            continue
+        made = _apart_from_seed(r["identity"])
+        key = (r["method"], r["bits"])
+        if key not in first:
+            first[key] = (r["path"], made)
+            continue
+        path, before = first[key]
+        for job in list(before) + [j for j in made if j not in before]:
+            a, b = before.get(job), made.get(job)
+            if a == b:
+                continue
+            if a is None or b is None:
+                what = f"made {'with' if a is None else 'without'} {job}"
+            else:
+                key = next(k for k in list(a) + list(b) if a.get(k) != b.get(k))
+                what = f"{job} with {key} {json.dumps(a.get(key))}, here {json.dumps(b.get(key))}"
+            raise UserError(f"{r['path']}: {r['method']} {r['bits']} bits seed {r['seed']} was not made like "
+                            f"seed {_seed_of(records, path)} in {path} ({what}); the seeds of one method "
+                            "are averaged, so they must differ by their seed only: compare the runs of "
+                            "one setting at a time")
+
+
+def _seed_of(records, path):
+    return next(r["seed"] for r in records if r["path"] == path)

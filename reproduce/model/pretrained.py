@@ -305,7 +305,8 @@ def convert(src, out, arch=None, overwrite=False, log=print):
     contradicts the file is an error (CaffeNet and AlexNet have the same weight shapes).
     """
     src, out = os.fspath(src), os.fspath(out)
-    check_output_file(out, overwrite, hint="use --force")   # before the (long) conversion, not after
+    check_output_file(out, overwrite, hint="use --force",   # before the (long) conversion, not after
+                      inputs={"source": src})
     start = time.perf_counter()
     kind = torch_file_kind(src)
     if kind and arch in CAFFE_ARCHS:

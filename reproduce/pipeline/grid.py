@@ -53,6 +53,18 @@ class Run:
         return run_name(self.name, self.bits, self.seed)
 
 
+def distinct(option, values, name=str):
+    """UserError when two values of a list option would name one job (`--bits 12 12`, `--seeds 0
+    0`; sweep values that trial_folder writes alike): two jobs of one name and one output."""
+    seen = {}
+    for value in values:
+        key = name(value)
+        if key in seen:
+            same = f"{value} is given twice" if seen[key] == value else f"{seen[key]} and {value} name one job ({key})"
+            raise UserError(f"{option}: {same}; give each value once")
+        seen[key] = value
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepSpec:
     """How base_lr (and λ) are cross-validated. per_bits: one unit per (variant, bits) (the demo)
@@ -66,6 +78,10 @@ class SweepSpec:
     quant_weight_limits: tuple
     per_bits: bool = False
 
+    def __post_init__(self):
+        distinct("--sweep-lrs", self.lrs, lambda lr: trial_folder(lr, None))
+        distinct("--sweep-quant-weights", self.quant_weights or (), lambda qw: f"{qw:g}")
+
 
 @dataclasses.dataclass(frozen=True)
 class GridSpec:
@@ -78,6 +94,11 @@ class GridSpec:
     baselines: tuple
     baseline_seeds: tuple
     sweep: SweepSpec | None = None
+
+    def __post_init__(self):
+        for option, values in (("--bits", self.bits), ("--seeds", self.seeds), ("--variants", self.variants),
+                               ("--methods", self.methods), ("--baselines", self.baselines)):
+            distinct(option, values)
 
     @property
     def trained(self):

@@ -309,6 +309,7 @@ class Reproduction:
     def run(self):
         executor = self.config.executor
         executor.check()
+        self.grid_spec()          # a value given twice (--bits 12 12) is refused before any work
         # what the run refuses (a file, a read-only place) --plan refuses too, creating nothing
         check_output_folder(self.out, "--out")
         check_output_folder(self.work, "--work")

@@ -102,18 +102,19 @@ def read_labels(path):
     return read_external_labels(path)
 
 
-def check_same_source(paths, what, allow_mixed=False):
+def check_same_source(paths, what, allow_mixed=False, roles=None):
     """UserError unless the reproduce.encode files `paths` come from one checkpoint, pipeline,
-    mean and crop (codes.encoding_difference); with allow_mixed the difference is returned."""
+    mean and crop, and each that records its split is given as that split (`roles`;
+    codes.encoding_difference); with allow_mixed the difference is returned."""
     attrs = []
-    for p in paths:
+    for p, role in zip(paths, roles or [None] * len(paths)):
         if os.path.isfile(p) and h5py.is_hdf5(p):
             try:
                 with h5py.File(p, "r") as f:
-                    attrs.append((p, read_h5_attrs(f, p)))
+                    attrs.append((p, read_h5_attrs(f, p), role))
             except H5_ERRORS as e:
                 raise UserError(f"{p}: not a readable HDF5 file ({e})") from None
-    mixed = encoding_difference(attrs, what)
+    mixed = encoding_difference([(p, a) for p, a, _ in attrs], what, roles and [r for _, _, r in attrs])
     if mixed and not allow_mixed:
         raise UserError(f"{mixed}; pass --allow-mixed to use them together anyway")
     return mixed
@@ -152,7 +153,7 @@ def load_import(spec, sign=False, labels=None, orientation=None, allow_mixed=Fal
         raise UserError(f"{paths[0]}: labels have {sets[0][1].shape[1]} classes, but {paths[1]} "
                         f"labels have {sets[1][1].shape[1]}")
     inputs = {w: dict(f.info, sha1=sha1_file(f.path)) for w, f in zip(("query", "database"), files)}
-    mixed = encoding_difference([(f.path, f.attrs) for f in files])
+    mixed = encoding_difference([(f.path, f.attrs) for f in files], roles=("query", "database"))
     if mixed and not allow_mixed:
         raise UserError(f"--import {spec}: {mixed}; pass --allow-mixed to evaluate them together anyway")
     if mixed:

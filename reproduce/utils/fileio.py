@@ -75,9 +75,11 @@ def missing_folders(folder):
     return missing
 
 
-def check_output_file(path, overwrite=False, hint="remove it or choose another output"):
+def check_output_file(path, overwrite=False, hint="remove it or choose another output", inputs=None):
     """UserError unless `path` can be written as a new file (or, with overwrite, replace one):
-    not a folder, not an existing file unless overwrite, its folder creatable and writable."""
+    not a folder, not an existing file unless overwrite, its folder creatable and writable, and
+    not one of the command's `inputs` ({option: path}; --force or not: it would be read, then
+    replaced by the output)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise UserError(f"{path}: is a folder; give a file name for the output")
@@ -85,6 +87,10 @@ def check_output_file(path, overwrite=False, hint="remove it or choose another o
         # `d/x.h5/` names a folder: the rename onto it could only fail, after d/ was created
         raise UserError(f"{path}: names a folder (it ends in '/', '.' or '..'); give a file name "
                         "for the output")
+    for option, source in (inputs or {}).items():
+        if source and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise UserError(f"{path}: is the {option} file, an input of this command; give another output "
+                            "(it is never replaced, --force or not)")
     _refuse_replacing_special(path)
     if os.path.exists(path) and not overwrite:
         raise UserError(f"{path}: already exists; refusing to overwrite it ({hint})")
