@@ -275,3 +275,14 @@ def test_a_dead_jobs_lock_is_taken_over_naming_the_job_lock_not_its_folder(tmp_p
         pass
     notes = capsys.readouterr().err.strip().splitlines()
     assert len(notes) == 1 and notes[0].startswith(f"note: {jobs / 'dhn_8bits_seed0.lock'}: took over from PID 99999999")
+
+
+def test_asking_who_holds_a_lock_this_process_holds_keeps_it(tmp_path):
+    """live_holder test-locks a lock file and closes it: on a lock this process held, the close
+    dropped the process's own POSIX lock, and a second writer could take the folder."""
+    from reproduce.utils.locks import live_holder
+    with writer_lock(tmp_path / "out", "--out") as path:
+        assert live_holder(path) is None                            # ours, not another's
+        probe = subprocess.run([sys.executable, "-c", HOLD, str(tmp_path / "out")], capture_output=True,
+                               text=True, timeout=60)
+        assert probe.returncode != 0 and "in use by PID" in probe.stderr, probe.stderr   # still held

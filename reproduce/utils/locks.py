@@ -29,6 +29,10 @@ from .fileio import make_folder
 
 LOCK_NAME = ".lock"
 
+# The lock files this process holds (real paths): live_holder must not test-lock them, since
+# closing any descriptor of a file drops this process's POSIX lock on it.
+_HELD = set()
+
 
 def _holder_text(info):
     if not isinstance(info, dict):
@@ -57,6 +61,8 @@ def writer_lock(folder, what=None, log=None, lock_name=LOCK_NAME):
     make_folder(folder, what)
     path = os.path.join(folder, lock_name)
     fd = _acquire(path, what or folder)
+    held = os.path.realpath(path)
+    _HELD.add(held)
     try:
         previous = _read_notes(fd)
         if previous and previous.get("pid") != os.getpid():
@@ -83,6 +89,7 @@ def writer_lock(folder, what=None, log=None, lock_name=LOCK_NAME):
                 os.remove(path)
             _remove_if_unused(created, folder)
     finally:
+        _HELD.discard(held)
         os.close(fd)                       # closing releases the lock
 
 
@@ -113,9 +120,11 @@ def _acquire(path, what):
 
 
 def live_holder(lock_path):
-    """Who holds the lock file `lock_path` (its notes; "?" when it has none) if a live process
-    does, else None. Test-locks the file and releases it at once: never call it on a lock this
-    process holds (closing any descriptor of a file drops this process's lock on it)."""
+    """Who holds the lock file `lock_path` (its notes; "?" when it has none) if another live
+    process does, else None. Test-locks the file and releases it at once; a lock this process
+    holds is not touched (closing a descriptor of it would drop the lock)."""
+    if os.path.realpath(lock_path) in _HELD:
+        return None
     try:
         fd = os.open(lock_path, os.O_RDWR)
     except OSError:
