@@ -413,3 +413,20 @@ def test_flickr_annotation_number_of_thousands_of_digits(tmp_path):
         read_annotations(tmp_path, num_images=40)
     (tmp_path / "animals.txt").write_text("1\x0b\n2\n")          # a vertical tab is not a line end
     assert read_annotations(tmp_path, num_images=40)[:2].sum() > 0
+
+
+@pytest.mark.parametrize("plan", [False, True], ids=["run", "plan"])
+def test_a_validation_fraction_leaving_no_sweep_training_image_is_refused(tmp_path, random_caffenet, capsys, plan):
+    """--sweep --validation-fraction 0.99 on 30 training images held all 30 out: the first sweep
+    job stopped on the split's own (empty) sweep/lists/train.txt, a file the user never named, and
+    --plan showed every job pending. The option value is refused, naming it, before any job."""
+    argv = fake_datasets.make_toy_list_dataset(tmp_path / "ds", random_caffenet) + [
+        "--smoke", "--bits", "12", "--baselines", "lsh", "--methods", "--variants", "dhn", "--sweep",
+        "--sweep-bits", "12", "--validation-fraction", "0.99", "--out", str(tmp_path / "res"),
+        "--work", str(tmp_path / "work")] + (["--plan"] if plan else [])
+    code, err = run("custom", argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: --validation-fraction 0.99: holds out 30 of the 30 training images"), err
+    assert not (tmp_path / "res").exists()
+    assert not (tmp_path / "work" / "jobs").exists() and not (tmp_path / "work" / "sweep").exists()
