@@ -430,3 +430,27 @@ def test_a_validation_fraction_leaving_no_sweep_training_image_is_refused(tmp_pa
     assert lines[0].startswith("error: --validation-fraction 0.99: holds out 30 of the 30 training images"), err
     assert not (tmp_path / "res").exists()
     assert not (tmp_path / "work" / "jobs").exists() and not (tmp_path / "work" / "sweep").exists()
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"RANK": "1"}, "RANK must lie in 0..WORLD_SIZE-1"),
+    ({"RANK": "-1"}, "RANK must lie in 0..WORLD_SIZE-1"),
+    ({"WORLD_SIZE": "abc"}, "not whole numbers"),
+    ({"RANK": "1", "WORLD_SIZE": "2"}, "MASTER_ADDR and MASTER_PORT not set"),
+], ids=["rank-outside-world", "negative-rank", "not-a-number", "no-rendezvous"])
+def test_standalone_train_refuses_a_torchrun_environment_that_cannot_be(world, capsys, monkeypatch, env, fragment):
+    """RANK=1 left in a shell made a standalone train skip the --out lock (rank 0's job) and stop
+    on an empty share of the list with a traceback; WORLD_SIZE=abc or a world without torchrun's
+    MASTER_ADDR were tracebacks too. Each is one line naming the environment, exit 2, nothing written."""
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    out = world / "rank_run"
+    code, err = run("train", ["--train-list", str(world / "list.txt"), "--root", str(world / "imgs"), "--weights",
+                              str(world / "base.pth"), "--bits", "8", "--max-iter", "2", "--batch-size", "2",
+                              "--workers", "0", "--quiet", "--cache", "none", "--out", str(out)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: environment "), err
+    assert fragment in lines[0], err
+    assert not out.exists()
