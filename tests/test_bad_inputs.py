@@ -454,3 +454,19 @@ def test_standalone_train_refuses_a_torchrun_environment_that_cannot_be(world, c
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: environment "), err
     assert fragment in lines[0], err
     assert not out.exists()
+
+
+def test_a_dataset_command_refuses_an_impossible_torchrun_environment_before_any_job(tmp_path, random_caffenet,
+                                                                                      capsys, monkeypatch):
+    """Its training jobs inherit the environment: RANK=1 left in a shell stopped the first of them
+    only after the image caches were built, and --plan showed every job pending."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    argv = fake_datasets.make_toy_list_dataset(tmp_path / "ds", random_caffenet) + [
+        "--smoke", "--bits", "12", "--baselines", "lsh", "--methods", "--variants", "dhn", "--max-iter", "2",
+        "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")]
+    for extra in (["--plan"], []):
+        code, err = run("custom", argv + extra, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "RANK must lie in 0..WORLD_SIZE-1" in lines[0], (extra, err)
+        assert not (tmp_path / "res").exists() and not (tmp_path / "work").exists()

@@ -39,6 +39,7 @@ from ..model.checkpoint import load_checkpoint
 from ..model.pretrained import checkpoint_path, ensure_pretrained
 from ..reporting.paper import PAPER_BITS
 from ..training.config import VARIANTS
+from ..training.engine import process_rank
 from ..training.losses import LossSettings
 from ..training.solver import SolverSettings
 from ..utils.fileio import check_output_folder
@@ -319,6 +320,9 @@ class Reproduction:
         executor = self.config.executor
         executor.check()
         self.grid_spec()          # a value given twice (--bits 12 12) is refused before any work
+        # the training jobs inherit the environment: a torchrun one that cannot be (RANK=1 left in
+        # a shell) stopped the first of them after the caches were built; refused now, --plan too
+        process_rank()
         # what the run refuses (a file, a read-only place) --plan refuses too, creating nothing
         check_output_folder(self.out, "--out")
         check_output_folder(self.work, "--work")
