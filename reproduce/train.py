@@ -26,7 +26,7 @@ from .methods import DEEP_METHODS
 from .model.checkpoint import load_checkpoint
 from .model.nets import ARCHS
 from .training.config import DataSettings, MethodSettings, ModelSettings, RunConfig, default_mean
-from .training.engine import run_identity, train
+from .training.engine import process_rank, run_identity, train
 from .training.losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
 from .training.solver import LR_POLICIES, PRESETS, SolverSettings
 from .utils.locks import refuse_inside_a_writer, remove_leftovers, writer_lock
@@ -129,6 +129,7 @@ def config_from_args(args, ckpt=None):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    rank, _ = process_rank()          # torchrun's environment, checked before any work
     ckpt = load_checkpoint(args.weights)
     cfg = config_from_args(args, ckpt)
     image_list = read_list(cfg.data.train_list, num_labels=cfg.data.num_labels)
@@ -137,11 +138,11 @@ def main(argv=None):
     # One writer per run folder; under torchrun only rank 0 writes it (and holds the lock).
     # (named with the folder: a dataset command's training job may be the holder)
     refuse_inside_a_writer(cfg.out, "--out")   # e.g. a dataset command's --work, while it runs
-    lock = writer_lock(cfg.out, f"--out {cfg.out}") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    lock = writer_lock(cfg.out, f"--out {cfg.out}") if rank == 0 else contextlib.nullcontext()
     final_path = os.path.join(cfg.out, "final.pth")
     before = _file_version(final_path)
     with lock:
-        if os.environ.get("RANK", "0") == "0":
+        if rank == 0:
             # what a killed train left (a partial snapshot is as large as a snapshot) goes now
             remove_leftovers([cfg.out])
         final = train(cfg, ckpt=ckpt, resume=args.resume, progress=args.progress, identity=identity)

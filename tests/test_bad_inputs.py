@@ -413,3 +413,60 @@ def test_flickr_annotation_number_of_thousands_of_digits(tmp_path):
         read_annotations(tmp_path, num_images=40)
     (tmp_path / "animals.txt").write_text("1\x0b\n2\n")          # a vertical tab is not a line end
     assert read_annotations(tmp_path, num_images=40)[:2].sum() > 0
+
+
+@pytest.mark.parametrize("plan", [False, True], ids=["run", "plan"])
+def test_a_validation_fraction_leaving_no_sweep_training_image_is_refused(tmp_path, random_caffenet, capsys, plan):
+    """--sweep --validation-fraction 0.99 on 30 training images held all 30 out: the first sweep
+    job stopped on the split's own (empty) sweep/lists/train.txt, a file the user never named, and
+    --plan showed every job pending. The option value is refused, naming it, before any job."""
+    argv = fake_datasets.make_toy_list_dataset(tmp_path / "ds", random_caffenet) + [
+        "--smoke", "--bits", "12", "--baselines", "lsh", "--methods", "--variants", "dhn", "--sweep",
+        "--sweep-bits", "12", "--validation-fraction", "0.99", "--out", str(tmp_path / "res"),
+        "--work", str(tmp_path / "work")] + (["--plan"] if plan else [])
+    code, err = run("custom", argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: --validation-fraction 0.99: holds out 30 of the 30 training images"), err
+    assert not (tmp_path / "res").exists()
+    assert not (tmp_path / "work" / "jobs").exists() and not (tmp_path / "work" / "sweep").exists()
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"RANK": "1"}, "RANK must lie in 0..WORLD_SIZE-1"),
+    ({"RANK": "-1"}, "RANK must lie in 0..WORLD_SIZE-1"),
+    ({"WORLD_SIZE": "abc"}, "not whole numbers"),
+    ({"RANK": "1", "WORLD_SIZE": "2"}, "MASTER_ADDR and MASTER_PORT not set"),
+], ids=["rank-outside-world", "negative-rank", "not-a-number", "no-rendezvous"])
+def test_standalone_train_refuses_a_torchrun_environment_that_cannot_be(world, capsys, monkeypatch, env, fragment):
+    """RANK=1 left in a shell made a standalone train skip the --out lock (rank 0's job) and stop
+    on an empty share of the list with a traceback; WORLD_SIZE=abc or a world without torchrun's
+    MASTER_ADDR were tracebacks too. Each is one line naming the environment, exit 2, nothing written."""
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    out = world / "rank_run"
+    code, err = run("train", ["--train-list", str(world / "list.txt"), "--root", str(world / "imgs"), "--weights",
+                              str(world / "base.pth"), "--bits", "8", "--max-iter", "2", "--batch-size", "2",
+                              "--workers", "0", "--quiet", "--cache", "none", "--out", str(out)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: environment "), err
+    assert fragment in lines[0], err
+    assert not out.exists()
+
+
+def test_a_dataset_command_refuses_an_impossible_torchrun_environment_before_any_job(tmp_path, random_caffenet,
+                                                                                      capsys, monkeypatch):
+    """Its training jobs inherit the environment: RANK=1 left in a shell stopped the first of them
+    only after the image caches were built, and --plan showed every job pending."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    argv = fake_datasets.make_toy_list_dataset(tmp_path / "ds", random_caffenet) + [
+        "--smoke", "--bits", "12", "--baselines", "lsh", "--methods", "--variants", "dhn", "--max-iter", "2",
+        "--out", str(tmp_path / "res"), "--work", str(tmp_path / "work")]
+    for extra in (["--plan"], []):
+        code, err = run("custom", argv + extra, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "RANK must lie in 0..WORLD_SIZE-1" in lines[0], (extra, err)
+        assert not (tmp_path / "res").exists() and not (tmp_path / "work").exists()

@@ -39,6 +39,7 @@ from ..model.checkpoint import load_checkpoint
 from ..model.pretrained import checkpoint_path, ensure_pretrained
 from ..reporting.paper import PAPER_BITS
 from ..training.config import VARIANTS
+from ..training.engine import process_rank
 from ..training.losses import LossSettings
 from ..training.solver import SolverSettings
 from ..utils.fileio import check_output_folder
@@ -251,7 +252,16 @@ class Reproduction:
         validation_fraction of it as queries, the rest as training images and database;
         written to work/sweep/lists. {"sweep-train", "sweep-query": ImageList}."""
         order = np.random.default_rng([0, len(train_list)]).permutation(len(train_list))
-        n_val = max(1, int(round(self.config.sweep.validation_fraction * len(train_list))))
+        fraction = self.config.sweep.validation_fraction
+        n_val = max(1, int(round(fraction * len(train_list))))
+        if n_val >= len(train_list):
+            # refused here, before the split is written and before any job (and so under --plan
+            # too): otherwise the first sweep job stopped on the split's own empty train.txt, a
+            # file the user never named, and --plan showed every job pending
+            # (the list is not named: under --plan it is a scratch copy, gone once the plan is shown)
+            raise UserError(f"--validation-fraction {fraction:g}: holds out {n_val} of the {len(train_list)} "
+                            "training images, leaving none to train the sweep on (give a smaller fraction "
+                            "or more training images)")
         split = {"train": train_list.subset(np.sort(order[n_val:])), "query": train_list.subset(np.sort(order[:n_val]))}
         folder = os.path.join(self.lists_home, "sweep", "lists")
         written = write_split(split, folder, overwrite=True)
@@ -310,6 +320,9 @@ class Reproduction:
         executor = self.config.executor
         executor.check()
         self.grid_spec()          # a value given twice (--bits 12 12) is refused before any work
+        # the training jobs inherit the environment: a torchrun one that cannot be (RANK=1 left in
+        # a shell) stopped the first of them after the caches were built; refused now, --plan too
+        process_rank()
         # what the run refuses (a file, a read-only place) --plan refuses too, creating nothing
         check_output_folder(self.out, "--out")
         check_output_folder(self.work, "--work")
