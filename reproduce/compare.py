@@ -144,7 +144,7 @@ def main(argv=None):
         _check_protocol(r, protocol, args.dataset)
     # runs of several folders (several plans) are averaged as seeds: only runs that differ by it
     check_same_settings(records)
-    backbone = _one_backbone(records)
+    _one_backbone(records)        # refused before any baseline is fitted; again below with them
     _check_import_names(args.imports, records)
     if args.features:
         check_same_source(args.features, "features", args.allow_mixed, roles=("train", "query", "database"))

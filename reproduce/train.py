@@ -26,7 +26,8 @@ from .methods import DEEP_METHODS
 from .model.checkpoint import load_checkpoint
 from .model.nets import ARCHS
 from .training.config import DataSettings, MethodSettings, ModelSettings, RunConfig, default_mean
-from .training.engine import process_rank, run_identity, train
+from .training.distributed import process_rank
+from .training.engine import run_identity, train
 from .training.losses import DEFAULT_THRESHOLD, LOSS_PRESETS, PAIR_LOSSES
 from .training.solver import LR_POLICIES, PRESETS, SolverSettings
 from .utils.locks import refuse_inside_a_writer, remove_leftovers, writer_lock

@@ -114,16 +114,20 @@ def encoding_difference(files, what="codes", roles=None):
     return None
 
 
-def codes_backbone(files):
-    """The backbone (model.archs.named_backbone) that CodeFiles `files` were encoded with, to be
-    named in their metrics record: None for the paper's networks, for files of other programs
-    (no `arch` attribute) and for files of different archs (evaluated only with --allow-mixed,
-    which the record states)."""
+def codes_arch(files):
+    """The arch that CodeFiles `files` say they were encoded with (reproduce.encode's `arch`
+    attribute), or None: files of other programs (no such attribute) and files of different archs
+    (evaluated only with --allow-mixed, which the record states)."""
     archs = {f.attrs.get("arch") for f in files}
-    if len(archs) != 1:
-        return None
-    arch = archs.pop()
-    return named_backbone(arch) if isinstance(arch, str) and arch in ARCHS else None
+    arch = archs.pop() if len(archs) == 1 else None
+    return arch if isinstance(arch, str) and arch in ARCHS else None
+
+
+def codes_backbone(files):
+    """The backbone (model.archs.named_backbone) to name in the files' metrics record: None for
+    the paper's networks and where codes_arch is None."""
+    arch = codes_arch(files)
+    return named_backbone(arch) if arch else None
 
 
 def _short(value):

@@ -247,11 +247,8 @@ def check_same_settings(records):
         if not isinstance(r.get("identity"), dict):
             continue
         made = _apart_from_seed(r["identity"])
-        key = (r["method"], r["bits"])
-        if key not in first:
-            first[key] = (r["path"], made)
-            continue
-        path, before = first[key]
+        other = first.setdefault((r["method"], r["bits"]), (r, made))
+        before = other[1]
         for job in list(before) + [j for j in made if j not in before]:
             a, b = before.get(job), made.get(job)
             if a == b:
@@ -259,13 +256,9 @@ def check_same_settings(records):
             if a is None or b is None:
                 what = f"made {'with' if a is None else 'without'} {job}"
             else:
-                key = next(k for k in list(a) + list(b) if a.get(k) != b.get(k))
-                what = f"{job} with {key} {json.dumps(a.get(key))}, here {json.dumps(b.get(key))}"
+                setting = next(k for k in list(a) + list(b) if a.get(k) != b.get(k))
+                what = f"{job} with {setting} {json.dumps(a.get(setting))}, here {json.dumps(b.get(setting))}"
             raise UserError(f"{r['path']}: {r['method']} {r['bits']} bits seed {r['seed']} was not made like "
-                            f"seed {_seed_of(records, path)} in {path} ({what}); the seeds of one method "
+                            f"seed {other[0]['seed']} in {other[0]['path']} ({what}); the seeds of one method "
                             "are averaged, so they must differ by their seed only: compare the runs of "
                             "one setting at a time")
-
-
-def _seed_of(records, path):
-    return next(r["seed"] for r in records if r["path"] == path)

@@ -39,7 +39,7 @@ from ..model.checkpoint import load_checkpoint
 from ..model.pretrained import checkpoint_path, ensure_pretrained
 from ..reporting.paper import PAPER_BITS
 from ..training.config import VARIANTS
-from ..training.engine import process_rank
+from ..training.distributed import process_rank
 from ..training.losses import LossSettings
 from ..training.solver import SolverSettings
 from ..utils.fileio import check_output_folder

@@ -14,10 +14,9 @@ import numpy as np
 
 from ..baselines import make_baseline
 from ..errors import UserError
-from ..evaluation.codes import codes_backbone, encoding_difference, read_codes, read_external_labels
+from ..evaluation.codes import codes_arch, codes_backbone, encoding_difference, read_codes, read_external_labels
 from ..evaluation.protocols import dataset_protocol
 from ..evaluation.records import check_records, evaluate_record
-from ..model.archs import ARCHS
 from ..utils.arrayfiles import H5_ERRORS, read_h5_attrs
 from ..utils.fileio import folder_name, require_file, sha1_file, staged_outputs
 from ..utils.limits import FLOAT32_MAX
@@ -158,9 +157,7 @@ def load_import(spec, sign=False, labels=None, orientation=None, allow_mixed=Fal
         raise UserError(f"--import {spec}: {mixed}; pass --allow-mixed to evaluate them together anyway")
     if mixed:
         inputs["mixed"] = mixed
-    archs = {f.attrs.get("arch") for f in files}
-    arch = archs.pop() if len(archs) == 1 else None
-    return name, bits, sets, inputs, (arch if isinstance(arch, str) and arch in ARCHS else None)
+    return name, bits, sets, inputs, codes_arch(files)
 
 
 def run_baseline(name, bits, train, query, database, seed=0, options=None):
